@@ -1,0 +1,36 @@
+"""The `nativevlm` command. Each subcommand lives in `nativevlm/commands/<name>.py`, which registers its
+parser and calls into the library; heavy imports happen inside the handlers so `--help` stays fast."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError
+
+SUBCOMMANDS = ("info", "data", "tokenizer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="nativevlm",
+        description="Build, train, study, evaluate and serve native vision-language models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"nativevlm.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"nativevlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

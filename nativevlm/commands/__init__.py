@@ -1,0 +1,1 @@
+"""Command-line subcommands: each module defines `register(subparsers)`."""

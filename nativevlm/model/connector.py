@@ -1,0 +1,46 @@
+"""Connector from vision features to the LLM: pixel shuffle (f x f neighbouring patches -> one token of
+f*f times the width) then an MLP (LayerNorm -> Linear -> GELU -> Linear, as in InternVL).
+
+`mlp1` is the 2x2 path (1/4 of the patches as tokens). With `extra_downsample=4` a second path `mlp2`
+gives 1/16 (InternVL3.5's compressed rate, used by the visual resolution router)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import ConnectorConfig
+
+
+def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """[B, h, w, D] -> [B, h/f, w/f, f*f*D]: each f x f block of neighbouring patches becomes one token."""
+    b, h, w, d = x.shape
+    if h % factor or w % factor:
+        raise ValueError(f"feature grid {h}x{w} is not divisible by the shuffle factor {factor}; image sides "
+                         f"must be multiples of patch_size * {factor}")
+    x = x.view(b, h // factor, factor, w // factor, factor, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // factor, w // factor, factor * factor * d)
+
+
+class ProjectorMLP(nn.Sequential):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+class Connector(nn.Module):
+    def __init__(self, vision_dim: int, llm_dim: int, config: ConnectorConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size or llm_dim
+        f = config.downsample
+        self.mlp1 = ProjectorMLP(vision_dim * f * f, hidden, llm_dim)
+        e = config.extra_downsample
+        self.mlp2 = ProjectorMLP(vision_dim * e * e, hidden, llm_dim) if e else None
+
+    def forward(self, features: torch.Tensor, compressed: bool = False) -> torch.Tensor:
+        """features [B, h, w, D] -> tokens [B, h/f, w/f, llm_dim] (f = downsample, or extra_downsample
+        when `compressed`)."""
+        if compressed:
+            if self.mlp2 is None:
+                raise ValueError("this connector has no compressed path; set connector.extra_downsample=4")
+            return self.mlp2(pixel_shuffle(features, self.config.extra_downsample))
+        return self.mlp1(pixel_shuffle(features, self.config.downsample))
