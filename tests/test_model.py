@@ -1,0 +1,285 @@
+"""Invariance and known-answer tests of the model on tiny configs."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nativevlm import LanguageConfig, LanguageModel, ModelConfig, MoEConfig, NativeVLM, VisionConfig, VisionEncoder
+from nativevlm.infer.generate import generate
+from nativevlm.model.experts import SparseMoE
+from nativevlm.model.layers import apply_rope, rope_cos_sin_2d
+
+IMG = 99  # image placeholder id in the tiny vocabulary
+
+
+def tiny_lm_config(**kw) -> LanguageConfig:
+    base = dict(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96)
+    base.update(kw)
+    return LanguageConfig(**base)
+
+
+def tiny_vision(**kw) -> VisionConfig:
+    base = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    base.update(kw)
+    return VisionConfig(**base)
+
+
+def tiny_vlm(modality_experts=True, per_modality_norms=False, seed=0, **lm_kw) -> NativeVLM:
+    torch.manual_seed(seed)
+    lm = LanguageModel(tiny_lm_config(**lm_kw))
+    vlm = NativeVLM.from_language_model(lm, vision=tiny_vision(), modality_experts=modality_experts,
+                                        per_modality_norms=per_modality_norms,
+                                        image_token_ids={"image_token_id": IMG})
+    # Make the visual experts differ from the text ones, as they would after training.
+    with torch.no_grad():
+        for n, p in vlm.named_parameters():
+            if ".visual_" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    return vlm.eval()
+
+
+def image_prompt(rows: int, cols: int, prefix=(5, 6), suffix=(7, 8, 9)) -> torch.Tensor:
+    return torch.tensor([*prefix, *([IMG] * (rows * cols)), *suffix])
+
+
+LM_VARIANTS = [
+    dict(),
+    dict(qkv_bias=True),
+    dict(qk_norm=True, head_dim=24),
+    dict(tie_word_embeddings=False, num_kv_heads=4),
+]
+
+
+@pytest.mark.parametrize("kw", LM_VARIANTS)
+def test_cached_greedy_equals_uncached(kw):
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config(**kw)).eval()
+    ids = torch.randint(0, 128, (3, 7))
+    a = generate(lm, ids, max_new_tokens=10, use_cache=True)
+    b = generate(lm, ids, max_new_tokens=10, use_cache=False)
+    assert torch.equal(a, b)
+    # Logits too, not only argmax: prefill + one step vs the full sequence.
+    cache = lm.new_kv_cache(3, 8)
+    lm(ids, kv_cache=cache)
+    nxt = torch.randint(0, 128, (3, 1))
+    step = lm(nxt, kv_cache=cache).logits[:, -1]
+    full = lm(torch.cat([ids, nxt], 1)).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+
+
+def test_vlm_cached_generation_equals_uncached():
+    vlm = tiny_vlm(per_modality_norms=True)
+    ids = image_prompt(2, 2)[None]
+    px = [torch.randn(3, 64, 64)]
+    a = generate(vlm, ids, pixel_values=px, max_new_tokens=8, use_cache=True)
+    b = generate(vlm, ids, pixel_values=px, max_new_tokens=8, use_cache=False)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_each_alone(side):
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config(qk_norm=True)).eval()
+    seqs = [torch.randint(0, 128, (n,)) for n in (9, 4, 6)]
+    t = max(len(s) for s in seqs)
+    ids = torch.zeros(3, t, dtype=torch.long)
+    mask = torch.zeros(3, t, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        sl = slice(t - len(s), t) if side == "left" else slice(0, len(s))
+        ids[i, sl] = s
+        mask[i, sl] = True
+    batched = lm(ids, attention_mask=mask).logits
+    for i, s in enumerate(seqs):
+        alone = lm(s[None]).logits[0]
+        torch.testing.assert_close(batched[i][mask[i]], alone, atol=1e-5, rtol=1e-5)
+    # Batched left-padded generation decodes each row as it would alone.
+    if side == "left":
+        gen = generate(lm, ids, attention_mask=mask, max_new_tokens=6)
+        for i, s in enumerate(seqs):
+            assert torch.equal(gen[i], generate(lm, s[None], max_new_tokens=6)[0])
+
+
+def test_packed_documents_equal_separate_runs():
+    vlm = tiny_vlm()
+    docs = [image_prompt(1, 2), torch.randint(0, 90, (5,)), image_prompt(2, 1, prefix=(3,), suffix=(4,))]
+    images = [torch.randn(3, 32, 64), torch.randn(3, 64, 32)]
+    ids = torch.cat(docs)[None]
+    doc_ids = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])[None]
+    pos = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    packed = vlm(ids, pixel_values=images, document_ids=doc_ids, position_ids=pos).logits[0]
+    sep = [vlm(docs[0][None], pixel_values=images[:1]).logits[0], vlm(docs[1][None]).logits[0],
+           vlm(docs[2][None], pixel_values=images[1:]).logits[0]]
+    torch.testing.assert_close(packed, torch.cat(sep), atol=1e-5, rtol=1e-5)
+
+
+def test_text_only_through_experts_equals_dense():
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config(qkv_bias=True)).eval()
+    vlm = tiny_vlm(modality_experts=True, per_modality_norms=True, qkv_bias=True)
+    vlm.language.load_state_dict(
+        {**vlm.language.state_dict(), **{k: v for k, v in lm.state_dict().items() if k != "embed_tokens.weight"}})
+    ids = torch.randint(0, 90, (2, 11))
+    dense = lm(ids).logits
+    experts = vlm(ids).logits[..., :128]
+    torch.testing.assert_close(experts, dense, atol=1e-6, rtol=1e-6)
+
+
+def test_visual_experts_start_as_copies_of_text_weights():
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config())
+    vlm = NativeVLM.from_language_model(lm, vision=tiny_vision(), image_token_ids={"image_token_id": IMG})
+    layer = vlm.language.layers[0]
+    assert torch.equal(layer.visual_attn.qkv_proj.weight, layer.attn.qkv_proj.weight)
+    assert torch.equal(layer.visual_mlp.gate_up_proj.weight, layer.mlp.gate_up_proj.weight)
+    assert layer.visual_attn.qkv_proj.weight.data_ptr() != layer.attn.qkv_proj.weight.data_ptr()
+    # The source LM is left untouched.
+    assert lm.layers[0].visual_attn is None
+
+
+def test_tokens_are_routed_by_modality():
+    """Changing the visual FFN of the last layer changes outputs at image positions only."""
+    vlm = tiny_vlm()
+    ids = image_prompt(1, 2)[None]
+    px = [torch.randn(3, 32, 64)]
+    before = vlm(ids, pixel_values=px).logits[0]
+    with torch.no_grad():
+        vlm.language.layers[-1].visual_mlp.down_proj.weight.add_(1.0)
+    after = vlm(ids, pixel_values=px).logits[0]
+    is_img = ids[0] == IMG
+    assert torch.allclose(before[~is_img], after[~is_img])
+    assert not torch.allclose(before[is_img], after[is_img])
+
+
+def test_images_of_different_sizes_batch_equals_alone():
+    torch.manual_seed(0)
+    enc = VisionEncoder(tiny_vision()).eval()
+    images = [torch.randn(3, 64, 32), torch.randn(3, 32, 96), torch.randn(3, 64, 32), torch.randn(3, 96, 64)]
+    batched = enc(images)
+    for img, feats in zip(images, batched):
+        assert feats.shape == (img.shape[1] // 16, img.shape[2] // 16, 32)
+        torch.testing.assert_close(feats, enc([img])[0], atol=1e-6, rtol=1e-6)
+
+
+def test_rope_2d_depends_on_relative_offset_only():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(r1, c1, r2, c2):
+        cq, sq = rope_cos_sin_2d(torch.tensor([r1]), torch.tensor([c1]), 16, 100.0)
+        ck, sk = rope_cos_sin_2d(torch.tensor([r2]), torch.tensor([c2]), 16, 100.0)
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
+
+    torch.testing.assert_close(score(1, 2, 3, 5), score(11, 7, 13, 10))
+    assert not torch.allclose(score(1, 2, 3, 5), score(1, 2, 5, 3))  # rows and columns are not swapped
+
+
+def test_vit_rejects_wrong_size_and_native_rejects_non_multiple():
+    enc = VisionEncoder(tiny_vision(arch="vit", image_size=64, bias=True))
+    assert enc([torch.randn(3, 64, 64)])[0].shape == (4, 4, 32)
+    with pytest.raises(ValueError, match="64px square"):
+        enc([torch.randn(3, 32, 64)])
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        VisionEncoder(tiny_vision())([torch.randn(3, 40, 64)])
+
+
+def test_image_token_count_mismatch_is_a_clear_error():
+    vlm = tiny_vlm()
+    with pytest.raises(ValueError, match="4 image tokens but the images give 2"):
+        vlm(image_prompt(2, 2)[None], pixel_values=[torch.randn(3, 32, 64)])
+
+
+def test_weighted_loss_matches_manual():
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config())
+    ids = torch.randint(0, 128, (2, 6))
+    targets = torch.randint(0, 128, (2, 6))
+    targets[0, :3] = -100
+    w = torch.rand(2, 6)
+    out = lm(ids, targets=targets, loss_weights=w)
+    logits = lm(ids).logits
+    valid = targets != -100
+    ce = F.cross_entropy(logits[valid], targets[valid], reduction="none")
+    torch.testing.assert_close(out.loss, (w[valid] * ce).sum() / w[valid].sum())
+
+
+def test_sparse_moe_matches_per_token_reference_and_balance_loss():
+    torch.manual_seed(0)
+    moe = SparseMoE(dim=8, hidden=16, num_experts=4, top_k=2)
+    x = torch.randn(3, 5, 8)
+    y = moe(x)
+    probs = F.softmax(moe.router(x.reshape(-1, 8)), -1)
+    ref = torch.zeros(15, 8)
+    for i, tok in enumerate(x.reshape(-1, 8)):
+        w, e = probs[i].topk(2)
+        w = w / w.sum()
+        for wj, ej in zip(w, e):
+            g, u = (tok @ moe.gate_up[ej]).chunk(2)
+            ref[i] += wj * ((F.silu(g) * u) @ moe.down[ej])
+    torch.testing.assert_close(y.reshape(-1, 8), ref, atol=1e-5, rtol=1e-5)
+    # Known answer: a router that is exactly uniform gives balance loss 1 whatever the token split.
+    with torch.no_grad():
+        moe.router.weight.zero_()
+    moe(x)
+    torch.testing.assert_close(moe.last_aux_loss, torch.tensor(1.0))
+
+
+def test_sparse_moe_language_model_trains_with_aux_loss():
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config(), MoEConfig(num_experts=4, top_k=2))
+    ids = torch.randint(0, 128, (2, 8))
+    out = lm(ids, targets=ids)
+    assert out.aux_loss is not None and out.aux_loss > 0
+    (out.loss + out.aux_loss).backward()
+    assert lm.layers[0].mlp.router.weight.grad.abs().sum() > 0
+
+
+def test_save_and_load_round_trip(tmp_path):
+    vlm = tiny_vlm(per_modality_norms=True)
+    vlm.save_pretrained(tmp_path / "m")
+    again = NativeVLM.from_pretrained(tmp_path / "m").eval()
+    assert again.config == vlm.config
+    ids = image_prompt(2, 1)[None]
+    px = [torch.randn(3, 64, 32)]
+    torch.testing.assert_close(again(ids, pixel_values=px).logits, vlm(ids, pixel_values=px).logits)
+    vlm.save_pretrained(tmp_path / "m")  # overwriting an existing checkpoint works
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_corrupt_checkpoint_error_names_the_file(tmp_path):
+    vlm = tiny_vlm()
+    vlm.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        NativeVLM.from_pretrained(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        NativeVLM.from_pretrained(tmp_path / "missing")
+
+
+def test_config_mismatch_names_the_tensor(tmp_path):
+    vlm = tiny_vlm()
+    vlm.save_pretrained(tmp_path / "m")
+    cfg = (tmp_path / "m" / "config.json")
+    cfg.write_text(cfg.read_text().replace('"hidden_size": 32', '"hidden_size": 48'))
+    with pytest.raises(ValueError, match="does not match its config"):
+        NativeVLM.from_pretrained(tmp_path / "m")
+
+
+def test_parameter_counts_cover_every_parameter():
+    vlm = tiny_vlm()
+    counts = vlm.parameter_counts()
+    assert counts["total"] == sum(p.numel() for p in vlm.parameters())
+    assert counts["visual_experts"] > 0 and counts["vision"] > 0 and counts["connector"] > 0
+
+
+def test_compressed_connector_path():
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config())
+    from nativevlm.config import ConnectorConfig
+    vlm = NativeVLM.from_language_model(lm, vision=tiny_vision(), connector=ConnectorConfig(extra_downsample=4),
+                                        image_token_ids={"image_token_id": IMG})
+    img = torch.randn(3, 128, 64)
+    assert vlm.encode_images([img])[0].shape == (4 * 2, 64)
+    assert vlm.encode_images([img], compressed=True)[0].shape == (2 * 1, 64)
+    assert dataclasses.asdict(vlm.config)["connector"]["extra_downsample"] == 4
