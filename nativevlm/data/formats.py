@@ -1,0 +1,284 @@
+"""Readers and writers for conversation datasets: LLaVA conversation JSON and OpenAI chat-messages JSONL.
+
+Real datasets always hold some bad records. A reader that stops at the first one makes a million-record
+file unusable, and one that silently drops them hides data loss, so by default bad records are skipped and
+counted in a `ReadReport` (how many for each reason, and the first few with file and line); `strict=True`
+raises at the first problem instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from .image import ImageError, load_image
+from .sample import IMAGE_MARKER, Sample
+
+LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+CHAT_ROLES = ("system", "user", "assistant")
+
+# Skip reasons, as counted in ReadReport.skipped.
+MALFORMED_JSON = "malformed json"
+BAD_RECORD = "bad record"
+EMPTY_CONVERSATION = "empty conversation"
+MARKER_MISMATCH = "image marker count mismatch"
+MISSING_IMAGE = "missing image"
+CORRUPT_IMAGE = "corrupt image"
+
+
+class DataError(ValueError):
+    """A dataset file or record is unusable; the message names the file, the line or record, and why."""
+
+
+class _Skip(Exception):
+    """Internal: the current record is bad for `reason`."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class ReadReport:
+    """What `read_samples` did with one file: records seen, samples kept, skips per reason, and the first
+    `max_examples` skips as "file line N: problem" strings."""
+
+    path: str
+    n_records: int = 0
+    n_samples: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def add_skip(self, reason: str, message: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(message)
+
+    def summary(self) -> str:
+        head = f"{self.path}: {self.n_records} records, {self.n_samples} samples read, {self.n_skipped} skipped"
+        if not self.n_skipped:
+            return head
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common())
+        lines = [f"{head} ({reasons})"] + [f"  {e}" for e in self.examples]
+        if self.n_skipped > len(self.examples):
+            lines.append(f"  ... and {self.n_skipped - len(self.examples)} more")
+        return "\n".join(lines)
+
+
+def read_samples(
+    path: Union[str, Path],
+    image_root: Union[str, Path, None] = None,
+    strict: bool = False,
+    check_images: bool = True,
+) -> tuple[list[Sample], ReadReport]:
+    """Read a LLaVA JSON file (a list of records) or a JSONL file (one record per line); each record may
+    be in either LLaVA (`conversations`) or chat-messages (`messages`) form. Relative image paths resolve
+    against `image_root` (default: the data file's folder). `check_images` fully decodes every image once
+    so missing and corrupt files are found here, not mid-training; turn it off only for trusted data."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    root = Path(image_root) if image_root is not None else path.parent
+    report = ReadReport(str(path))
+    reader = _Reader(path, root, report, strict, check_images)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e}); expected a list of records") from None
+        for index, record in enumerate(records):
+            reader.record(record, f"record {index}", f"{path}:{index}")
+    elif path.suffix == ".json":
+        raise DataError(f"{path}: expected a JSON list of records (or use .jsonl for one record per line)")
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                reader.record(line, f"line {lineno}", f"{path}:{lineno}")
+    return reader.samples, report
+
+
+class _Reader:
+    """Turns records into Samples for one file, applying the skip-or-raise policy."""
+
+    def __init__(self, path: Path, root: Path, report: ReadReport, strict: bool, check_images: bool):
+        self.path, self.root, self.report = path, root, report
+        self.strict, self.check_images = strict, check_images
+        self.samples: list[Sample] = []
+        self.image_ok: dict[str, Optional[_Skip]] = {}  # records often share images: check each once
+
+    def record(self, raw: Union[str, dict], where: str, source: str) -> None:
+        self.report.n_records += 1
+        try:
+            if isinstance(raw, str):
+                try:
+                    raw = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise _Skip(MALFORMED_JSON, f"malformed JSON: {e}") from None
+            if not isinstance(raw, dict):
+                raise _Skip(BAD_RECORD, f"expected a JSON object, got {type(raw).__name__}")
+            if "conversations" in raw:
+                messages, images = _llava_record(raw)
+            elif "messages" in raw:
+                messages, images = _chat_record(raw)
+            else:
+                raise _Skip(BAD_RECORD, "record has neither 'conversations' (LLaVA) nor 'messages' (chat)")
+            images = [self.image(p) for p in images]
+        except _Skip as skip:
+            message = f"{self.path} {where}: {skip.message}"
+            if self.strict:
+                raise DataError(message) from None
+            self.report.add_skip(skip.reason, message)
+            return
+        meta = dict(raw["meta"]) if isinstance(raw.get("meta"), dict) else {}
+        meta["source"] = source
+        sample_id = str(raw.get("id", f"{self.path.stem}-{where.split()[-1]}"))
+        self.samples.append(Sample(id=sample_id, messages=messages, images=images, meta=meta))
+        self.report.n_samples += 1
+
+    def image(self, ref: str) -> str:
+        path = os.path.abspath(ref if os.path.isabs(ref) else self.root / ref)
+        if path not in self.image_ok:
+            self.image_ok[path] = self._check(path)
+        problem = self.image_ok[path]
+        if problem is not None:
+            raise _Skip(problem.reason, problem.message)
+        return path
+
+    def _check(self, path: str) -> Optional[_Skip]:
+        if not os.path.isfile(path):
+            return _Skip(MISSING_IMAGE, f"image file {path} does not exist")
+        if self.check_images:
+            try:
+                load_image(path)
+            except ImageError as e:
+                return _Skip(CORRUPT_IMAGE, str(e))
+        return None
+
+
+def _image_list(value, key: str) -> list[str]:
+    refs = [value] if isinstance(value, str) else value
+    if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
+        raise _Skip(BAD_RECORD, f"'{key}' must be a path or a list of paths, got {value!r}")
+    return refs
+
+
+def _check_markers(messages: list[dict], images: list[str]) -> None:
+    if not any(m["content"].strip() for m in messages):
+        raise _Skip(EMPTY_CONVERSATION, "conversation is empty")
+    n_markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
+    if n_markers != len(images):
+        raise _Skip(MARKER_MISMATCH, f"{n_markers} {IMAGE_MARKER} markers but {len(images)} images")
+
+
+def _llava_record(raw: dict) -> tuple[list[dict], list[str]]:
+    """LLaVA: `{id, image | images, conversations: [{from: human|gpt|system, value}]}`."""
+    turns = raw["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise _Skip(EMPTY_CONVERSATION, "'conversations' is empty")
+    images: list[str] = []
+    for key in ("image", "images"):
+        if raw.get(key) is not None:
+            images += _image_list(raw[key], key)
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise _Skip(BAD_RECORD, f"turn {i} must be an object with a string 'value'")
+        role = LLAVA_ROLES.get(turn.get("from"))
+        if role is None:
+            raise _Skip(BAD_RECORD, f"turn {i} has unknown 'from' {turn.get('from')!r} (human, gpt or system)")
+        messages.append({"role": role, "content": turn["value"]})
+    # LLaVA convention: an image record without markers means the images precede the first question.
+    if images and not any(IMAGE_MARKER in m["content"] for m in messages):
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is not None:
+            first_user["content"] = f"{IMAGE_MARKER}\n" * len(images) + first_user["content"]
+    _check_markers(messages, images)
+    return messages, images
+
+
+def _part_image(part: dict) -> str:
+    """The path in an `image_url` / `image` content part; only local files (optionally file://) are
+    supported, since training data must be reproducible offline."""
+    value = part.get(part["type"], part.get("path"))
+    if isinstance(value, dict):
+        value = value.get("url", value.get("path"))
+    if not isinstance(value, str) or not value:
+        raise _Skip(BAD_RECORD, f"{part['type']} part has no path: {part!r}")
+    if value.startswith("file://"):
+        value = value[len("file://"):]
+    elif "://" in value or value.startswith("data:"):
+        raise _Skip(BAD_RECORD, f"only local image files are supported, got {value[:60]!r}")
+    return value
+
+
+def _chat_record(raw: dict) -> tuple[list[dict], list[str]]:
+    """OpenAI chat messages: content is a string (with `<image>` markers matching the record's `images`)
+    or a list of text / image parts; each image part becomes a marker where it stands, parts joined by
+    newlines."""
+    turns = raw["messages"]
+    if not isinstance(turns, list) or not turns:
+        raise _Skip(EMPTY_CONVERSATION, "'messages' is empty")
+    inline: list[str] = []
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("role") not in CHAT_ROLES:
+            raise _Skip(BAD_RECORD, f"message {i} needs a role of {', '.join(CHAT_ROLES)}")
+        content = turn.get("content")
+        if isinstance(content, list):
+            pieces = []
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    pieces.append(part["text"])
+                elif kind in ("image_url", "image"):
+                    inline.append(_part_image(part))
+                    pieces.append(IMAGE_MARKER)
+                else:
+                    raise _Skip(BAD_RECORD, f"message {i} has an unsupported content part {part!r}")
+            content = "\n".join(pieces)
+        if not isinstance(content, str):
+            raise _Skip(BAD_RECORD, f"message {i} content must be a string or a list of parts")
+        messages.append({"role": turn["role"], "content": content})
+    images = _image_list(raw["images"], "images") if raw.get("images") is not None else []
+    if inline and images:
+        raise _Skip(BAD_RECORD, "images given both as content parts and in 'images'")
+    images = inline or images
+    _check_markers(messages, images)
+    return messages, images
+
+
+def write_llava(samples: list[Sample], path: Union[str, Path]) -> None:
+    """Write samples as LLaVA conversation JSON. Image paths under the output folder are written relative
+    to it, so a dataset folder can be moved as a whole; others stay absolute. `meta` is kept, less the
+    `source` that reading adds back."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    role_to_from = {"user": "human", "assistant": "gpt", "system": "system"}
+    records = []
+    for s in samples:
+        record: dict = {"id": s.id}
+        refs = []
+        for image in s.images:
+            image_path = Path(image).resolve()
+            refs.append(str(image_path.relative_to(folder)) if image_path.is_relative_to(folder) else image)
+        if len(refs) == 1:
+            record["image"] = refs[0]
+        elif refs:
+            record["images"] = refs
+        record["conversations"] = [{"from": role_to_from[m["role"]], "value": m["content"]} for m in s.messages]
+        meta = {k: v for k, v in s.meta.items() if k != "source"}
+        if meta:
+            record["meta"] = meta
+        records.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,146 @@
+"""Native-resolution image preprocessing.
+
+NaViL's encoder takes each image at (close to) its own resolution and aspect ratio. The only constraints are
+that both sides are multiples of `patch_size * downsample` (so patches tile the image and the 2x2 pixel
+shuffle tiles the patch grid) and that the patch count stays within a budget, so tiny images still get a few
+tokens and huge ones don't blow up the sequence.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..config import ConnectorConfig, VisionConfig
+
+
+class ImageError(ValueError):
+    """An image file exists but can't be opened or decoded; the message names the file."""
+
+
+def fit_size(
+    width: int,
+    height: int,
+    patch_size: int = 16,
+    factor: int = 32,
+    min_patches: int = 16,
+    max_patches: int = 4096,
+) -> tuple[int, int]:
+    """The (width, height) to resize an image to: both sides multiples of `factor`, the patch count
+    `(w / patch_size) * (h / patch_size)` within [min_patches, max_patches], aspect ratio kept as closely
+    as the grid allows. Sizes already within budget are only rounded to the grid."""
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if factor % patch_size:
+        raise ValueError(f"factor {factor} must be a multiple of patch_size {patch_size}")
+    per_cell = (factor // patch_size) ** 2  # patches in one factor x factor cell
+    min_cells = max(1, math.ceil(min_patches / per_cell))
+    max_cells = max_patches // per_cell
+    if max_cells < min_cells:
+        raise ValueError(
+            f"no {factor}-pixel grid has between {min_patches} and {max_patches} patches of {patch_size}px"
+        )
+    # Work in cells: a x b cells of factor x factor pixels. Target area (in cells) is the image's own,
+    # clamped to the budget; the sides then follow from the aspect ratio.
+    ratio = width / height
+    area = min(max(width * height / factor**2, min_cells), max_cells)
+    a = round(math.sqrt(area * ratio))
+    b = round(math.sqrt(area / ratio))
+    # A very elongated image gets one cell across its short side; its long side then follows the aspect
+    # ratio (scaling up uniformly) rather than the area, so thin text strips keep their glyph shapes.
+    if b < 1:
+        a, b = min(max_cells, max(1, round(ratio))), 1
+    elif a < 1:
+        a, b = 1, min(max_cells, max(1, round(1 / ratio)))
+
+    def ratio_error(a: int, b: int) -> float:
+        return abs(math.log(a / b / ratio))
+
+    # Rounding can leave the budget: step the side whose change distorts the aspect ratio least.
+    while a * b > max_cells:
+        if b == 1 or (a > 1 and ratio_error(a - 1, b) <= ratio_error(a, b - 1)):
+            a -= 1
+        else:
+            b -= 1
+    while a * b < min_cells:
+        if ratio_error(a + 1, b) <= ratio_error(a, b + 1):
+            a += 1
+        else:
+            b += 1
+    return a * factor, b * factor
+
+
+def load_image(path: Union[str, Path]) -> Image.Image:
+    """Open and fully decode an image as RGB. Decoding up front (not lazily) is what catches truncated
+    files here, with the file named, rather than deep inside a training step. EXIF rotation is applied and
+    transparent areas are composited on white (dropping alpha would show whatever colour the transparent
+    pixels happen to store, often black)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+
+
+def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """Resize to `size` = (width, height) with bicubic filtering and normalise to [-1, 1]
+    (mean 0.5, std 0.5): a float32 tensor [3, height, width]."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != tuple(size):
+        img = img.resize(tuple(size), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return x.float().div_(127.5).sub_(1.0)
+
+
+class ImageProcessor:
+    """Path or PIL image -> normalised tensor at its native-resolution size on the `factor` grid.
+    `fixed_size` (square side) replaces native resolution for the fixed-input ViT baseline."""
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        factor: int = 32,
+        min_patches: int = 16,
+        max_patches: int = 4096,
+        fixed_size: Optional[int] = None,
+    ):
+        if fixed_size is not None and fixed_size % factor:
+            raise ValueError(f"fixed_size {fixed_size} must be a multiple of {factor}")
+        self.patch_size = patch_size
+        self.factor = factor
+        self.min_patches = min_patches
+        self.max_patches = max_patches
+        self.fixed_size = fixed_size
+
+    @classmethod
+    def from_config(cls, vision: VisionConfig, connector: ConnectorConfig) -> "ImageProcessor":
+        return cls(
+            patch_size=vision.patch_size,
+            factor=vision.patch_size * connector.downsample,
+            min_patches=vision.min_patches,
+            max_patches=vision.max_patches,
+            fixed_size=vision.image_size if vision.arch == "vit" else None,
+        )
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        if self.fixed_size is not None:
+            return self.fixed_size, self.fixed_size
+        return fit_size(width, height, self.patch_size, self.factor, self.min_patches, self.max_patches)
+
+    def __call__(self, image: Union[str, Path, Image.Image]) -> torch.Tensor:
+        img = image if isinstance(image, Image.Image) else load_image(image)
+        return to_tensor(img, self.size_for(*img.size))

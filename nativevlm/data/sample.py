@@ -1,0 +1,25 @@
+"""One training or evaluation example, independent of the file format it came from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IMAGE_MARKER = "<image>"
+
+
+@dataclass
+class Sample:
+    """A conversation with its images.
+
+    `messages` are `{"role": "system" | "user" | "assistant", "content": str}`; each `<image>` marker in a
+    content string stands for the next entry of `images` (absolute paths, in marker order), so the collator
+    can replace markers by image token blocks without knowing where the sample came from. `meta` carries
+    the source record's own `meta` (task family, answer, ...) plus `source` = "file:line" or "file:index".
+    """
+
+    id: str
+    messages: list[dict]
+    images: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def n_markers(self) -> int:
+        return sum(m["content"].count(IMAGE_MARKER) for m in self.messages)
