@@ -1,0 +1,83 @@
+"""`nativevlm tokenizer train CORPUS... --vocab-size N --out DIR`: train the byte-level BPE tokenizer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train a BPE tokenizer")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="TOKENIZER_COMMAND")
+    t = tsub.add_parser(
+        "train",
+        help="train on text files (one document per line), LLaVA .json or chat .jsonl conversation files",
+    )
+    t.add_argument("corpus", nargs="+", help="text, LLaVA JSON (.json) or chat-messages JSONL (.jsonl) files")
+    t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special tokens included")
+    t.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+    t.add_argument("--out", required=True, help="output folder (tokenizer.json, tokenizer_config.json)")
+    t.set_defaults(func=train)
+
+
+def _content_texts(content) -> list[str]:
+    """Texts of a message content: a string, or a list of parts whose text parts count."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def _parse(text: str, where: str):
+    from ..config import ConfigError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"corpus {where} is not valid JSON: {e}") from None
+
+
+def corpus_texts(path: Path) -> Iterator[str]:
+    """Documents of one corpus file: lines of a text file, or the message texts of a LLaVA .json or chat
+    .jsonl file with `<image>` markers removed (markers become image tokens, never text). Images are not
+    opened."""
+    from ..data.sample import IMAGE_MARKER
+
+    if path.suffix not in (".json", ".jsonl"):
+        with path.open(encoding="utf-8") as f:
+            yield from (line.rstrip("\n") for line in f if line.strip())
+        return
+    if path.suffix == ".json":
+        records = _parse(path.read_text(encoding="utf-8"), str(path))
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = [_parse(line, f"{path} line {i}") for i, line in enumerate(lines, 1) if line.strip()]
+    for record in records if isinstance(records, list) else []:
+        if not isinstance(record, dict):
+            continue
+        turns = [(t, "value") for t in record.get("conversations", [])]
+        turns += [(m, "content") for m in record.get("messages", [])]
+        for turn, key in turns:
+            texts = _content_texts(turn.get(key)) if isinstance(turn, dict) else []
+            yield from (t.replace(IMAGE_MARKER, "") for t in texts if t)
+
+
+def train(args) -> int:
+    from ..config import ConfigError
+    from ..data.tokenizer import Tokenizer
+
+    paths = [Path(p) for p in args.corpus]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"corpus file {p} does not exist")
+    texts = (text for p in paths for text in corpus_texts(p))
+    try:
+        tok = Tokenizer.train(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"--vocab-size: {e}") from None
+    tok.save(args.out)
+    print(f"trained a {tok.vocab_size}-token BPE on {len(paths)} file(s); wrote {args.out}/tokenizer.json")
+    return 0
