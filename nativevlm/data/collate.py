@@ -1,0 +1,212 @@
+"""Samples -> model batches: chat template, image token blocks, loss targets, padding or packing.
+
+Layout (NaViL): each `<image>` marker becomes `<img_start>`, then for each of `rows` rows `cols` x `<img>`
+and an `<img_eol>`, then `<img_end>`, where an image tensor [3, H, W] gives rows = H // factor and
+cols = W // factor (factor = patch_size * downsample: one token per pixel-shuffled patch group). The model
+writes the encoder's features, row-major, into the `<img>` positions with one masked assignment, so the
+sequence length is known here, before any vision compute.
+
+Targets are pre-shifted: `targets[t]` is the token to predict at position t (`input_ids[t + 1]` when that is
+an assistant token, else -100). The model never shifts, so a packed row can't leak a prediction across a
+document boundary, and the loss is on assistant tokens only (their content and closing `<|im_end|>`).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .image import ImageProcessor
+from .sample import IMAGE_MARKER, Sample
+from .tokenizer import IM_END, IM_START, Tokenizer
+
+IGNORE = -100
+
+
+class SampleDropped(ValueError):
+    """A sample can't be encoded within `max_length`; `reason` is the short form the Collator counts."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class EncodedSample:
+    """One tokenised sample. `pixel_values` are in the order of the image blocks in `input_ids`."""
+
+    input_ids: list[int]
+    targets: list[int]
+    pixel_values: list[torch.Tensor] = field(default_factory=list)
+    n_loss_tokens: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def image_block(pixels: torch.Tensor, factor: int, ids: dict[str, int]) -> list[int]:
+    """The token block standing for one image tensor [3, H, W]."""
+    rows, cols = pixels.shape[-2] // factor, pixels.shape[-1] // factor
+    row = [ids["image_token_id"]] * cols + [ids["image_eol_id"]]
+    return [ids["image_start_id"], *row * rows, ids["image_end_id"]]
+
+
+def encode_sample(
+    sample: Sample,
+    tokenizer: Tokenizer,
+    image_processor: ImageProcessor,
+    max_length: Optional[int] = None,
+    add_generation_prompt: bool = False,
+) -> EncodedSample:
+    """Tokenise `sample` with the ChatML template, expanding each image marker into its token block.
+
+    Each turn's header, content pieces and footer are encoded separately, which is exactly how the prompt
+    and the generated reply are tokenised at inference (`add_generation_prompt=True` gives that prompt).
+    Past `max_length` the text is cut from the end, never inside or before an image block: a sample whose
+    images don't fit, or whose answer is cut away entirely, raises SampleDropped.
+    """
+    image_ids = tokenizer.image_token_ids()
+    im_start, im_end = tokenizer.token_to_id(IM_START), tokenizer.token_to_id(IM_END)
+    newline = tokenizer.encode("\n")
+    ids: list[int] = []
+    is_answer: list[bool] = []
+    pixel_values: list[torch.Tensor] = []
+    images_end = 0  # where the last image block ends: the shortest prefix keeping every image
+
+    def add(tokens: list[int], answer: bool) -> None:
+        ids.extend(tokens)
+        is_answer.extend([answer] * len(tokens))
+
+    images = iter(sample.images)
+    for message in sample.messages:
+        answer = message["role"] == "assistant"
+        add([im_start, *tokenizer.encode(f"{message['role']}\n")], False)
+        for k, piece in enumerate(message["content"].split(IMAGE_MARKER)):
+            if k:
+                path = next(images, None)
+                if path is None:
+                    raise ValueError(f"sample {sample.id}: more {IMAGE_MARKER} markers than images")
+                pixel_values.append(image_processor(path))
+                add(image_block(pixel_values[-1], image_processor.factor, image_ids), False)
+                images_end = len(ids)
+            if piece:
+                add(tokenizer.encode(piece), answer)
+        add([im_end], answer)
+        add(newline, False)
+    if next(images, None) is not None:
+        raise ValueError(f"sample {sample.id}: more images than {IMAGE_MARKER} markers")
+    if add_generation_prompt:
+        add([im_start, *tokenizer.encode("assistant\n")], False)
+
+    if max_length is not None and len(ids) > max_length:
+        if images_end > max_length:
+            raise SampleDropped(
+                "images too long", f"sample {sample.id}: its images need {images_end} > {max_length} tokens"
+            )
+        had_answer = any(is_answer)
+        ids, is_answer = ids[:max_length], is_answer[:max_length]
+        if had_answer and not any(is_answer):
+            raise SampleDropped(
+                "answer truncated", f"sample {sample.id}: no answer token left within {max_length} tokens"
+            )
+    targets = [nxt if answer else IGNORE for nxt, answer in zip(ids[1:], is_answer[1:])] + [IGNORE]
+    n_loss = sum(t != IGNORE for t in targets)
+    return EncodedSample(ids, targets, pixel_values, n_loss)
+
+
+def pack_first_fit(samples: list[EncodedSample], max_length: int) -> list[list[EncodedSample]]:
+    """Greedy first-fit: each sample goes into the first row with room, else a new row."""
+    rows: list[list[EncodedSample]] = []
+    fill: list[int] = []
+    for s in samples:
+        assert len(s) <= max_length, "samples are truncated to max_length before packing"
+        for i in range(len(rows)):
+            if fill[i] + len(s) <= max_length:
+                rows[i].append(s)
+                fill[i] += len(s)
+                break
+        else:
+            rows.append([s])
+            fill.append(len(s))
+    return rows
+
+
+class Collator:
+    """List of Samples -> batch dict (see `__call__`). Samples that can't fit `max_length` are dropped
+    and counted in `self.dropped` (reason -> count) rather than failing the step.
+
+    `pack=True` packs whole samples into rows of at most `max_length` tokens (first-fit, so the number of
+    rows varies); positions restart at 0 for each document and `document_ids` tell the model where the
+    block-diagonal attention mask goes. `square_average=True` weighs each sample's target tokens by
+    1/sqrt(N_sample) (InternVL3.5), between per-token averaging, which favours long answers, and
+    per-sample averaging, which over-weights the tokens of short ones.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_processor: ImageProcessor,
+        max_length: int,
+        pack: bool = False,
+        square_average: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.max_length = max_length
+        self.pack = pack
+        self.square_average = square_average
+        self.dropped: Counter = Counter()
+
+    def encode(self, samples: list[Sample]) -> list[EncodedSample]:
+        encoded = []
+        for s in samples:
+            try:
+                encoded.append(encode_sample(s, self.tokenizer, self.image_processor, self.max_length))
+            except SampleDropped as e:
+                self.dropped[e.reason] += 1
+        return encoded
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        """Returns (B = rows, T = longest row; B = 0 when every sample was dropped):
+        input_ids [B, T] long, right-padded with pad_id; targets [B, T] long, pre-shifted, -100 = no loss;
+        loss_weights [B, T] float32, 0 where no target (loss = sum(w * ce) / sum(w));
+        attention_mask [B, T] bool, True = real token; position_ids [B, T] long;
+        document_ids [B, T] long (index of the document within its row, -1 = padding) or None unpacked;
+        pixel_values: list of [3, H, W] tensors in order of appearance over the flattened batch;
+        n_samples, n_images, n_loss_tokens: ints for logging and throughput."""
+        encoded = self.encode(samples)
+        rows = pack_first_fit(encoded, self.max_length) if self.pack else [[e] for e in encoded]
+        B, T = len(rows), max((sum(len(d) for d in row) for row in rows), default=0)
+        input_ids = torch.full((B, T), self.tokenizer.pad_id, dtype=torch.long)
+        targets = torch.full((B, T), IGNORE, dtype=torch.long)
+        loss_weights = torch.zeros(B, T, dtype=torch.float32)
+        position_ids = torch.zeros(B, T, dtype=torch.long)
+        document_ids = torch.full((B, T), -1, dtype=torch.long)
+        pixel_values: list[torch.Tensor] = []
+        for b, row in enumerate(rows):
+            start = 0
+            for d, doc in enumerate(row):
+                end = start + len(doc)
+                input_ids[b, start:end] = torch.tensor(doc.input_ids)
+                targets[b, start:end] = torch.tensor(doc.targets)
+                weight = 1.0 / math.sqrt(doc.n_loss_tokens) if self.square_average and doc.n_loss_tokens else 1.0
+                loss_weights[b, start:end] = (targets[b, start:end] != IGNORE).float() * weight
+                position_ids[b, start:end] = torch.arange(len(doc))
+                document_ids[b, start:end] = d
+                pixel_values.extend(doc.pixel_values)
+                start = end
+        return {
+            "input_ids": input_ids,
+            "targets": targets,
+            "loss_weights": loss_weights,
+            "attention_mask": document_ids >= 0,
+            "position_ids": position_ids,
+            "document_ids": document_ids if self.pack else None,
+            "pixel_values": pixel_values,
+            "n_samples": len(encoded),
+            "n_images": len(pixel_values),
+            "n_loss_tokens": sum(e.n_loss_tokens for e in encoded),
+        }
