@@ -1,8 +1,10 @@
-"""Encoding (chat template, image blocks, pre-shifted assistant-only targets), truncation, padding and packing.
+"""Encoding (chat template, image blocks, pre-shifted assistant-only targets), truncation, padding, packing
+and resumable loading.
 
 The packing test runs a tiny reference causal model written here (embedding, image features spliced into
 the <img> positions with one masked assignment, one attention layer over SDPA with a mask built from
-document_ids, RoPE and an absolute position embedding from position_ids): packed and unpacked batches must give the same loss.
+document_ids, RoPE and an absolute position embedding from position_ids): packed and unpacked batches must
+give the same loss.
 """
 import math
 

@@ -95,7 +95,8 @@ def test_existing_vocabulary_gets_missing_tokens(tmp_path):
     assert wrapped.vocab_size == len(vocab) + len(CHAT_TOKENS) + 5
 
     tk.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": {"content": "</pad>"}, "bos_token": "<s>"}))
+    config = {"pad_token": {"content": "</pad>"}, "bos_token": "<s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     loaded = Tokenizer.load(tmp_path)
     assert (loaded.pad_id, loaded.bos_id) == (1, 0)
     assert loaded.image_token_ids() == wrapped.image_token_ids()
