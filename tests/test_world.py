@@ -276,7 +276,10 @@ def test_layout_and_records(tmp_path):
     captions = json.load(open(tmp_path / "val_captions.json"))
     scene_lines = open(tmp_path / "val_scenes.jsonl").read().splitlines()
     assert len(captions) == len(scene_lines) == 12 and len(records) >= 12
-    assert len(open(tmp_path / "val_text.txt").read().splitlines()) == 24
+    documents = open(tmp_path / "val_text.txt").read().splitlines()
+    assert len(documents) == 24
+    for doc in documents:
+        check_arithmetic(doc)
     for r in records + captions:
         assert os.path.exists(tmp_path / r["image"]) and r["image"].startswith("images/val/")
         human, gpt = r["conversations"]

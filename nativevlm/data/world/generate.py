@@ -48,7 +48,7 @@ def conversation(record_id: str, image: str, prompt: str, answer: str, meta: dic
 
 def _write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False)
+        f.write(json.dumps(obj, ensure_ascii=False))  # dumps uses the C encoder; dump streams in Python
 
 
 def _write_lines(path: str, lines: list[str]) -> None:

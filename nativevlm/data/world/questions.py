@@ -49,7 +49,8 @@ def q_count(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA:
 def q_exists(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA:
     # Half the time ask about a present object, so "yes" is not rare.
     if rng.random() < 0.5:
-        color, shape = (o := rng.choice(scene.objects)).color, o.shape
+        present = rng.choice(scene.objects)
+        color, shape = present.color, present.shape
     else:
         color, shape = rng.choice(cfg.colors), rng.choice(cfg.shapes)
     return perception(f"Is there a {color} {shape}?", yes_no(count(scene.objects, shape, color) > 0), "existence")
