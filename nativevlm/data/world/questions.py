@@ -115,17 +115,17 @@ def q_arithmetic(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA:
 
 
 def q_comparison(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA:
-    if rng.random() < 0.5 and len(cfg.shapes) >= 2:
-        a, b = rng.sample(cfg.shapes, 2)
-        na, nb = count(scene.objects, shape=a), count(scene.objects, shape=b)
-        question, la, lb = f"Are there more {a}s than {b}s?", f"{a}s", f"{b}s"
-    else:
-        a, b = rng.sample(cfg.colors, 2)
-        na, nb = count(scene.objects, color=a), count(scene.objects, color=b)
-        question, la, lb = f"Are there more {a} objects than {b} objects?", f"{a} objects", f"{b} objects"
+    """Prefers pairs with unequal counts: ties (mostly 0 vs 0) would make "no" the usual answer."""
+    by = "shape" if rng.random() < 0.5 and len(cfg.shapes) >= 2 else "color"
+    values = cfg.shapes if by == "shape" else cfg.colors
+    counts = {v: count(scene.objects, **{by: v}) for v in values}
+    pairs = [(a, b) for a in values for b in values if a != b]
+    a, b = rng.choice([(a, b) for a, b in pairs if counts[a] != counts[b]] or pairs)
+    na, nb = counts[a], counts[b]
+    la, lb = (f"{a}s", f"{b}s") if by == "shape" else (f"{a} objects", f"{b} objects")
     verdict = "is greater than" if na > nb else "is not greater than"
     steps = [f"Count the {la}: {na}.", f"Count the {lb}: {nb}.", f"{na} {verdict} {nb}."]
-    return reasoning(question, yes_no(na > nb), "comparison", steps)
+    return reasoning(f"Are there more {la} than {lb}?", yes_no(na > nb), "comparison", steps)
 
 
 EXTREMES = {"leftmost": lambda o: o.col, "topmost": lambda o: o.row}
