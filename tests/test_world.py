@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+from nativevlm.config import ConfigError
 from nativevlm.data.world import generate_questions, generate_world, make_config, render_scene, sample_scene
 from nativevlm.data.world.cli import register
 from nativevlm.data.world.fonts import font_path
@@ -325,3 +326,18 @@ def test_cli_end_to_end(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert len(list((tmp_path / "images" / "test").iterdir())) == 8
     assert json.load(open(tmp_path / "test_config.json"))["config"]["max_side"] == 128
+
+
+def test_more_scenes_extend_fewer_scenes(tmp_path):
+    """Scene k depends only on (seed, k): a bigger split starts with the smaller one."""
+    for n in (5, 10):
+        generate_world(str(tmp_path / str(n)), n, seed=7, split="test", preset="full", progress=False)
+    small = open(tmp_path / "5" / "test_scenes.jsonl").read()
+    assert open(tmp_path / "10" / "test_scenes.jsonl").read().startswith(small)
+
+
+@pytest.mark.parametrize("overrides", [{"max_side": 100}, {"preset": "huge"}, {"kinds": ("video",)},
+                                       {"split": "dev"}, {"max_colors": 3}])
+def test_bad_settings_name_the_problem(tmp_path, overrides):
+    with pytest.raises(ConfigError):
+        generate_world(str(tmp_path), 2, progress=False, **overrides)

@@ -12,6 +12,7 @@ import random
 from dataclasses import asdict
 from typing import Iterator
 
+from ...config import ConfigError
 from .captions import CAPTION_PROMPT, caption
 from .corpus import scene_document, word_problem
 from .questions import generate_questions
@@ -23,8 +24,6 @@ MAX_ATTEMPTS_PER_SCENE = 1000  # a world too small to fill a split fails loudly 
 
 def split_scenes(seed: int, split: str, cfg: WorldConfig) -> Iterator[tuple[Scene, random.Random]]:
     """Scenes of `split` in a fixed order, each with its RNG (still used afterwards for its questions)."""
-    if split not in SPLIT_BUCKETS:
-        raise ValueError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
     attempt, found = 0, 0
     while True:
         rng = random.Random(f"nativevlm-world:{seed}:{attempt}")
@@ -34,7 +33,7 @@ def split_scenes(seed: int, split: str, cfg: WorldConfig) -> Iterator[tuple[Scen
             found += 1
             yield scene, rng
         elif attempt > MAX_ATTEMPTS_PER_SCENE * (found + 1):
-            raise RuntimeError(f"the world config yields too few {split} scenes; widen it (more objects/sides)")
+            raise ConfigError(f"the world config yields too few {split} scenes; widen it (more objects/sides)")
 
 
 def conversation(record_id: str, image: str, prompt: str, answer: str, meta: dict) -> dict:
@@ -64,6 +63,8 @@ def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", pr
     """
     from tqdm import tqdm
 
+    if split not in SPLIT_BUCKETS:
+        raise ConfigError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
     cfg = make_config(preset, **overrides)
     image_dir = os.path.join(out_dir, "images", split)
     os.makedirs(image_dir, exist_ok=True)

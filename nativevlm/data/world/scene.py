@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+
+from ...config import ConfigError
 
 CELL = 32  # grid cell in pixels; image sides are multiples of it (16-px patches, 2x2 merge)
 
@@ -127,16 +129,16 @@ class WorldConfig:
     def __post_init__(self):
         for side in (self.min_side, self.max_side):
             if side % CELL or side < 2 * CELL:
-                raise ValueError(f"image sides must be multiples of {CELL} and >= {2 * CELL}, got {side}")
+                raise ConfigError(f"image sides must be multiples of {CELL} and >= {2 * CELL}, got {side}")
         if self.min_side > self.max_side:
-            raise ValueError(f"min_side {self.min_side} > max_side {self.max_side}")
+            raise ConfigError(f"min_side {self.min_side} > max_side {self.max_side}")
         if "chart" in self.kinds and self.max_side < MIN_CHART_SIDE:
-            raise ValueError(f"chart scenes need max_side >= {MIN_CHART_SIDE}; raise --max-side")
+            raise ConfigError(f"chart scenes need max_side >= {MIN_CHART_SIDE}; raise --max-side")
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
-            raise ValueError(f"unknown scene kinds {sorted(unknown)}; choose from {KINDS}")
+            raise ConfigError(f"unknown scene kinds {sorted(unknown)}; choose from {KINDS}")
         if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+            raise ConfigError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
 
 
 PRESETS: dict[str, WorldConfig] = {
@@ -161,7 +163,10 @@ PRESETS: dict[str, WorldConfig] = {
 def make_config(preset: str = "basic", **overrides) -> WorldConfig:
     """A preset with some fields replaced; `None` overrides are ignored so CLI defaults pass through."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in fields(WorldConfig)}
+    if unknown:
+        raise ConfigError(f"unknown world settings {sorted(unknown)}; see WorldConfig for the fields")
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 
