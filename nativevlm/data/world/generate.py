@@ -55,6 +55,17 @@ def _write_lines(path: str, lines: list[str]) -> None:
         f.writelines(line + "\n" for line in lines)
 
 
+def scene_records(scene: Scene, rng: random.Random, cfg: WorldConfig, scene_id: str, image: str):
+    """Everything said about one scene: QA records, its caption record, its text-corpus documents."""
+    qas = generate_questions(scene, rng, cfg)
+    text = caption(scene)
+    qa_records = [conversation(f"{scene_id}_q{j}", image, qa.question, qa.answer, qa.meta(scene_id))
+                  for j, qa in enumerate(qas)]
+    caption_meta = {"family": "caption", "kind": "perception", "answer": text, "scene_id": scene_id}
+    caption_record = conversation(f"{scene_id}_caption", image, CAPTION_PROMPT, text, caption_meta)
+    return qa_records, caption_record, [scene_document(text, qas), word_problem(rng, cfg)]
+
+
 def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", preset: str = "basic",
                    progress: bool = True, **overrides) -> dict:
     """Generate `n` scenes of `split` under `out_dir`; `overrides` replace preset fields (see WorldConfig).
@@ -66,8 +77,7 @@ def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", pr
     if split not in SPLIT_BUCKETS:
         raise ConfigError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
     cfg = make_config(preset, **overrides)
-    image_dir = os.path.join(out_dir, "images", split)
-    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "images", split), exist_ok=True)
     qa_records, caption_records, scene_lines, text_lines = [], [], [], []
     scenes = split_scenes(seed, split, cfg)
     for index in tqdm(range(n), desc=f"world {split}", unit="scene", disable=not progress):
@@ -75,15 +85,11 @@ def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", pr
         scene_id = f"{split}_{index:06d}"
         image = f"images/{split}/{scene_id}.png"
         render_scene(scene).save(os.path.join(out_dir, image), format="PNG")
-        qas = generate_questions(scene, rng, cfg)
-        text = caption(scene)
-        for j, qa in enumerate(qas):
-            qa_records.append(conversation(f"{scene_id}_q{j}", image, qa.question, qa.answer, qa.meta(scene_id)))
-        caption_records.append(conversation(f"{scene_id}_caption", image, CAPTION_PROMPT, text,
-                                            {"family": "caption", "kind": "perception", "answer": text,
-                                             "scene_id": scene_id}))
+        qas, caption_record, documents = scene_records(scene, rng, cfg, scene_id, image)
+        qa_records += qas
+        caption_records.append(caption_record)
         scene_lines.append(json.dumps({"id": scene_id, "split": split, **scene.to_dict()}, sort_keys=True))
-        text_lines += [scene_document(text, qas), word_problem(rng, cfg)]
+        text_lines += documents
     _write_json(os.path.join(out_dir, f"{split}.json"), qa_records)
     _write_json(os.path.join(out_dir, f"{split}_captions.json"), caption_records)
     _write_lines(os.path.join(out_dir, f"{split}_scenes.jsonl"), scene_lines)
