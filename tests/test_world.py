@@ -337,7 +337,8 @@ def test_more_scenes_extend_fewer_scenes(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [{"max_side": 100}, {"preset": "huge"}, {"kinds": ("video",)},
-                                       {"split": "dev"}, {"max_colors": 3}])
+                                       {"split": "dev"}, {"max_colors": 3},
+                                       {"colors": ("red",)}, {"shapes": ("circle", "hexagon")}])
 def test_bad_settings_name_the_problem(tmp_path, overrides):
     with pytest.raises(ConfigError):
         generate_world(str(tmp_path), 2, progress=False, **overrides)

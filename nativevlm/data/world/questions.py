@@ -102,7 +102,7 @@ def q_relation(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA | None:
 
 def q_arithmetic(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA:
     objs = scene.objects
-    if rng.random() < 0.5 and len(cfg.shapes) >= 2:
+    if rng.random() < 0.5:
         s1, s2 = rng.sample(cfg.shapes, 2)
         n1, n2 = count(objs, shape=s1), count(objs, shape=s2)
         steps = [f"Count the {s1}s: {n1}.", f"Count the {s2}s: {n2}.", f"{n1} + {n2} = {n1 + n2}."]
@@ -116,7 +116,7 @@ def q_arithmetic(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA:
 
 def q_comparison(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA:
     """Prefers pairs with unequal counts: ties (mostly 0 vs 0) would make "no" the usual answer."""
-    by = "shape" if rng.random() < 0.5 and len(cfg.shapes) >= 2 else "color"
+    by = "shape" if rng.random() < 0.5 else "color"
     values = cfg.shapes if by == "shape" else cfg.colors
     counts = {v: count(scene.objects, **{by: v}) for v in values}
     pairs = [(a, b) for a in values for b in values if a != b]

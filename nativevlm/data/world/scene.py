@@ -137,6 +137,15 @@ class WorldConfig:
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ConfigError(f"unknown scene kinds {sorted(unknown)}; choose from {KINDS}")
+        for name, chosen, known in (("colors", self.colors, PALETTE), ("shapes", self.shapes, SHAPES)):
+            if len(set(chosen)) < 2 or not set(chosen) <= set(known):
+                raise ConfigError(f"{name} must be at least two of {tuple(known)}, got {chosen}")
+        if not self.sizes or not set(self.sizes) <= set(SIZES):
+            raise ConfigError(f"sizes must be drawn from {SIZES}, got {self.sizes}")
+        if not 2 <= self.max_categories <= len(PALETTE) - 1:
+            raise ConfigError(f"max_categories must be in 2..{len(PALETTE) - 1} (one colour each)")
+        if self.max_value < 1 or self.questions_per_scene < 1:
+            raise ConfigError("max_value and questions_per_scene must be >= 1")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ConfigError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
 
