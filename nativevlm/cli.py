@@ -7,7 +7,7 @@ import sys
 
 from .config import ConfigError
 
-SUBCOMMANDS = ("info", "data", "tokenizer")
+SUBCOMMANDS = ("info", "data", "tokenizer", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""The training recipe as typed dataclasses: a model (built fresh or initialised from a checkpoint / pretrained
+LM) and a list of stages, each declaring its data mix, what trains, and how.
+
+These round-trip through `nativevlm.config.from_dict` / `to_dict`, so a recipe YAML with an unknown key or a
+wrong type fails naming the field, and the resolved recipe saved in a run directory loads back unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config import ModelConfig
+
+
+@dataclass
+class DataSource:
+    """One file of a stage's data mix: LLaVA `.json`, chat `.jsonl`, or `.txt` (one text document per
+    line). `weight` is the relative probability of drawing the next sample from this file."""
+
+    path: str = ""
+    weight: float = 1.0
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on the `nn.Linear` modules whose names match `modules`; rank 0 = no LoRA. The
+    adapted base weights stay frozen and the adapters are merged into them when the stage ends."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageConfig:
+    """One training stage. `trainable` are fnmatch patterns over parameter names (`vision.*`,
+    `language.layers.*.visual_*`); every other parameter is frozen. The stage runs `steps` optimizer
+    steps, or, when `samples` > 0, as many steps as it takes to see that many samples."""
+
+    name: str = "stage"
+    data: list[DataSource] = field(default_factory=list)
+    val_data: str = ""
+    trainable: list[str] = field(default_factory=lambda: ["*"])
+    steps: int = 100
+    samples: int = 0
+    batch_size: int = 8  # global: summed over gradient-accumulation micro-batches and ranks
+    grad_accum: int = 1
+    lr: float = 1e-3
+    schedule: str = "constant"  # constant | cosine (both after a linear warm-up)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine ends at lr * min_lr_ratio
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # fnmatch pattern -> LR factor
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 0  # steps; 0 = only at the end of the stage (when val_data is set)
+    eval_samples: int = 64
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class InitConfig:
+    """Where the weights start. `path` empty: random init from `model`. A folder written by a previous run's
+    export (`run/final`) continues that model; a Hugging Face folder or `.gguf` file loads a pretrained LM
+    (`package:NAME/FILE` resolves a file shipped inside an installed Python package). With `vision: true`
+    a language model is grown into a NativeVLM (the encoder and connector from `model`), with
+    `modality_experts` starting as copies of the text weights."""
+
+    path: str = ""
+    vision: bool = False
+    modality_experts: bool = True
+    per_modality_norms: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """A whole recipe. `kind: lm` trains a LanguageModel on text (exported in the same folder format with
+    `model_type: language`); `kind: vlm` trains a NativeVLM."""
+
+    kind: str = "vlm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    tokenizer: str = ""
+    max_length: int = 512
+    pack: bool = False
+    square_average: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    distributed: str = "ddp"  # ddp | fsdp; used when launched with torchrun
+    checkpoint_every: int = 100  # optimizer steps; checkpoints are also written at each stage end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    peak_tflops: float = 0.0  # the device's peak, for the MFU estimate; 0 = report achieved TFLOP/s only
+    progress: bool = True
+    stages: list[StageConfig] = field(default_factory=list)
+    notes: Optional[str] = None

@@ -1,0 +1,98 @@
+"""Data parallelism under `torchrun`: one process per device, DDP or FSDP2 (`fully_shard`) by config,
+gloo on CPU and NCCL on GPU. Without torchrun's environment everything here is a no-op on one process.
+
+Full (unsharded) state dicts go through `torch.distributed.checkpoint.state_dict`, which gives the same
+FQN-keyed model and optimizer state for a plain module, DDP and FSDP2 alike, so checkpoints do not depend
+on how the run was launched.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> DistContext:
+    """Join the process group torchrun describes (if any) and pick this process's device."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistContext(device=torch.device("cuda" if use_cuda else "cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return DistContext(rank=dist.get_rank(), world=dist.get_world_size(), device=dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def wrap(model: nn.Module, strategy: str, ctx: DistContext) -> nn.Module:
+    """The module the training step calls. DDP is rebuilt per stage (its buckets follow requires_grad);
+    FSDP2 shards `model` in place once: each decoder layer, then the root."""
+    if ctx.world == 1:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if not isinstance(model, FSDPModule):
+            lm = getattr(model, "language", model)
+            for layer in lm.layers:
+                fully_shard(layer)
+            fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    # Unused parameters are normal here: visual experts get no tokens in a text-only batch.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state on CPU (a collective under FSDP: every rank calls it)."""
+    return get_state_dict(model, optimizer, options=FULL)
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def full_model_state(model: nn.Module) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=FULL)

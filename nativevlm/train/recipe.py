@@ -1,0 +1,102 @@
+"""Load a recipe YAML and check everything that can be checked before a model is built: keys and types
+(by `from_dict`), choices, step counts, and that every file it names exists. Paths are relative to the
+working directory, like the paths given to any other command. Checks that need the model's parameter names
+(trainable and LoRA patterns) live in `freeze.check_patterns`."""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError, apply_overrides, from_dict
+from .config import TrainConfig
+
+CHOICES = {
+    "kind": ("lm", "vlm"),
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16"),
+    "distributed": ("ddp", "fsdp"),
+}
+SCHEDULES = ("constant", "cosine")
+DATA_SUFFIXES = (".json", ".jsonl", ".txt")
+
+
+def load_recipe(path, overrides: list[str] = ()) -> TrainConfig:
+    """Parse, override (`stages.0.lr=1e-4`), then validate; raises ConfigError naming the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path} does not parse as YAML: {e}") from None
+    cfg = apply_overrides(from_dict(TrainConfig, data), list(overrides))
+    validate(cfg)
+    return cfg
+
+
+def resolve_path(path: str) -> Path:
+    """`package:NAME/FILE` -> that file inside installed package NAME (pretrained weights shipped as
+    packages); anything else is a plain path."""
+    if not path.startswith("package:"):
+        return Path(path)
+    package, _, rel = path[len("package:"):].partition("/")
+    try:
+        return Path(str(importlib.resources.files(package).joinpath(rel)))
+    except ModuleNotFoundError:
+        raise ConfigError(f"init.path {path}: package {package} is not installed") from None
+
+
+def validate(cfg: TrainConfig) -> None:
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
+    if not cfg.tokenizer:
+        raise ConfigError("tokenizer: a recipe needs a tokenizer path (see `nativevlm tokenizer train`)")
+    if not Path(cfg.tokenizer).exists():
+        raise ConfigError(f"tokenizer: {cfg.tokenizer} does not exist")
+    if cfg.init.path and not resolve_path(cfg.init.path).exists():
+        raise ConfigError(f"init.path: {cfg.init.path} does not exist")
+    if cfg.max_length < 2:
+        raise ConfigError(f"max_length: must be at least 2, got {cfg.max_length}")
+    if not cfg.stages:
+        raise ConfigError("stages: a recipe needs at least one stage")
+    for i, stage in enumerate(cfg.stages):
+        _validate_stage(stage, f"stages[{i}]")
+        if stage.lora.rank and cfg.distributed == "fsdp":
+            raise ConfigError(f"stages[{i}].lora: LoRA parametrizations don't compose with fsdp; use "
+                              "distributed: ddp")
+
+
+def _validate_stage(stage, where: str) -> None:
+    if not stage.data:
+        raise ConfigError(f"{where}.data: a stage needs at least one data source")
+    for j, src in enumerate(stage.data):
+        field_name = f"{where}.data[{j}].path"
+        if Path(src.path).suffix not in DATA_SUFFIXES:
+            raise ConfigError(f"{field_name}: {src.path!r} must end in one of {', '.join(DATA_SUFFIXES)}")
+        if not Path(src.path).is_file():
+            raise ConfigError(f"{field_name}: data file {src.path} does not exist")
+        if src.weight <= 0:
+            raise ConfigError(f"{where}.data[{j}].weight: must be positive, got {src.weight}")
+    if stage.val_data and not Path(stage.val_data).is_file():
+        raise ConfigError(f"{where}.val_data: data file {stage.val_data} does not exist")
+    if stage.schedule not in SCHEDULES:
+        raise ConfigError(f"{where}.schedule: {stage.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if stage.steps <= 0 and stage.samples <= 0:
+        raise ConfigError(f"{where}.steps: set steps or samples to a positive number")
+    if stage.grad_accum <= 0 or stage.batch_size <= 0 or stage.batch_size % stage.grad_accum:
+        raise ConfigError(f"{where}.batch_size: {stage.batch_size} must be a positive multiple of "
+                          f"grad_accum ({stage.grad_accum})")
+    if len(stage.betas) != 2:
+        raise ConfigError(f"{where}.betas: expected two numbers, got {stage.betas}")
+    if stage.lora.rank < 0 or (stage.lora.rank > 0 and not stage.lora.modules):
+        raise ConfigError(f"{where}.lora.modules: LoRA with rank {stage.lora.rank} needs module patterns")
+
+
+def stage_steps(stage) -> int:
+    """Optimizer steps of a stage: `steps`, or enough global batches to cover `samples`."""
+    if stage.samples > 0:
+        return -(-stage.samples // stage.batch_size)
+    return stage.steps

@@ -1,0 +1,68 @@
+"""One optimizer step and one evaluation pass, normalised over the global batch.
+
+The loss of a step is sum(w * ce) / sum(w) over every micro-batch on every rank. Each rank counts its
+weights before the forward, the counts are all-reduced, and each micro-batch backpropagates
+`loss_sum * world / W_global`: DDP and FSDP average gradients over ranks, so the gradient is exactly that of
+the single-process loss at the same global batch, however the batch is split.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+
+from .distributed import all_reduce_sum
+
+LM_INPUTS = ("input_ids", "attention_mask", "position_ids", "document_ids", "targets", "loss_weights")
+
+
+def to_device(batch: dict, device: torch.device, vlm: bool) -> dict:
+    out = {k: batch[k].to(device) if batch[k] is not None else None for k in LM_INPUTS}
+    if vlm:
+        out["pixel_values"] = [p.to(device) for p in batch["pixel_values"]]
+    return out
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def train_step(model: nn.Module, batches: list[dict], optimizer, params: list, grad_clip: float, world: int,
+               device: torch.device, vlm: bool, bf16: bool) -> dict:
+    """Forward + backward over this rank's micro-batches, clip, step. Returns the global loss, grad norm
+    and token count."""
+    w_local = sum(b["loss_weights"].sum() for b in batches).to(device, torch.float32)
+    w_global = all_reduce_sum(w_local).clamp_min(1e-12)
+    loss_sum = torch.zeros((), device=device)
+    for b in batches:
+        with autocast(device, bf16):
+            out = model(**to_device(b, device, vlm))
+        loss = out.loss_sum * (world / w_global)
+        if out.aux_loss is not None:
+            loss = loss + out.aux_loss / len(batches)
+        if not loss.requires_grad:
+            # No trainable parameter saw this micro-batch (text only while only the vision side trains):
+            # a zero-valued backward keeps every rank's gradient reductions in step.
+            loss = loss + sum(p.sum() for p in params) * 0.0
+        loss.backward()
+        loss_sum += out.loss_sum.detach().float()
+    grad_norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tokens = all_reduce_sum(torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=device))
+    return {"loss": float(all_reduce_sum(loss_sum) / w_global), "grad_norm": float(grad_norm), "tokens": int(tokens)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[dict], device: torch.device, vlm: bool, bf16: bool) -> float:
+    """Teacher-forcing loss over the val batches (weighted mean over all ranks' target tokens)."""
+    totals = torch.zeros(2, device=device)
+    for b in batches:
+        with autocast(device, bf16):
+            out = model(**to_device(b, device, vlm))
+        totals += torch.stack([out.loss_sum.float(), out.weight_sum.float()])
+    loss_sum, weight_sum = all_reduce_sum(totals).tolist()
+    return loss_sum / weight_sum if weight_sum > 0 else float("nan")

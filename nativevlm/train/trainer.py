@@ -1,0 +1,128 @@
+"""The training loop: stages in order, each with its contract (what trains), data mix, schedule, eval
+cadence and checkpoints; resumable exactly from the newest complete checkpoint."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from ..config import ConfigError, save_config
+from ..data.collate import Collator
+from ..data.image import ImageProcessor
+from ..data.tokenizer import Tokenizer
+from ..model.vlm import NativeVLM
+from . import checkpoint, distributed
+from .data import StageData
+from .export import build_model, save_model
+from .freeze import apply_trainable, check_patterns, contract_table
+from .lora import add_lora, merge_lora
+from .metrics import MetricsLog, flop_params, throughput
+from .optim import build_optimizer, set_lr
+from .recipe import stage_steps
+from .schedule import stage_lr
+from .step import evaluate, train_step
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    model: nn.Module  # the trained model (LoRA merged) on this rank
+    global_step: int
+    final: Optional[Path]  # the exported model; None when stopped early by max_steps
+
+
+def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, log=print) -> TrainResult:
+    """Run recipe `cfg` (a validated TrainConfig) into `out_dir`. `resume` continues from the newest
+    complete checkpoint there; `max_steps` stops after that many optimizer steps in total (checkpointed,
+    so a later `resume` carries on)."""
+    ctx = distributed.setup(cfg.device)
+    log = log if ctx.is_main else (lambda *a, **k: None)
+    out_dir = Path(out_dir)
+    ckpt = checkpoint.latest(out_dir / "checkpoints") if resume else None
+    if not resume and checkpoint.latest(out_dir / "checkpoints") is not None:
+        raise ConfigError(f"--out {out_dir} already holds checkpoints: pass --resume to continue, or pick a new --out")
+    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
+
+    tokenizer = Tokenizer.load(cfg.tokenizer)
+    model = build_model(cfg, tokenizer).to(ctx.device)
+    check_patterns(model, cfg.stages)
+    vlm = isinstance(model, NativeVLM)
+    mcfg = model.config if vlm else cfg.model
+    collator = Collator(tokenizer, ImageProcessor.from_config(mcfg.vision, mcfg.connector), cfg.max_length,
+                        pack=cfg.pack, square_average=cfg.square_average)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
+    state = {"stage": 0, "step": 0, "global_step": 0}
+    if ckpt is not None:
+        state = checkpoint.load(ckpt, ctx.rank)[2]
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    metrics = MetricsLog(out_dir, ctx.is_main, state["global_step"] if ckpt else None)
+    log(f"run dir: {out_dir}" + (f" (resuming from {ckpt.name})" if ckpt else "")
+        + f"; resume an interrupted run with: nativevlm train RECIPE --out {out_dir} --resume")
+    n_flop = flop_params(model)
+    gs = state["global_step"]
+
+    for si in range(state["stage"], len(cfg.stages)):
+        stage = cfg.stages[si]
+        if stage.lora.rank:
+            add_lora(model, stage.lora.modules, stage.lora.rank, stage.lora.alpha)
+        apply_trainable(model, stage.trainable)
+        log(contract_table(model, f"stage {si + 1}/{len(cfg.stages)} '{stage.name}'"))
+        wrapped = distributed.wrap(model, cfg.distributed, ctx)
+        optimizer = build_optimizer(model, stage)
+        params = [p for p in model.parameters() if p.requires_grad]
+        data = StageData(stage, collator, seed=f"{cfg.seed}:{si}", rank=ctx.rank, world=ctx.world, log=log)
+        val = data.val_batches()
+        total, step = stage_steps(stage), 0
+        if ckpt is not None and si == state["stage"]:
+            model_state, optim_state, _, rng = checkpoint.load(ckpt, ctx.rank)
+            distributed.load_full_state(model, optimizer, model_state, optim_state)
+            data.sampler.load_state_dict(state["sampler"])
+            checkpoint.set_rng_state(rng)
+            step = state["step"]
+        bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (ctx.is_main and cfg.progress))
+        while step < total and (max_steps is None or gs < max_steps):
+            lr = stage_lr(stage, step, total)
+            set_lr(optimizer, lr)
+            t0 = time.perf_counter()
+            res = train_step(wrapped, data.next_batches(), optimizer, params, stage.grad_clip, ctx.world,
+                             ctx.device, vlm, bf16)
+            step, gs = step + 1, gs + 1
+            row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res["loss"], "lr": lr,
+                   "grad_norm": res["grad_norm"], **throughput(res["tokens"], time.perf_counter() - t0, n_flop,
+                                                               cfg.peak_tflops)}
+            if val and ((stage.eval_every and step % stage.eval_every == 0) or step == total):
+                row["val_loss"] = evaluate(wrapped, val, ctx.device, vlm, bf16)
+            if gs % cfg.log_every == 0 or "val_loss" in row or step == total:
+                metrics.log(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{res['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
+                model_state, optim_state = distributed.full_state(model, optimizer)
+                trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict()}
+                checkpoint.save(out_dir / "checkpoints", gs, model_state, optim_state, trainer_state, ctx.rank,
+                                cfg.keep_checkpoints)
+        bar.close()
+        if step < total:
+            log(f"stopped at step {gs} (--max-steps); continue with --resume")
+            metrics.close()
+            return TrainResult(out_dir, model, gs, None)
+        if stage.lora.rank:
+            merge_lora(model)
+
+    final_state = distributed.full_model_state(model)
+    if ctx.is_main:
+        save_model(model, final_state, out_dir / "final")
+        tokenizer.save(out_dir / "final")
+    distributed.barrier()
+    metrics.close()
+    log(f"final model: {out_dir / 'final'} (load with nativevlm.train.export.load_pretrained)")
+    return TrainResult(out_dir, model, gs, out_dir / "final")
