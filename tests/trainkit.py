@@ -2,6 +2,7 @@
 small images) and tiny recipes over it, small enough for 2 CPU cores."""
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -58,7 +59,7 @@ def vlm_recipe(world: dict, **top) -> dict:
             {"name": "vision", "data": data, "val_data": str(world["val"]), "eval_every": 2, "eval_samples": 4,
              "trainable": ["vision.*", "connector.*", "language.layers.*.visual_*"], "steps": 3, "batch_size": 4,
              "grad_accum": 2, "lr": 3e-3, "warmup_steps": 1, "lr_multipliers": {"connector.*": 2.0}},
-            {"name": "all", "data": data, "trainable": ["*"], "steps": 3, "batch_size": 4, "lr": 1e-3,
+            {"name": "all", "data": copy.deepcopy(data), "trainable": ["*"], "steps": 3, "batch_size": 4, "lr": 1e-3,
              "schedule": "cosine", "weight_decay": 0.1},
         ],
     }
