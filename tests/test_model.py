@@ -283,3 +283,21 @@ def test_compressed_connector_path():
     assert vlm.encode_images([img])[0].shape == (4 * 2, 64)
     assert vlm.encode_images([img], compressed=True)[0].shape == (2 * 1, 64)
     assert dataclasses.asdict(vlm.config)["connector"]["extra_downsample"] == 4
+
+
+def test_modality_route_gradients_match_dense_computation():
+    """The custom split/merge autograd functions give the gradients of the obvious masked computation."""
+    from nativevlm.model.experts import ModalityRoute, route_apply
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4, requires_grad=True)
+    mask = torch.rand(2, 5) > 0.5
+    wt, wi = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    y = route_apply(x, ModalityRoute.from_mask(mask), lambda h: h @ wt, lambda h: h @ wi)
+    ref = torch.where(mask[..., None], x @ wi, x @ wt)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(y, (x, wt, wi), g)
+    ref_grads = torch.autograd.grad(ref, (x, wt, wi), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)

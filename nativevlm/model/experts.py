@@ -38,18 +38,51 @@ class ModalityRoute:
         return cls(text=text, image=image, num_tokens=flat.numel())
 
 
+class _Split(torch.autograd.Function):
+    """flat [N, D] -> (flat[text], flat[image]). The indices partition the tokens, so the backward is two
+    plain copies instead of index_select's generic scatter-add (3x slower on CPU at these sizes)."""
+
+    @staticmethod
+    def forward(ctx, flat, text, image):
+        ctx.save_for_backward(text, image)
+        ctx.n = flat.shape[0]
+        return flat.index_select(0, text), flat.index_select(0, image)
+
+    @staticmethod
+    def backward(ctx, g_text, g_image):
+        text, image = ctx.saved_tensors
+        return _merge(g_text, g_image, text, image, ctx.n), None, None
+
+
+class _Merge(torch.autograd.Function):
+    """(y_text, y_image) -> [N, D] in token order; the inverse of `_Split`."""
+
+    @staticmethod
+    def forward(ctx, y_text, y_image, text, image, n):
+        ctx.save_for_backward(text, image)
+        return _merge(y_text, y_image, text, image, n)
+
+    @staticmethod
+    def backward(ctx, g):
+        text, image = ctx.saved_tensors
+        return g.index_select(0, text), g.index_select(0, image), None, None, None
+
+
+def _merge(y_text, y_image, text, image, n):
+    out = y_text.new_empty(n, y_text.shape[-1])
+    out.index_copy_(0, text, y_text)
+    out.index_copy_(0, image, y_image.to(y_text.dtype))
+    return out
+
+
 def route_apply(x: torch.Tensor, route: Optional[ModalityRoute], text_fn: Callable, image_fn: Optional[Callable]):
     """Apply `text_fn` to text tokens and `image_fn` to image tokens of x [B, T, D]; the outputs (any last
     width) are scattered back into token order. With no route (or no visual expert) all tokens are text."""
     if route is None or image_fn is None:
         return text_fn(x)
     b, t = x.shape[:2]
-    flat = x.reshape(b * t, x.shape[-1])
-    y_text = text_fn(flat.index_select(0, route.text))
-    y_image = image_fn(flat.index_select(0, route.image))
-    out = y_text.new_empty(b * t, y_text.shape[-1])
-    out.index_copy_(0, route.text, y_text)
-    out.index_copy_(0, route.image, y_image.to(y_text.dtype))
+    x_text, x_image = _Split.apply(x.reshape(b * t, x.shape[-1]), route.text, route.image)
+    out = _Merge.apply(text_fn(x_text), image_fn(x_image), route.text, route.image, b * t)
     return out.view(b, t, -1)
 
 
