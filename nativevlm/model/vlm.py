@@ -75,13 +75,14 @@ class NativeVLM(nn.Module):
             raise ConfigError(f"{cfg_file} is not valid JSON: {e}") from None
         with torch.device("meta"):
             model = cls(config)
+        meta = str(device) == "meta"  # structure only (e.g. `nativevlm info`): read the header, not the data
         try:
-            state = load_file(str(weights), device=str(device or "cpu"))
+            state = _read_header(weights) if meta else load_file(str(weights), device=str(device or "cpu"))
         except Exception as e:  # safetensors raises several exception types for corrupt files
             raise ValueError(f"{weights} could not be read as safetensors ({e}); the file is corrupt or "
                              "truncated: re-export it with save_pretrained") from None
         _load_state(model, state, weights)
-        return model.to(dtype)
+        return model if meta else model.to(dtype)
 
     def save_pretrained(self, path) -> None:
         """Write config.json + model.safetensors atomically (into a temporary folder, then renamed)."""
@@ -170,6 +171,14 @@ class NativeVLM(nn.Module):
             counts[part] += p.numel()
         counts["total"] = sum(counts.values())
         return counts
+
+
+def _read_header(path: Path) -> dict:
+    """Tensor names and shapes of a safetensors file as meta tensors, without reading the data."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
 
 
 def _load_state(model: nn.Module, state: dict, source) -> None:
