@@ -25,7 +25,7 @@ from . import distributed
 
 MARKER = "COMPLETE"
 PREFIX = "step-"
-# Test hook: seconds to sleep halfway through a write, so a test can kill the process mid-checkpoint.
+# Test hook, "STEP:SECONDS": sleep halfway through writing checkpoint STEP, so a test can kill it there.
 SLEEP_ENV = "NATIVEVLM_CHECKPOINT_SLEEP"
 
 
@@ -80,14 +80,16 @@ def save(root: Path, global_step: int, model_state: dict, optim_state: dict, tra
     tmp = root / f".tmp-{final.name}"
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-write
+        for stale in root.glob(".tmp-*"):  # left by a run killed mid-write
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     distributed.barrier()
     (tmp / f"rng-{rank}.json").write_text(json.dumps(rng_state()))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-        if os.environ.get(SLEEP_ENV):
-            time.sleep(float(os.environ[SLEEP_ENV]))
+        sleep_step, _, seconds = os.environ.get(SLEEP_ENV, "").partition(":")
+        if sleep_step == str(global_step):
+            time.sleep(float(seconds))
         torch.save(optim_state, tmp / "optimizer.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
     distributed.barrier()

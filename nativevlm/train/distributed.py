@@ -13,9 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
-
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @dataclass
@@ -74,6 +71,9 @@ def wrap(model: nn.Module, strategy: str, ctx: DistContext) -> nn.Module:
             for layer in lm.layers:
                 fully_shard(layer)
             fully_shard(model)
+            # Ranks use different experts (a text-only shard skips the visual ones): reduce zeros for
+            # unused parameters so every rank issues the same collectives (FSDP's find_unused_parameters).
+            model.set_reduce_scatter_unused_params(True)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -84,15 +84,19 @@ def wrap(model: nn.Module, strategy: str, ctx: DistContext) -> nn.Module:
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Unsharded model and optimizer state on CPU (a collective under FSDP: every rank calls it)."""
-    return get_state_dict(model, optimizer, options=FULL)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
 
 
 def full_model_state(model: nn.Module) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=FULL)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
