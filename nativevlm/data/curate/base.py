@@ -1,0 +1,207 @@
+"""Curation core: records as read from LLaVA JSON, the stage contract, and the pipeline that runs stages.
+
+Stages work on the raw LLaVA records (dicts) rather than a parsed sample type, so curation depends on
+nothing but the JSON itself and the kept records are written back byte-for-byte equivalent: whatever reads
+the input reads the output. A record that cannot be understood is dropped at load time with reason
+`load/malformed`, never silently skipped, and `--strict` turns it into an error.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+IMAGE_MARKER = "<image>"
+HUMAN_ROLES = ("human", "user")
+ANSWER_ROLES = ("gpt", "assistant")
+
+
+class CurationError(ValueError):
+    """Input a user gave is unusable (or, under --strict, imperfect); the message names file and record."""
+
+
+@dataclass
+class Entry:
+    """One readable record plus the fields every stage needs, resolved once at load time."""
+
+    index: int  # position in the input list, the stable handle used in reports
+    id: str
+    record: dict  # the raw record, written back unchanged if kept
+    images: list[Path]  # absolute paths, in record order
+    prompts: list[str]  # human turns
+    answers: list[str]  # gpt turns
+
+    @property
+    def text(self) -> str:
+        """The whole conversation, prompts and answers interleaved as written."""
+        return "\n".join(str(t.get("value", "")) for t in self.record["conversations"])
+
+
+@dataclass
+class Verdict:
+    """A stage's decision on one entry: scores to record, and a drop reason (None keeps it)."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    reason: Optional[str] = None
+    detail: str = ""
+
+
+class Stage:
+    """A curation stage. `prepare` sees every entry still alive before any `check` (corpus-level stages
+    such as dedup, the judge and balancing fit their state there); `check` is then called once per entry in
+    input order. Stateless per-record stages only implement `check`."""
+
+    name: str = "stage"
+    # Drop reasons that mean "the input is broken" rather than "the sample is poor": --strict fails on them.
+    strict_reasons: tuple[str, ...] = ()
+
+    def prepare(self, entries: list[Entry]) -> None:
+        """Fit corpus-level state on the entries that survived earlier stages."""
+
+    def check(self, entry: Entry) -> Verdict:
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        """Stage-level facts for the report (thresholds used, model quality, abstentions)."""
+        return {}
+
+
+@dataclass
+class Outcome:
+    """Per-record result of a pipeline run."""
+
+    index: int
+    id: str
+    scores: dict[str, float] = field(default_factory=dict)
+    reason: Optional[str] = None  # first drop reason, `stage/why`
+    detail: str = ""
+
+
+@dataclass
+class CurationResult:
+    source: Path
+    n_in: int
+    kept: list[Entry]
+    outcomes: list[Outcome]  # one per input record, in input order
+    stage_seconds: dict[str, float]
+    stage_summaries: dict[str, dict[str, Any]]
+    strict_reasons: set[str]
+
+    @property
+    def drops(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for o in self.outcomes:
+            if o.reason:
+                counts[o.reason] = counts.get(o.reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def input_errors(self) -> list[Outcome]:
+        """Drops caused by broken input (malformed records, missing/corrupt images, marker mismatch)."""
+        return [o for o in self.outcomes if o.reason in self.strict_reasons]
+
+
+def _malformed(index: int, rid: str, why: str) -> Outcome:
+    return Outcome(index=index, id=rid, reason="load/malformed", detail=why)
+
+
+def parse_record(index: int, rec: Any, image_root: Path) -> tuple[Optional[Entry], Optional[Outcome]]:
+    """Validate one LLaVA record; returns (entry, None) or (None, malformed outcome)."""
+    rid = str(rec.get("id", f"#{index}")) if isinstance(rec, dict) else f"#{index}"
+    if not isinstance(rec, dict):
+        return None, _malformed(index, rid, f"record is a {type(rec).__name__}, not an object")
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        return None, _malformed(index, rid, "missing or empty 'conversations' list")
+    prompts, answers = [], []
+    for t, turn in enumerate(conv):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            return None, _malformed(index, rid, f"turn {t} is not {{'from', 'value': str}}")
+        role = turn.get("from")
+        if role in HUMAN_ROLES:
+            prompts.append(turn["value"])
+        elif role in ANSWER_ROLES:
+            answers.append(turn["value"])
+        else:
+            return None, _malformed(index, rid, f"turn {t} has unknown role {role!r}")
+    raw_images = rec.get("images", rec.get("image", []))
+    if isinstance(raw_images, str):
+        raw_images = [raw_images]
+    if not isinstance(raw_images, list) or not all(isinstance(p, str) and p for p in raw_images):
+        return None, _malformed(index, rid, "'image'/'images' must be a path or a list of paths")
+    images = [(image_root / p).resolve() for p in raw_images]
+    return Entry(index, rid, rec, images, prompts, answers), None
+
+
+def load_records(path: Path, image_root: Optional[Path] = None) -> tuple[list[Entry], list[Outcome]]:
+    """Read a LLaVA JSON list (or JSONL, one record a line). Unparseable lines and malformed records become
+    `load/malformed` outcomes; an unreadable file or a top level that is not a list is a CurationError."""
+    path = Path(path)
+    root = Path(image_root) if image_root else path.parent
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CurationError(f"cannot read {path}: {e}") from None
+    raw: list[Any]
+    bad: list[Outcome] = []
+    if path.suffix == ".jsonl":
+        raw = []
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                raw.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raw.append(None)
+                bad.append(_malformed(len(raw) - 1, f"line {i + 1}", f"invalid JSON: {e.msg}"))
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CurationError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                                "use .jsonl to let single bad lines be skipped") from None
+        if not isinstance(raw, list):
+            raise CurationError(f"{path}: expected a JSON list of LLaVA records, got {type(raw).__name__}")
+    bad_idx = {o.index for o in bad}
+    entries = []
+    for i, rec in enumerate(raw):
+        if i in bad_idx:
+            continue
+        entry, outcome = parse_record(i, rec, root)
+        if entry is not None:
+            entries.append(entry)
+        else:
+            bad.append(outcome)
+    return entries, bad
+
+
+def run_pipeline(stages: Iterable[Stage], entries: list[Entry], load_drops: list[Outcome], source: Path,
+                 progress: bool = False) -> CurationResult:
+    """Run stages in order over the surviving entries; every input record ends with exactly one outcome."""
+    from tqdm import tqdm
+
+    stages = list(stages)
+    outcomes = {e.index: Outcome(e.index, e.id) for e in entries}
+    outcomes.update({o.index: o for o in load_drops})
+    alive = list(entries)
+    seconds: dict[str, float] = {}
+    for stage in stages:
+        t0 = time.perf_counter()
+        stage.prepare(alive)
+        survivors = []
+        for e in tqdm(alive, desc=f"curate:{stage.name}", disable=not progress or len(alive) < 500,
+                      leave=False):
+            v = stage.check(e)
+            o = outcomes[e.index]
+            o.scores.update({f"{stage.name}.{k}": float(x) for k, x in v.scores.items()})
+            if v.reason is None:
+                survivors.append(e)
+            else:
+                o.reason, o.detail = f"{stage.name}/{v.reason}", v.detail
+        alive = survivors
+        seconds[stage.name] = time.perf_counter() - t0
+    strict = {"load/malformed"} | {f"{s.name}/{r}" for s in stages for r in s.strict_reasons}
+    ordered = [outcomes[i] for i in sorted(outcomes)]
+    return CurationResult(Path(source), len(ordered), alive, ordered, seconds,
+                          {s.name: s.summary() for s in stages}, strict)

@@ -1,0 +1,50 @@
+"""`nativevlm data curate IN.json --out OUT.json [--report DIR] [--strict] [--stages ...]`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    from .run import DEFAULT_STAGES, STAGE_NAMES
+
+    p = sub.add_parser("curate", help="filter a LLaVA JSON dataset (SAIL-VL2-style curation)",
+                       description="Drop broken, duplicate, degenerate and misaligned records from a LLaVA "
+                                   "conversation JSON; kept records are written unchanged.")
+    p.add_argument("input", type=Path, help="LLaVA JSON list (or .jsonl, one record a line)")
+    p.add_argument("--out", type=Path, required=True, help="where to write the kept records")
+    p.add_argument("--report", type=Path, help="folder for report.json, report.md and score histograms")
+    p.add_argument("--image-root", type=Path, help="folder image paths are relative to (default: the input's)")
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated, run in order; from {', '.join(STAGE_NAMES)} (default: %(default)s)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2) on malformed records, missing/corrupt images or marker mismatches")
+    p.add_argument("--balance-buckets", type=int, default=32, help="k-means buckets for the balance stage")
+    p.add_argument("--balance-per-bucket", type=int, help="balance: keep at most this many per bucket")
+    p.add_argument("--balance-total", type=int, help="balance: keep this many in all, spread evenly")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    from .base import CurationError
+    from .run import build_stages, curate_file, describe_errors
+
+    try:
+        stages = build_stages([s.strip() for s in args.stages.split(",") if s.strip()], args.balance_buckets,
+                              args.balance_per_bucket, args.balance_total, args.seed)
+        result = curate_file(args.input, args.out, stages, args.image_root, args.report, args.strict,
+                             progress=sys.stderr.isatty())
+    except CurationError as e:
+        print(f"nativevlm data curate: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.input}: {result.n_in} in, {len(result.kept)} kept -> {args.out}")
+    for reason, n in result.drops.items():
+        print(f"  dropped {n:6d}  {reason}")
+    broken = describe_errors(result)
+    if broken:
+        print("broken input records (dropped; --strict makes them an error):")
+        print("\n".join(f"  {line}" for line in broken))
+    if args.report:
+        print(f"report: {args.report / 'report.md'}")
+    return 0

@@ -1,0 +1,67 @@
+"""Curate one LLaVA JSON file end to end: read, run the chosen stages, write kept records and the report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from .base import CurationError, CurationResult, Stage, load_records, run_pipeline
+
+STAGE_NAMES = ("integrity", "text", "dedup", "judge", "balance")
+DEFAULT_STAGES = ("integrity", "text", "dedup", "judge")
+
+
+def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket: Optional[int] = None,
+                 balance_total: Optional[int] = None, seed: int = 0) -> list[Stage]:
+    from .balance import Balance
+    from .dedup import Dedup
+    from .integrity import ImageIntegrity
+    from .judge import ImageTextJudge
+    from .text import TextQuality
+
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise CurationError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)}")
+    if "balance" in names and (balance_per_bucket is None) == (balance_total is None):
+        raise CurationError("the balance stage needs exactly one of --balance-per-bucket / --balance-total")
+    make = {
+        "integrity": ImageIntegrity,
+        "text": TextQuality,
+        "dedup": Dedup,
+        "judge": lambda: ImageTextJudge(seed=seed),
+        "balance": lambda: Balance(balance_buckets, balance_per_bucket, balance_total, seed=seed),
+    }
+    return [make[n]() for n in names]
+
+
+def describe_errors(result: CurationResult, limit: int = 20) -> list[str]:
+    errs = result.input_errors()
+    lines = [f"{result.source}: record #{o.index} ({o.id}): {o.reason}: {o.detail}" for o in errs[:limit]]
+    if len(errs) > limit:
+        lines.append(f"... and {len(errs) - limit} more (see the report)")
+    return lines
+
+
+def write_records(records: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    else:
+        path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+
+
+def curate_file(src: Path, out: Path, stages: list[Stage], image_root: Optional[Path] = None,
+                report_dir: Optional[Path] = None, strict: bool = False, progress: bool = False) -> CurationResult:
+    """Under `strict`, broken input (malformed records, missing/corrupt images, marker mismatch) raises a
+    CurationError naming the file and records instead of being dropped; nothing is written then."""
+    src = Path(src)
+    entries, load_drops = load_records(src, image_root)
+    result = run_pipeline(stages, entries, load_drops, src, progress=progress)
+    if strict and result.input_errors():
+        raise CurationError("--strict: the input has broken records:\n  " + "\n  ".join(describe_errors(result)))
+    write_records([e.record for e in result.kept], Path(out))
+    if report_dir is not None:
+        from .report import write_report
+
+        write_report(result, Path(report_dir))
+    return result
