@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tokenizers import pre_tokenizers
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -135,6 +136,32 @@ def test_tokenizer_splits_digits_like_llama_cpp(our_tokenizer, reference_tokeniz
     assert reference_tokenizer.convert_ids_to_tokens(reference_tokenizer("x  1").input_ids) == ["x", "Ġ", "Ġ", "1"]
 
 
+def _finish(writer) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe", "gpt-2"])
+def test_tokenizer_split_patterns_match_transformers(pre, tmp_path):
+    """The other `tokenizer.ggml.pre` splits, on a tiny byte-level vocabulary written here."""
+    merges = ["Ġ w", "h e", "l l", "he ll", "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ Ġ", "ĠĠ Ġ", "1 2", ", a"]
+    tokens = ["<|endoftext|>", *sorted(pre_tokenizers.ByteLevel.alphabet()), *(m.replace(" ", "") for m in merges)]
+    writer = gguf.GGUFWriter(str(tmp_path / "tok.gguf"), "qwen2")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([3] + [1] * (len(tokens) - 1))
+    writer.add_eos_token_id(0)
+    _finish(writer)
+    ours = tokenizer_from_gguf(tmp_path / "tok.gguf")
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="tok.gguf")
+    for text in ["hello world 12345 ,abc  \n\n x<|endoftext|>", "héllo   1234567 wörld!!\r\n", "it's I'M ok"]:
+        assert ours.encode(text).ids == reference(text).input_ids, text
+
+
 # ---------------------------------------------------------------------------------------------------
 # Tiny GGUFs written from random transformers models
 
@@ -187,10 +214,7 @@ def _write_gguf(model, arch: str, path: Path) -> None:
         elif arch == "llama" and ".k_proj." in name:
             w = _llama_cpp_permute(w, cfg.num_key_value_heads)
         writer.add_tensor(_gguf_name(name), np.ascontiguousarray(w))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _finish(writer)
 
 
 def _random_model(config):
@@ -234,9 +258,6 @@ def test_unsupported_gguf_architecture_names_file(tmp_path):
     path = tmp_path / "gpt2.gguf"
     writer = gguf.GGUFWriter(str(path), "gpt2")
     writer.add_block_count(1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _finish(writer)
     with pytest.raises(CheckpointError, match=r"gpt2\.gguf.*general\.architecture"):
         LanguageModel.from_hf(path)

@@ -79,6 +79,13 @@ def test_language_model_matches_transformers(name, tmp_path):
     _assert_matches(ours, hf_model)
 
 
+def test_load_in_bfloat16(tmp_path):
+    _hf_lm(HF_CONFIGS["qwen2_gqa_bias"]()).save_pretrained(tmp_path)
+    ours = LanguageModel.from_hf(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in ours.parameters())
+
+
 def test_sharded_checkpoint(tmp_path):
     hf_model = _hf_lm(HF_CONFIGS["llama_gqa_untied"]())
     hf_model.save_pretrained(tmp_path, max_shard_size="40KB")

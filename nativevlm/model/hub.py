@@ -2,8 +2,8 @@
 SigLIP vision towers), llama.cpp GGUF files, and an HF-format writer for `LanguageModel`.
 
 Every mapping is an explicit table from our parameter names to the source's names, so a checkpoint with
-a missing, extra or misshapen tensor fails loudly (naming the file and the tensor) instead of silently
-loading half a model. Models are built on the meta device and the loaded tensors are assigned, so no time
+a missing or misshapen tensor (or, in a GGUF, one we would ignore) fails loudly, naming the file and the
+tensor, instead of silently loading half a model. Models are built on the meta device and the loaded tensors are assigned, so no time
 is spent on a random initialisation that would be overwritten.
 """
 from __future__ import annotations
@@ -423,32 +423,35 @@ def _gguf_reader(path: Path):
         raise CheckpointError(f"{path}: cannot parse GGUF file ({type(e).__name__}: {e})") from None
 
 
-def gguf_metadata(reader, key: str, default=None):
+def _gguf_metadata(reader, key: str, default=None):
     """A scalar or string metadata value (arrays come back as lists)."""
     field = reader.fields.get(key)
     return default if field is None else field.contents()
 
 
-def _gguf_language_config(reader, path: Path, tensor_names: set[str]) -> LanguageConfig:
-    arch = gguf_metadata(reader, "general.architecture")
+def _gguf_language_config(reader, path: Path, tensors: dict) -> LanguageConfig:
+    """Sizes from `{arch}.*` metadata; biases, q/k norms and an untied head from which tensors exist."""
+    arch = _gguf_metadata(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
                               f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
 
     def meta(name: str, default=None):
-        value = gguf_metadata(reader, f"{arch}.{name}", default)
+        value = _gguf_metadata(reader, f"{arch}.{name}", default)
         if value is None:
             raise CheckpointError(f"{path}: missing metadata {arch}.{name}")
         return value
 
-    scaling = gguf_metadata(reader, f"{arch}.rope.scaling.type", "none")
-    if scaling != "none" or "rope_freqs.weight" in tensor_names:
+    scaling = _gguf_metadata(reader, f"{arch}.rope.scaling.type", "none")
+    if scaling != "none" or "rope_freqs.weight" in tensors:
         raise CheckpointError(f"{path}: scaled RoPE ({arch}.rope.scaling.type={scaling!r} / rope_freqs) "
                               "is not supported")
     hidden, heads = meta("embedding_length"), meta("attention.head_count")
-    tokens = gguf_metadata(reader, "tokenizer.ggml.tokens")
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError(f"{path}: GGUF has no tensor token_embd.weight")
     return LanguageConfig(
-        vocab_size=meta("vocab_size", len(tokens) if tokens else None),
+        # GGML lists dimensions innermost first: the embedding's last one is the vocabulary.
+        vocab_size=int(tensors["token_embd.weight"].shape[-1]),
         hidden_size=hidden,
         num_layers=meta("block_count"),
         num_heads=heads,
@@ -457,13 +460,13 @@ def _gguf_language_config(reader, path: Path, tensor_names: set[str]) -> Languag
         intermediate_size=meta("feed_forward_length"),
         rope_theta=float(meta("rope.freq_base", 10000.0)),
         norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-        qkv_bias="blk.0.attn_q.bias" in tensor_names,
-        qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
-        tie_word_embeddings="output.weight" not in tensor_names,
+        qkv_bias="blk.0.attn_q.bias" in tensors,
+        qk_norm="blk.0.attn_q_norm.weight" in tensors,
+        tie_word_embeddings="output.weight" not in tensors,
         max_position_embeddings=meta("context_length", 4096),
-        bos_token_id=gguf_metadata(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=gguf_metadata(reader, "tokenizer.ggml.eos_token_id"),
-        pad_token_id=gguf_metadata(reader, "tokenizer.ggml.padding_token_id"),
+        bos_token_id=_gguf_metadata(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=_gguf_metadata(reader, "tokenizer.ggml.eos_token_id"),
+        pad_token_id=_gguf_metadata(reader, "tokenizer.ggml.padding_token_id"),
     )
 
 
@@ -481,7 +484,7 @@ def _read_gguf_language_model(path: Path) -> tuple[LanguageConfig, dict[str, tor
 
     reader = _gguf_reader(path)
     by_name = {t.name: t for t in reader.tensors}
-    cfg = _gguf_language_config(reader, path, set(by_name))
+    cfg = _gguf_language_config(reader, path, by_name)
     keys = _gguf_language_keys(cfg)
     used = {name for sources in keys.values() for name, _ in sources}
     extra = sorted(set(by_name) - used)
@@ -489,7 +492,7 @@ def _read_gguf_language_model(path: Path) -> tuple[LanguageConfig, dict[str, tor
         raise CheckpointError(f"{path}: unexpected tensor {extra[0]} ({len(extra)} unmapped); this GGUF has "
                               "parts our decoder does not model")
     permuted = {"attn_q": cfg.num_heads, "attn_k": cfg.num_kv_heads}
-    arch = gguf_metadata(reader, "general.architecture")
+    arch = _gguf_metadata(reader, "general.architecture")
 
     def get(name: str) -> torch.Tensor:
         if name not in by_name:
