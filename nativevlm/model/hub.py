@@ -100,8 +100,8 @@ def _read_config(folder: Path) -> dict:
 
 
 def _field(cfg: dict, name: str, source: Path, default=None):
-    """A config field that must be present unless a default is given (HF drops fields equal to defaults
-    only for nested configs, so top-level architecture sizes are required)."""
+    """A config field; the architecture sizes have no default, so a config lacking one is an error that
+    names the field rather than a model of some other shape."""
     if name in cfg and cfg[name] is not None:
         return cfg[name]
     if default is None:
