@@ -160,3 +160,20 @@ def test_incomplete_or_corrupt_checkpoints_are_never_loaded(tmp_path):
     assert checkpoint.latest(root).name == "step-00000001"
     checkpoint.save(root, 5, state, {"state": {}}, {"step": 5}, rank=0, keep=2)
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000003", "step-00000005"]
+
+
+def test_text_lm_export_grows_into_a_native_vlm(world, tmp_path):
+    """NaViL's hand-off: the text LM's export (a Hugging Face folder) initialises the VLM's language model,
+    and its visual experts start as copies of the trained text weights."""
+    lm_cfg = load_recipe(write_recipe(tmp_path / "lm.yaml", lm_recipe(world)))
+    lm_run = train(lm_cfg, tmp_path / "lm")
+    assert json.loads((tmp_path / "lm/final/config.json").read_text())["architectures"]
+    lm = load_pretrained(tmp_path / "lm/final")
+    assert all(torch.equal(v, lm_run.model.state_dict()[k]) for k, v in lm.state_dict().items())
+
+    recipe = vlm_recipe(world, init={"path": str(tmp_path / "lm/final"), "vision": True})
+    recipe["stages"] = recipe["stages"][:1]
+    vlm_cfg = load_recipe(write_recipe(tmp_path / "vlm.yaml", recipe))
+    vlm = build_model(vlm_cfg, Tokenizer.load(vlm_cfg.tokenizer))
+    text, visual = vlm.language.layers[0].attn.qkv_proj.weight, vlm.language.layers[0].visual_attn.qkv_proj.weight
+    assert torch.equal(text, lm.layers[0].attn.qkv_proj.weight) and torch.equal(visual, text)

@@ -7,8 +7,6 @@ wrong type fails naming the field, and the resolved recipe saved in a run direct
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
-
 from ..config import ModelConfig
 
 
@@ -95,4 +93,3 @@ class TrainConfig:
     peak_tflops: float = 0.0  # the device's peak, for the MFU estimate; 0 = report achieved TFLOP/s only
     progress: bool = True
     stages: list[StageConfig] = field(default_factory=list)
-    notes: Optional[str] = None

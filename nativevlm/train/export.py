@@ -1,9 +1,11 @@
 """Building the model a recipe starts from, and writing the trained one.
 
-A NativeVLM is written with its own `save_pretrained` (config.json + model.safetensors). A language-model
-run (`kind: lm`) is written in the same layout, its config.json being `{"model_type": "language",
-"language": ..., "moe": ...}`; `load_pretrained` reads either, and a later `kind: vlm` recipe can start
-from that folder with `init.vision: true` (NaViL: pretrain the LM, then grow it into a native VLM).
+A NativeVLM is written with its own `save_pretrained` (config.json + model.safetensors). A dense language
+model (`kind: lm`) is written as a standard Hugging Face Llama/Qwen folder (`hub.save_language_model`), so
+transformers and `LanguageModel.from_hf` load it; one with sparse MoE layers, which HF Llama/Qwen can't
+hold, in our layout with config.json `{"model_type": "language", "language": ..., "moe": ...}`.
+`load_pretrained` reads all three, and a later `kind: vlm` recipe can start from such a folder with
+`init.vision: true` (NaViL: pretrain the LM, then grow it into a native VLM).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError, LanguageConfig, MoEConfig, from_dict, to_dict
+from ..data.tokenizer import Tokenizer
+from ..model.hub import save_language_model
 from ..model.language import LanguageModel
 from ..model.vlm import CONFIG_NAME, WEIGHTS_NAME, NativeVLM, _load_state
 from .recipe import resolve_path
@@ -26,9 +30,11 @@ LANGUAGE_TYPE = "language"
 
 
 def load_pretrained(path) -> Union[NativeVLM, LanguageModel]:
-    """A folder written by a training run: NativeVLM, or LanguageModel when `model_type` is language."""
+    """A folder written by a training run (or any HF LM folder / .gguf file)."""
     path = Path(path)
     config = json.loads((path / CONFIG_NAME).read_text()) if (path / CONFIG_NAME).is_file() else {}
+    if "architectures" in config or path.suffix == ".gguf":
+        return LanguageModel.from_hf(path)
     if config.get("model_type") != LANGUAGE_TYPE:
         return NativeVLM.from_pretrained(path)
     from safetensors.torch import load_file
@@ -48,22 +54,37 @@ def save_model(model: nn.Module, state: dict, path: Path) -> None:
     if isinstance(clone, NativeVLM):
         clone.save_pretrained(path)
         return
-    from safetensors.torch import save_file
-
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = {"model_type": LANGUAGE_TYPE, "language": to_dict(clone.config), "moe": to_dict(clone.moe_config)}
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in clone.state_dict().items()}, str(tmp / WEIGHTS_NAME))
+    if clone.moe_config.modality_experts or clone.moe_config.num_experts > 0:
+        from safetensors.torch import save_file
+
+        tmp.mkdir(parents=True)
+        config = {"model_type": LANGUAGE_TYPE, "language": to_dict(clone.config), "moe": to_dict(clone.moe_config)}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in clone.state_dict().items()}, str(tmp / WEIGHTS_NAME))
+    else:
+        save_language_model(clone, tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """A tokenizer folder / tokenizer.json, or the tokenizer inside a GGUF file (so a recipe starting from
+    a GGUF LM can name the same file for both)."""
+    path = resolve_path(path)
+    if path.suffix != ".gguf":
+        return Tokenizer.load(path)
+    from ..data.gguf_tokenizer import load_gguf_tokenizer
+
+    tk, names = load_gguf_tokenizer(path)
+    return Tokenizer(tk, **names)
 
 
 def build_model(cfg, tokenizer) -> Union[NativeVLM, LanguageModel]:
     """The model a recipe starts from (see `InitConfig`), its vocabulary checked against the tokenizer and
     its image token ids taken from it."""
-    lm = _load_language_model(cfg) if cfg.init.path else None
+    lm = load_pretrained(resolve_path(cfg.init.path)) if cfg.init.path else None
     if isinstance(lm, NativeVLM):
         if cfg.kind == "lm":
             raise ConfigError(f"init.path: {cfg.init.path} is a NativeVLM; kind lm needs a language model")
@@ -84,13 +105,6 @@ def build_model(cfg, tokenizer) -> Union[NativeVLM, LanguageModel]:
     return NativeVLM.from_language_model(
         lm, vision=cfg.model.vision, connector=cfg.model.connector, modality_experts=cfg.init.modality_experts,
         per_modality_norms=cfg.init.per_modality_norms, image_token_ids=ids)
-
-
-def _load_language_model(cfg):
-    path = resolve_path(cfg.init.path)
-    if (path / CONFIG_NAME).is_file() and "architectures" not in json.loads((path / CONFIG_NAME).read_text()):
-        return load_pretrained(path)
-    return LanguageModel.from_hf(path)
 
 
 def _check_vocab(vocab_size: int, tokenizer, field_name: str) -> None:

@@ -4,7 +4,7 @@ working directory, like the paths given to any other command. Checks that need t
 (trainable and LoRA patterns) live in `freeze.check_patterns`."""
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 import yaml
@@ -42,10 +42,10 @@ def resolve_path(path: str) -> Path:
     if not path.startswith("package:"):
         return Path(path)
     package, _, rel = path[len("package:"):].partition("/")
-    try:
-        return Path(str(importlib.resources.files(package).joinpath(rel)))
-    except ModuleNotFoundError:
-        raise ConfigError(f"init.path {path}: package {package} is not installed") from None
+    spec = importlib.util.find_spec(package)  # locates without importing: weight packages may import a runtime
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{path}: package {package} is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / rel
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -54,7 +54,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
     if not cfg.tokenizer:
         raise ConfigError("tokenizer: a recipe needs a tokenizer path (see `nativevlm tokenizer train`)")
-    if not Path(cfg.tokenizer).exists():
+    if not resolve_path(cfg.tokenizer).exists():
         raise ConfigError(f"tokenizer: {cfg.tokenizer} does not exist")
     if cfg.init.path and not resolve_path(cfg.init.path).exists():
         raise ConfigError(f"init.path: {cfg.init.path} does not exist")

@@ -11,16 +11,16 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from tqdm import tqdm
 
-from ..config import ConfigError, save_config
+from ..config import ConfigError, save_config, to_dict
 from ..data.collate import Collator
 from ..data.image import ImageProcessor
-from ..data.tokenizer import Tokenizer
 from ..model.vlm import NativeVLM
 from . import checkpoint, distributed
 from .data import StageData
-from .export import build_model, save_model
+from .export import build_model, load_tokenizer, save_model
 from .freeze import apply_trainable, check_patterns, contract_table
 from .lora import add_lora, merge_lora
 from .metrics import MetricsLog, flop_params, throughput
@@ -45,12 +45,14 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     ctx = distributed.setup(cfg.device)
     log = log if ctx.is_main else (lambda *a, **k: None)
     out_dir = Path(out_dir)
-    ckpt = checkpoint.latest(out_dir / "checkpoints") if resume else None
-    if not resume and checkpoint.latest(out_dir / "checkpoints") is not None:
+    ckpt = checkpoint.latest(out_dir / "checkpoints")
+    if ckpt is not None and not resume:
         raise ConfigError(f"--out {out_dir} already holds checkpoints: pass --resume to continue, or pick a new --out")
+    if resume and ckpt is None:
+        log(f"--resume: no complete checkpoint in {out_dir / 'checkpoints'}; starting from the beginning")
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
 
-    tokenizer = Tokenizer.load(cfg.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer)
     model = build_model(cfg, tokenizer).to(ctx.device)
     check_patterns(model, cfg.stages)
     vlm = isinstance(model, NativeVLM)
@@ -63,6 +65,9 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
         state = checkpoint.load(ckpt, ctx.rank)[2]
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is not None and (out_dir / "config.yaml").read_text() != yaml.safe_dump(to_dict(cfg), sort_keys=False):
+            log(f"warning: the recipe differs from the one {out_dir} was started with (its config.yaml); "
+                "resuming is exact only with the same recipe")
         save_config(cfg, out_dir / "config.yaml")
     metrics = MetricsLog(out_dir, ctx.is_main, state["global_step"] if ckpt else None)
     log(f"run dir: {out_dir}" + (f" (resuming from {ckpt.name})" if ckpt else "")
