@@ -45,8 +45,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     ctx = distributed.setup(cfg.device)
     log = log if ctx.is_main else (lambda *a, **k: None)
     out_dir = Path(out_dir)
-    ckpt = checkpoint.latest(out_dir / "checkpoints")
-    if ckpt is not None and not resume:
+    ckpt = checkpoint.latest(out_dir / "checkpoints") if resume else None
+    if not resume and any((out_dir / "checkpoints").glob(checkpoint.PREFIX + "*")):
         raise ConfigError(f"--out {out_dir} already holds checkpoints: pass --resume to continue, or pick a new --out")
     if resume and ckpt is None:
         log(f"--resume: no complete checkpoint in {out_dir / 'checkpoints'}; starting from the beginning")
@@ -60,9 +60,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     collator = Collator(tokenizer, ImageProcessor.from_config(mcfg.vision, mcfg.connector), cfg.max_length,
                         pack=cfg.pack, square_average=cfg.square_average)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
-    state = {"stage": 0, "step": 0, "global_step": 0}
-    if ckpt is not None:
-        state = checkpoint.load(ckpt, ctx.rank)[2]
+    loaded = checkpoint.load(ckpt, ctx.rank) if ckpt is not None else None
+    state = loaded[2] if loaded else {"stage": 0, "step": 0, "global_step": 0}
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is not None and (out_dir / "config.yaml").read_text() != yaml.safe_dump(to_dict(cfg), sort_keys=False):
@@ -87,12 +86,9 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
         data = StageData(stage, collator, seed=f"{cfg.seed}:{si}", rank=ctx.rank, world=ctx.world, log=log)
         val = data.val_batches()
         total, step = stage_steps(stage), 0
-        if ckpt is not None and si == state["stage"]:
-            model_state, optim_state, _, rng = checkpoint.load(ckpt, ctx.rank)
-            distributed.load_full_state(model, optimizer, model_state, optim_state)
-            data.sampler.load_state_dict(state["sampler"])
-            checkpoint.set_rng_state(rng)
-            step = state["step"]
+        if loaded and si == state["stage"]:
+            _restore(loaded, model, optimizer, data)
+            step, loaded = state["step"], None
         bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (ctx.is_main and cfg.progress))
         while step < total and (max_steps is None or gs < max_steps):
             lr = stage_lr(stage, step, total)
@@ -111,11 +107,11 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             bar.update(1)
             bar.set_postfix(loss=f"{res['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
-                model_state, optim_state = distributed.full_state(model, optimizer)
                 trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict()}
-                checkpoint.save(out_dir / "checkpoints", gs, model_state, optim_state, trainer_state, ctx.rank,
-                                cfg.keep_checkpoints)
+                _save(out_dir, cfg, ctx, model, optimizer, trainer_state)
         bar.close()
+        if collator.dropped:
+            log(f"samples dropped so far (too long for max_length {cfg.max_length}): {dict(collator.dropped)}")
         if step < total:
             log(f"stopped at step {gs} (--max-steps); continue with --resume")
             metrics.close()
@@ -131,3 +127,18 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     metrics.close()
     log(f"final model: {out_dir / 'final'} (load with nativevlm.train.export.load_pretrained)")
     return TrainResult(out_dir, model, gs, out_dir / "final")
+
+
+def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict) -> None:
+    model_state, optim_state = distributed.full_state(model, optimizer)
+    checkpoint.save(out_dir / "checkpoints", trainer_state["global_step"], model_state, optim_state, trainer_state,
+                    ctx.rank, cfg.keep_checkpoints)
+
+
+def _restore(loaded: tuple, model: nn.Module, optimizer, data: StageData) -> None:
+    """Everything a checkpoint holds, restored after the stage is set up (LoRA added, optimizer built),
+    RNG last, so the run continues exactly as the uninterrupted one did."""
+    model_state, optim_state, trainer_state, rng = loaded
+    distributed.load_full_state(model, optimizer, model_state, optim_state)
+    data.sampler.load_state_dict(trainer_state["sampler"])
+    checkpoint.set_rng_state(rng)
