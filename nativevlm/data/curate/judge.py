@@ -20,9 +20,11 @@ colour histogram, the image size), fit in closed form on the corpus itself and c
 splits so no record is scored by a model that saw it; the score is the cosine between the features the text
 predicts and the image's. It only sees which colours sit where and how big the image is: it works on
 corpora whose captions talk about colours, positions, counts and sizes (the built-in world) and is blind to
-everything else (shapes at small sizes, text in images, identities, actions). It measures its own held-out
-AUC (own image vs a shuffled one) and the judge abstains (keeps everything, says so in the report) when that
-is below `min_auc`, so it cannot silently drop a corpus it does not understand.
+everything else (shapes at small sizes, text in images, identities, actions). It measures itself on held-out
+records (AUC of own vs shuffled image; share of records whose own image would miss `max_rank`, which also
+counts the corpus's real mismatches) and the judge abstains (keeps everything, says so in the report) when
+the AUC is below `min_auc` or that share above `max_expected_drop`, so it cannot silently drop a corpus it
+does not understand.
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ class ProxyMatcher:
     def __init__(self, folds: int = 4, ridge: float = 1.0, vocab: int = 2000, min_df: int = 3, seed: int = 0):
         self.folds, self.ridge, self.vocab_size, self.min_df, self.seed = folds, ridge, vocab, min_df, seed
         self.held_out_auc = float("nan")
+        self.held_out_ranks = np.zeros(0)  # per held-out record: share of other held-out images scoring higher
         self._img_cache: dict[Path, np.ndarray] = {}
         self._pred_cache: dict[str, np.ndarray] = {}
 
@@ -122,7 +125,7 @@ class ProxyMatcher:
         x = np.stack([self._img(path) for path, _, _ in pairs])
         t = np.stack([self._txt(p + " " + a) for _, p, a in pairs])
         folds = np.array([_fold(p, a, self.folds) for _, p, a in pairs])
-        self.weights, aucs = [], []
+        self.weights, aucs, ranks = [], [], []
         rng = np.random.default_rng(self.seed)
         for k in range(self.folds):
             train, test = folds != k, np.where(folds == k)[0]
@@ -133,7 +136,10 @@ class ProxyMatcher:
                 pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-6)
                 shuffled = rng.permutation(test)
                 aucs.append(_auc((pred * x[test]).sum(1), (pred * x[shuffled]).sum(1)))
+                sim = pred @ x[test].T
+                ranks.append((sim > np.diag(sim)[:, None]).mean(1))
         self.held_out_auc = float(np.mean(aucs)) if aucs else float("nan")
+        self.held_out_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
         return self
 
     def score(self, image_path: Path, prompt: str, answer: str) -> float:
@@ -153,8 +159,10 @@ class ImageTextJudge(Stage):
 
     def __init__(self, logprob_fn: Optional[LogprobFn] = None, max_rank: float = 0.03,
                  threshold: Optional[float] = None, negatives: int = 128, min_words: int = 6,
-                 min_richness: int = 0, min_auc: float = 0.9, min_records: int = 64, seed: int = 0):
+                 min_richness: int = 0, min_auc: float = 0.9, max_expected_drop: float = 0.2,
+                 min_records: int = 64, seed: int = 0):
         self.logprob_fn, self.max_rank, self.threshold = logprob_fn, max_rank, threshold
+        self.max_expected_drop = max_expected_drop
         self.negatives, self.min_words, self.min_richness = negatives, min_words, min_richness
         self.min_auc, self.min_records, self.seed = min_auc, min_records, seed
         self.abstain_reason = ""
@@ -175,9 +183,13 @@ class ImageTextJudge(Stage):
             proxy = ProxyMatcher(seed=self.seed).fit(
                 [(e.images[0], " ".join(e.prompts), " ".join(e.answers)) for e in judged])
             self.held_out_auc = proxy.held_out_auc
+            self.expected_drop = float((proxy.held_out_ranks > self.max_rank).mean())
             if not proxy.held_out_auc >= self.min_auc:
                 self.abstain_reason = (f"proxy matcher held-out AUC {proxy.held_out_auc:.3f} < {self.min_auc}: "
                                        "it does not understand this corpus")
+            elif self.expected_drop > self.max_expected_drop:
+                self.abstain_reason = (f"proxy matcher would drop {100 * self.expected_drop:.1f}% of held-out "
+                                       f"records (> {100 * self.max_expected_drop:g}%): too weak for this corpus")
             self.fn = proxy.score
 
     def check(self, entry: Entry) -> Verdict:
@@ -205,6 +217,7 @@ class ImageTextJudge(Stage):
                "max_rank": self.max_rank, "negatives": self.negatives}
         if self.held_out_auc is not None:
             out["proxy_held_out_auc"] = round(self.held_out_auc, 4)
+            out["proxy_expected_drop"] = round(self.expected_drop, 4)
         if self.threshold is not None:
             out["threshold"] = self.threshold
         return out
