@@ -261,3 +261,12 @@ def test_unsupported_gguf_architecture_names_file(tmp_path):
     _finish(writer)
     with pytest.raises(CheckpointError, match=r"gpt2\.gguf.*general\.architecture"):
         LanguageModel.from_hf(path)
+
+
+def test_project_tokenizer_loads_gguf(smollm_dir, our_tokenizer):
+    from nativevlm.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(smollm_dir / SMOLLM_FILE)
+    assert tok.encode(PROMPT) == our_tokenizer.encode(PROMPT).ids
+    assert tok.token_to_id("<|im_end|>") == tok.eos_id == 2
+    assert min(tok.image_token_ids().values()) >= 49152  # image tokens are added past the pretrained vocabulary

@@ -100,8 +100,13 @@ class Tokenizer:
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Tokenizer":
         """Load a `tokenizer.json` file, or a folder holding one (with its tokenizer_config.json, if any,
-        naming the pad and BOS tokens)."""
+        naming the pad and BOS tokens), or the tokenizer embedded in a `.gguf` model file."""
         path = Path(path)
+        if path.suffix == ".gguf":
+            from .gguf_tokenizer import load_gguf_tokenizer
+
+            tk, names = load_gguf_tokenizer(path)
+            return cls(tk, **names)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer at {path}: expected tokenizer.json or a folder holding one")
