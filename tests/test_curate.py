@@ -143,8 +143,8 @@ def test_proxy_judge_abstains_on_a_tiny_corpus(corpus: Path):
 
 
 def test_proxy_judge_catches_swapped_captions(tmp_path: Path):
-    """On 600 synthetic scenes the proxy's estimated clean loss (5.7%; really ~10%) is above the 5% default, so the judge
-    abstains; allowed a 20% loss it catches the swaps. The benchmark's larger world corpus passes the default."""
+    """On 600 synthetic scenes the proxy's estimated clean loss (5.7%; really ~10%) is above the 5% default,
+    so the judge abstains; allowed 20% it catches the swaps. The benchmark's larger world corpus passes."""
     path = synthetic.generate(tmp_path, 600, seed=0, qa_per_image=0)
     records = json.loads(path.read_text())
     rng = random.Random(0)
@@ -223,6 +223,25 @@ def test_strict_names_the_input(corpus: Path, tmp_path: Path):
     with pytest.raises(CurationError, match=r"data\.json: record #4 .*integrity/missing_file"):
         curate_file(corpus, tmp_path / "out.json", build_stages(["integrity", "text"]), strict=True)
     assert not (tmp_path / "out.json").exists()
+
+
+def test_strict_fails_on_malformed_records_before_any_stage(corpus: Path, tmp_path: Path):
+    corpus.write_text(json.dumps(json.loads(corpus.read_text()) + ["not a record"]))
+
+    class Untouchable(ImageIntegrity):
+        def prepare(self, entries):
+            raise AssertionError("stages must not run on a broken input under --strict")
+
+    with pytest.raises(CurationError, match=r"record #24 \(#24\): load/malformed: record is a str"):
+        curate_file(corpus, tmp_path / "out.json", [Untouchable()], strict=True)
+
+
+def test_image_root_resolves_paths(corpus: Path, tmp_path: Path):
+    moved = tmp_path / "elsewhere" / "data.json"
+    moved.parent.mkdir()
+    shutil.move(corpus, moved)
+    es, bad = load_records(moved, image_root=corpus.parent)
+    assert not bad and all(p.is_file() for e in es for p in e.images)
 
 
 def cli(argv: list[str]) -> int:

@@ -101,6 +101,13 @@ class CurationResult:
         """Drops caused by broken input (malformed records, missing/corrupt images, marker mismatch)."""
         return [o for o in self.outcomes if o.reason in self.strict_reasons]
 
+    def describe_errors(self, limit: int = 20) -> list[str]:
+        errs = self.input_errors()
+        lines = [f"{self.source}: record #{o.index} ({o.id}): {o.reason}: {o.detail}" for o in errs[:limit]]
+        if len(errs) > limit:
+            lines.append(f"... and {len(errs) - limit} more (see the report)")
+        return lines
+
 
 def _malformed(index: int, rid: str, why: str) -> Outcome:
     return Outcome(index=index, id=rid, reason="load/malformed", detail=why)
@@ -177,15 +184,28 @@ def load_records(path: Path, image_root: Optional[Path] = None) -> tuple[list[En
 
 
 def run_pipeline(stages: Iterable[Stage], entries: list[Entry], load_drops: list[Outcome], source: Path,
-                 progress: bool = False) -> CurationResult:
-    """Run stages in order over the surviving entries; every input record ends with exactly one outcome."""
+                 progress: bool = False, strict: bool = False) -> CurationResult:
+    """Run stages in order over the surviving entries; every input record ends with exactly one outcome.
+    Under `strict`, broken input raises a CurationError naming file and records as soon as a stage finds it,
+    so a bad file fails before the expensive stages run."""
     from tqdm import tqdm
 
     stages = list(stages)
     outcomes = {e.index: Outcome(e.index, e.id) for e in entries}
     outcomes.update({o.index: o for o in load_drops})
+    strict_reasons = {"load/malformed"} | {f"{s.name}/{r}" for s in stages for r in s.strict_reasons}
     alive = list(entries)
     seconds: dict[str, float] = {}
+
+    def result() -> CurationResult:
+        return CurationResult(Path(source), len(outcomes), alive, [outcomes[i] for i in sorted(outcomes)], seconds,
+                              {s.name: s.summary() for s in stages if s.name in seconds}, strict_reasons)
+
+    def fail_if_broken() -> None:
+        if strict and (errors := result().describe_errors()):
+            raise CurationError("--strict: the input has broken records:\n  " + "\n  ".join(errors))
+
+    fail_if_broken()
     for stage in stages:
         t0 = time.perf_counter()
         stage.prepare(alive)
@@ -201,7 +221,5 @@ def run_pipeline(stages: Iterable[Stage], entries: list[Entry], load_drops: list
                 o.reason, o.detail = f"{stage.name}/{v.reason}", v.detail
         alive = survivors
         seconds[stage.name] = time.perf_counter() - t0
-    strict = {"load/malformed"} | {f"{s.name}/{r}" for s in stages for r in s.strict_reasons}
-    ordered = [outcomes[i] for i in sorted(outcomes)]
-    return CurationResult(Path(source), len(ordered), alive, ordered, seconds,
-                          {s.name: s.summary() for s in stages}, strict)
+        fail_if_broken()
+    return result()

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 def handler(args) -> int:
     from .base import CurationError
-    from .run import build_stages, curate_file, describe_errors
+    from .run import build_stages, curate_file
 
     try:
         stages = build_stages([s.strip() for s in args.stages.split(",") if s.strip()], args.balance_buckets,
@@ -41,7 +41,7 @@ def handler(args) -> int:
     print(f"{args.input}: {result.n_in} in, {len(result.kept)} kept -> {args.out}")
     for reason, n in result.drops.items():
         print(f"  dropped {n:6d}  {reason}")
-    broken = describe_errors(result)
+    broken = result.describe_errors()
     if broken:
         print("broken input records (dropped; --strict makes them an error):")
         print("\n".join(f"  {line}" for line in broken))

@@ -30,9 +30,9 @@ class ImageIntegrity(Stage):
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 return Verdict(reason="corrupt", detail=f"{path.name}: {e}")
             if min(w, h) < self.min_side:
-                return Verdict({"min_side": min(w, h)}, "too_small", f"{path.name} is {w}x{h}")
+                return Verdict(reason="too_small", detail=f"{path.name} is {w}x{h} (min side {self.min_side})")
             if max(w, h) > self.max_side:
-                return Verdict({"min_side": min(w, h)}, "too_large", f"{path.name} is {w}x{h}")
+                return Verdict(reason="too_large", detail=f"{path.name} is {w}x{h} (max side {self.max_side})")
             min_std = min(min_std, std)
             if std < self.blank_std:
                 return Verdict({"pixel_std": std}, "blank", f"{path.name} pixel std {std:.2f} < {self.blank_std}")

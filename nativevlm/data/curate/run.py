@@ -34,14 +34,6 @@ def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket
     return [make[n]() for n in names]
 
 
-def describe_errors(result: CurationResult, limit: int = 20) -> list[str]:
-    errs = result.input_errors()
-    lines = [f"{result.source}: record #{o.index} ({o.id}): {o.reason}: {o.detail}" for o in errs[:limit]]
-    if len(errs) > limit:
-        lines.append(f"... and {len(errs) - limit} more (see the report)")
-    return lines
-
-
 def write_records(records: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
@@ -56,9 +48,7 @@ def curate_file(src: Path, out: Path, stages: list[Stage], image_root: Optional[
     CurationError naming the file and records instead of being dropped; nothing is written then."""
     src = Path(src)
     entries, load_drops = load_records(src, image_root)
-    result = run_pipeline(stages, entries, load_drops, src, progress=progress)
-    if strict and result.input_errors():
-        raise CurationError("--strict: the input has broken records:\n  " + "\n  ".join(describe_errors(result)))
+    result = run_pipeline(stages, entries, load_drops, src, progress=progress, strict=strict)
     write_records([e.record for e in result.kept], Path(out))
     if report_dir is not None:
         from .report import write_report
