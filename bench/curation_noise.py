@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_markdown(s: dict, path: Path) -> None:
     lines = ["# Curation noise benchmark", "",
-             f"Command: `{s['command']}`  ", f"Machine: {s['machine']}  ", f"Clean corpus (seed {s['seeds'][0]}; the others alike): {s['source']}  ",
+             f"Command: `{s['command']}`  ", f"Machine: {s['machine']}  ",
+             f"Clean corpus (seed {s['seeds'][0]}; the others alike): {s['source']}  ",
              f"Stages: {', '.join(s['stages'])} (defaults); seeds {s['seeds']}, counts pooled over seeds", "",
              f"**{s['n_records']} records, {s['n_bad']} injected bad: {100 * s['bad_removed']['rate']:.1f}% of bad "
              f"removed, {100 * s['clean_kept']['rate']:.1f}% of clean kept** (targets: >= 95% each).", "",
@@ -307,7 +308,8 @@ def write_markdown(s: dict, path: Path) -> None:
     lost = ", ".join(f"`{r}` {n}" for r, n in s["clean_lost_by_reason"].items()) or "none"
     lines += [f"| **clean (kept)** | {ck['n']} | kept {ck['kept']} | {100 * ck['rate']:.1f}% | lost to: {lost} |",
               "", "![removal and keep rates](noise_benchmark.png)", "", "Per seed:", "",
-              "| seed | records | bad removed | clean kept | mismatched caught | curate s (integrity/text/dedup/judge) |",
+              "| seed | records | bad removed | clean kept | mismatched caught | "
+              "curate s (integrity/text/dedup/judge) |",
               "|---:|---:|---:|---:|---:|---|"]
     for r in s["runs"]:
         bad = [t for k, t in r["by_type"].items() if k != "clean"]

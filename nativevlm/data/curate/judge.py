@@ -11,7 +11,9 @@ records, and reports
 A record is dropped when `rank > max_rank` (its own image is beaten by more than a few random corpus images:
 the answer is not about this image), or, if `threshold` is given, when `alignment <= threshold`. The rank
 needs no calibration of the score's scale, so a model log-likelihood and the proxy below plug in the same
-way: only scores of different images for the same text are ever compared. Richness is the number of distinct
+way: only scores of different images for the same text are ever compared. Each negative costs one
+`logprob_fn` call; with a real model use a handful of negatives (`negatives=4`: any negative scoring at
+least as high as the own image drops the record) or a `threshold` on alignment. Richness is the number of distinct
 content words in the answers (reported; a drop only when `min_richness` is set).
 
 Until a model exists, `ProxyMatcher.score` stands in for `logprob_fn`: ridge regression from the caption's
@@ -222,8 +224,8 @@ class ImageTextJudge(Stage):
         return Verdict(scores)
 
     def summary(self) -> dict:
-        out = {"scorer": "logprob_fn" if self.logprob_fn else "proxy matcher", "abstained": self.abstain_reason or None,
-               "max_rank": self.max_rank, "negatives": self.negatives}
+        out = {"scorer": "logprob_fn" if self.logprob_fn else "proxy matcher",
+               "abstained": self.abstain_reason or None, "max_rank": self.max_rank, "negatives": self.negatives}
         if self.held_out_auc is not None:
             out["proxy_held_out_auc"] = round(self.held_out_auc, 4)
             out["proxy_estimated_clean_loss"] = round(self.clean_loss, 4)
