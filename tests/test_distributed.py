@@ -46,8 +46,10 @@ def single(tmp_path_factory):
     world = make_world(root / "world")
     recipe = vlm_recipe(world, checkpoint_every=100)
     for stage in recipe["stages"]:
-        stage.update(batch_size=4, grad_accum=1, steps=2)
-    recipe["stages"][1]["grad_accum"] = 2  # 1 sample per rank per micro-batch with 2 ranks
+        # 1 sample per rank per micro-batch: some micro-batches are text only, so in stage 1 (vision side
+        # trains) one rank's micro-batch reaches no trainable parameter while the other's does.
+        stage.update(batch_size=4, grad_accum=2, steps=2)
+    recipe["stages"][1]["grad_accum"] = 1
     path = write_recipe(root / "recipe.yaml", recipe)
     mp.spawn(_worker, args=(1, free_port(), str(path), str(root / "single")), nprocs=1)
     return root, path, losses(root / "single")

@@ -78,8 +78,9 @@ def wrap(model: nn.Module, strategy: str, ctx: DistContext) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    # Unused parameters are normal here: visual experts get no tokens in a text-only batch.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    # Every trainable parameter gets a gradient each backward (see `step.train_step(touch_all=True)`),
+    # so DDP needs no unused-parameter search although experts see no tokens in some micro-batches.
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

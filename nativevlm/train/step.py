@@ -28,10 +28,23 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+def keep_graph(model: nn.Module) -> None:
+    """Make the token embeddings' output require grad, so every micro-batch has a backward pass even when
+    no trainable parameter sees it (a text-only micro-batch while only the vision side trains). Each rank
+    then runs the same backward hooks: DDP marks unused parameters ready and FSDP reduce-scatters their
+    zero gradients, instead of one rank waiting on collectives the other never issues. The cost is nil
+    whenever images are present, since reaching the encoder needs that backward anyway."""
+    lm = getattr(model, "language", model)
+    lm.embed_tokens.register_forward_hook(
+        lambda module, args, output: output.requires_grad_() if torch.is_grad_enabled() else output)
+
+
 def train_step(model: nn.Module, batches: list[dict], optimizer, params: list, grad_clip: float, world: int,
-               device: torch.device, vlm: bool, bf16: bool) -> dict:
+               device: torch.device, vlm: bool, bf16: bool, touch_all: bool = False) -> dict:
     """Forward + backward over this rank's micro-batches, clip, step. Returns the global loss, grad norm
-    and token count."""
+    and token count. `touch_all` (DDP) adds 0 * every trainable parameter to the loss: DDP reduces only
+    once a parameter's gradient is ready, and a micro-batch that reaches no trainable parameter on one
+    rank would otherwise leave the other rank waiting; it also spares DDP the unused-parameter search."""
     w_local = sum(b["loss_weights"].sum() for b in batches).to(device, torch.float32)
     w_global = all_reduce_sum(w_local).clamp_min(1e-12)
     loss_sum = torch.zeros((), device=device)
@@ -41,9 +54,7 @@ def train_step(model: nn.Module, batches: list[dict], optimizer, params: list, g
         loss = out.loss_sum * (world / w_global)
         if out.aux_loss is not None:
             loss = loss + out.aux_loss / len(batches)
-        if not loss.requires_grad:
-            # No trainable parameter saw this micro-batch (text only while only the vision side trains):
-            # a zero-valued backward keeps every rank's gradient reductions in step.
+        if touch_all:
             loss = loss + sum(p.sum() for p in params) * 0.0
         loss.backward()
         loss_sum += out.loss_sum.detach().float()

@@ -27,7 +27,7 @@ from .metrics import MetricsLog, flop_params, throughput
 from .optim import build_optimizer, set_lr
 from .recipe import stage_steps
 from .schedule import stage_lr
-from .step import evaluate, train_step
+from .step import evaluate, keep_graph, train_step
 
 
 @dataclass
@@ -55,6 +55,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     tokenizer = load_tokenizer(cfg.tokenizer)
     model = build_model(cfg, tokenizer).to(ctx.device)
     check_patterns(model, cfg.stages)
+    keep_graph(model)
     vlm = isinstance(model, NativeVLM)
     mcfg = model.config if vlm else cfg.model
     collator = Collator(tokenizer, ImageProcessor.from_config(mcfg.vision, mcfg.connector), cfg.max_length,
@@ -95,7 +96,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             set_lr(optimizer, lr)
             t0 = time.perf_counter()
             res = train_step(wrapped, data.next_batches(), optimizer, params, stage.grad_clip, ctx.world,
-                             ctx.device, vlm, bf16)
+                             ctx.device, vlm, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp")
             step, gs = step + 1, gs + 1
             row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res["loss"], "lr": lr,
                    "grad_norm": res["grad_norm"], **throughput(res["tokens"], time.perf_counter() - t0, n_flop,
