@@ -1,5 +1,5 @@
-"""Data parallel equivalence: 2 gloo processes (DDP, FSDP2) follow the single-process loss curve at the
-same global batch, because the loss is normalised by the all-reduced sum of weights."""
+"""Data parallel: 2 gloo processes (DDP, FSDP2) follow the single-process loss curve at the same global
+batch, because the loss is normalised by the all-reduced sum of weights; and they resume exactly."""
 from __future__ import annotations
 
 import json
@@ -26,8 +26,6 @@ def _worker(rank: int, world: int, port: int, recipe: str, out: str, resume: boo
             max_steps: int | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
-    import torch
-
     torch.set_num_threads(1)
     from nativevlm.train import distributed
     from nativevlm.train.trainer import train

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..config import ConfigError
 from ..data.collate import Collator
 from ..data.formats import read_samples
 from ..data.sample import Sample
@@ -34,7 +35,7 @@ class MixtureSampler:
     each source is walked in a fresh seeded permutation per epoch. The state is the draw count and each
     source's consumed count, so it is JSON and exact to resume."""
 
-    def __init__(self, sizes: list[int], weights: list[float], seed: int):
+    def __init__(self, sizes: list[int], weights: list[float], seed: int | str):
         self.sizes, self.weights, self.seed = sizes, weights, seed
         self.draws = 0
         self.consumed = [0] * len(sizes)
@@ -68,7 +69,7 @@ class MixtureSampler:
 class StageData:
     """Global batches for one stage, as this rank's list of micro-batch dicts (see `Collator`)."""
 
-    def __init__(self, stage, collator: Collator, seed: int, rank: int = 0, world: int = 1, log=print):
+    def __init__(self, stage, collator: Collator, seed: str, rank: int = 0, world: int = 1, log=print):
         self.stage, self.collator, self.rank, self.world = stage, collator, rank, world
         self.sources = [load_source(src.path, log) for src in stage.data]
         self.sampler = MixtureSampler([len(s) for s in self.sources], [src.weight for src in stage.data], seed)
@@ -88,6 +89,9 @@ class StageData:
         """The first `eval_samples` val samples, cut to whole chunks so every rank runs the same number of
         forwards (FSDP gathers weights collectively)."""
         chunk = self.micro_size * self.world
+        if self.val and len(self.val) < chunk:
+            raise ConfigError(f"stage {self.stage.name}: eval_samples keeps {len(self.val)} val samples, fewer than "
+                              f"one micro-batch on every rank ({chunk})")
         return self._shard(self.val[: len(self.val) // chunk * chunk])
 
     def _shard(self, samples: list[Sample]) -> list[dict]:
