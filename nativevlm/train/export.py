@@ -70,15 +70,9 @@ def save_model(model: nn.Module, state: dict, path: Path) -> None:
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-    """A tokenizer folder / tokenizer.json, or the tokenizer inside a GGUF file (so a recipe starting from
-    a GGUF LM can name the same file for both)."""
-    path = resolve_path(path)
-    if path.suffix != ".gguf":
-        return Tokenizer.load(path)
-    from ..data.gguf_tokenizer import load_gguf_tokenizer
-
-    tk, names = load_gguf_tokenizer(path)
-    return Tokenizer(tk, **names)
+    """`Tokenizer.load` after resolving `package:` paths (a recipe starting from a GGUF LM names the same
+    file for its tokenizer)."""
+    return Tokenizer.load(resolve_path(path))
 
 
 def build_model(cfg, tokenizer) -> Union[NativeVLM, LanguageModel]:
