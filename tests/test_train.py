@@ -176,3 +176,17 @@ def test_text_lm_export_grows_into_a_native_vlm(world, tmp_path):
     vlm = build_model(vlm_cfg, Tokenizer.load(vlm_cfg.tokenizer))
     text, visual = vlm.language.layers[0].attn.qkv_proj.weight, vlm.language.layers[0].visual_attn.qkv_proj.weight
     assert torch.equal(text, lm.layers[0].attn.qkv_proj.weight) and torch.equal(visual, text)
+
+
+def test_cli_reports_a_bad_recipe_before_training(world, tmp_path):
+    import subprocess
+    import sys
+
+    recipe = vlm_recipe(world)
+    recipe["stages"][0]["trainable"] = ["language.layers.*.visaul_*"]
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    proc = subprocess.run([sys.executable, "-m", "nativevlm", "train", str(path), "--out", str(tmp_path / "run"),
+                           "--set", "stages.1.steps=2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "stages[0].trainable" in proc.stderr and "visaul" in proc.stderr
+    assert not (tmp_path / "run").exists()
