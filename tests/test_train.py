@@ -3,6 +3,8 @@ completeness. Tiny models on CPU."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -179,9 +181,6 @@ def test_text_lm_export_grows_into_a_native_vlm(world, tmp_path):
 
 
 def test_cli_reports_a_bad_recipe_before_training(world, tmp_path):
-    import subprocess
-    import sys
-
     recipe = vlm_recipe(world)
     recipe["stages"][0]["trainable"] = ["language.layers.*.visaul_*"]
     path = write_recipe(tmp_path / "r.yaml", recipe)
