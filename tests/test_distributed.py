@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from nativevlm.train.recipe import load_recipe
-from trainkit import make_world, vlm_recipe, write_recipe
+from trainkit import vlm_recipe, write_recipe
 
 
 def free_port() -> int:
@@ -42,10 +42,9 @@ def losses(out: Path) -> list[tuple[float, float | None]]:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
+def single(tmp_path_factory, train_world):
     root = tmp_path_factory.mktemp("dist")
-    world = make_world(root / "world")
-    recipe = vlm_recipe(world, checkpoint_every=100)
+    recipe = vlm_recipe(train_world, checkpoint_every=100)
     for stage in recipe["stages"]:
         # 1 sample per rank per micro-batch: some micro-batches are text only, so in stage 1 (vision side
         # trains) one rank's micro-batch reaches no trainable parameter while the other's does.

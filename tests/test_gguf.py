@@ -3,6 +3,7 @@ GGUF loader and tokenizer conversion, and tiny F32 GGUFs written here for the Qw
 llama.cpp's Llama q/k row permutation."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from nativevlm.data.gguf_tokenizer import load_gguf_tokenizer, tokenizer_from_gg
 from nativevlm.infer.generate import generate  # noqa: E402
 from nativevlm.model.hub import CheckpointError  # noqa: E402
 from nativevlm.model.language import LanguageModel  # noqa: E402
+from hfkit import random_hf_lm  # noqa: E402
 
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "The capital of France is"
@@ -56,9 +58,33 @@ def smollm(smollm_dir) -> LanguageModel:
     return model
 
 
+_REFERENCE_READERS: dict[str, object] = {}
+
+
+@contextlib.contextmanager
+def _one_parse_per_file():
+    """transformers re-parses a GGUF's metadata for the config, the tensors and the tokenizer (~1.5 s each
+    for SmolLM2 on this machine); while it loads the reference, it gets one read-only reader per file.
+    Only transformers' loads run inside this, so our own loader is always tested on its own reads."""
+    original = gguf.GGUFReader
+
+    def shared(path, mode="r"):
+        assert mode == "r", mode
+        if str(path) not in _REFERENCE_READERS:
+            _REFERENCE_READERS[str(path)] = original(path, mode)
+        return _REFERENCE_READERS[str(path)]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 @pytest.fixture(scope="module")
 def reference_tokenizer(smollm_dir):
-    return transformers.AutoTokenizer.from_pretrained(smollm_dir, gguf_file=SMOLLM_FILE)
+    with _one_parse_per_file():
+        return transformers.AutoTokenizer.from_pretrained(smollm_dir, gguf_file=SMOLLM_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +105,11 @@ def _transformers_gguf_model(folder: Path, name: str):
 
     from transformers.initialization import no_init_weights
 
-    config = transformers.AutoConfig.from_pretrained(folder, gguf_file=name)
-    with no_init_weights():  # every weight is overwritten below; a random init would only cost time
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(folder / name), return_tensors=True, model_to_load=model)["tensors"]
+    with _one_parse_per_file():
+        config = transformers.AutoConfig.from_pretrained(folder, gguf_file=name)
+        with no_init_weights():  # every weight is overwritten below; a random init would only cost time
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tensors = load_gguf_checkpoint(str(folder / name), return_tensors=True, model_to_load=model)["tensors"]
     result = model.load_state_dict(tensors, strict=False)
     assert set(result.missing_keys) <= {"lm_head.weight"} and not result.unexpected_keys
     model.tie_weights()
@@ -217,16 +244,6 @@ def _write_gguf(model, arch: str, path: Path) -> None:
     _finish(writer)
 
 
-def _random_model(config):
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.2 * noise if "norm" in name else 0.1 * noise)
-    return model.eval()
-
-
 TINY_MODELS = {
     "llama": lambda: transformers.LlamaConfig(**TINY, tie_word_embeddings=False),
     "qwen2": lambda: transformers.Qwen2Config(**TINY, tie_word_embeddings=True),
@@ -236,7 +253,7 @@ TINY_MODELS = {
 
 @pytest.mark.parametrize("arch", list(TINY_MODELS))
 def test_tiny_gguf_matches_transformers(arch, tmp_path):
-    model = _random_model(TINY_MODELS[arch]())
+    model = random_hf_lm(TINY_MODELS[arch]())
     _write_gguf(model, arch, tmp_path / "tiny.gguf")
     ours = LanguageModel.from_hf(tmp_path / "tiny.gguf")
     ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))

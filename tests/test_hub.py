@@ -16,24 +16,11 @@ from nativevlm.config import LanguageConfig  # noqa: E402
 from nativevlm.model.hub import CheckpointError, save_language_model  # noqa: E402
 from nativevlm.model.language import LanguageModel  # noqa: E402
 from nativevlm.model.vision import VisionEncoder  # noqa: E402
+from hfkit import random_hf_lm, randomize  # noqa: E402
 
 TOL = 1e-4
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64)
-
-
-def _randomize(model: torch.nn.Module) -> torch.nn.Module:
-    """Norm weights near 1, everything else small normal, from a fixed seed."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.2 * noise if "norm" in name else 0.1 * noise)
-    return model.eval()
-
-
-def _hf_lm(config):
-    return _randomize(transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager"))
 
 
 HF_CONFIGS = {
@@ -72,7 +59,7 @@ def _assert_matches(ours: LanguageModel, hf_model):
 
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
 def test_language_model_matches_transformers(name, tmp_path):
-    hf_model = _hf_lm(HF_CONFIGS[name]())
+    hf_model = random_hf_lm(HF_CONFIGS[name]())
     hf_model.save_pretrained(tmp_path)
     ours = LanguageModel.from_hf(tmp_path)
     assert ours.config.tie_word_embeddings == hf_model.config.tie_word_embeddings
@@ -80,14 +67,14 @@ def test_language_model_matches_transformers(name, tmp_path):
 
 
 def test_load_in_bfloat16(tmp_path):
-    _hf_lm(HF_CONFIGS["qwen2_gqa_bias"]()).save_pretrained(tmp_path)
+    random_hf_lm(HF_CONFIGS["qwen2_gqa_bias"]()).save_pretrained(tmp_path)
     ours = LanguageModel.from_hf(tmp_path, dtype=torch.bfloat16)
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
     assert not any(p.is_meta for p in ours.parameters())
 
 
 def test_sharded_checkpoint(tmp_path):
-    hf_model = _hf_lm(HF_CONFIGS["llama_gqa_untied"]())
+    hf_model = random_hf_lm(HF_CONFIGS["llama_gqa_untied"]())
     hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
@@ -102,7 +89,7 @@ def test_sharded_checkpoint(tmp_path):
 def test_save_round_trip_through_transformers(kind, tmp_path):
     cfg = LanguageConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=96, rope_theta=5e5, norm_eps=1e-5, eos_token_id=2, **kind)
-    ours = _randomize(LanguageModel(cfg))
+    ours = randomize(LanguageModel(cfg))
     save_language_model(ours, tmp_path)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     _assert_matches(ours, hf_model)
@@ -123,11 +110,11 @@ def test_siglip_vision_encoder(patch, image, full_siglip, tmp_path):
             text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                              num_attention_heads=2, max_position_embeddings=16),
         )
-        full = _randomize(transformers.SiglipModel(cfg))
+        full = randomize(transformers.SiglipModel(cfg))
         full.save_pretrained(tmp_path)
         hf_model = full.vision_model
     else:
-        hf_model = _randomize(transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**vision)))
+        hf_model = randomize(transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**vision)))
         hf_model.save_pretrained(tmp_path)
     ours = VisionEncoder.from_hf(tmp_path)
     pixels = torch.randn(2, 3, image, image, generator=torch.Generator().manual_seed(2))
@@ -144,7 +131,7 @@ def test_siglip_vision_encoder(patch, image, full_siglip, tmp_path):
 
 @pytest.fixture
 def llama_dir(tmp_path):
-    _hf_lm(HF_CONFIGS["llama_tied"]()).save_pretrained(tmp_path)
+    random_hf_lm(HF_CONFIGS["llama_tied"]()).save_pretrained(tmp_path)
     return tmp_path
 
 
@@ -179,7 +166,7 @@ def test_unsupported_config_names_file_and_field(llama_dir, changes, field):
 
 
 def test_sliding_window_in_use_is_refused(tmp_path):
-    _hf_lm(HF_CONFIGS["qwen2_gqa_bias"]()).save_pretrained(tmp_path)
+    random_hf_lm(HF_CONFIGS["qwen2_gqa_bias"]()).save_pretrained(tmp_path)
     _edit_config(tmp_path, use_sliding_window=True, sliding_window=4)
     with pytest.raises(CheckpointError, match="sliding"):
         LanguageModel.from_hf(tmp_path)

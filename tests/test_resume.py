@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from nativevlm.train.checkpoint import SLEEP_ENV
-from trainkit import make_world, vlm_recipe, write_recipe
+from trainkit import vlm_recipe, write_recipe
 
 
 def start(recipe: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
@@ -49,10 +49,9 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, train_world):
     root = tmp_path_factory.mktemp("resume")
-    world = make_world(root / "world")
-    recipe = write_recipe(root / "recipe.yaml", vlm_recipe(world, checkpoint_every=1, keep_checkpoints=2))
+    recipe = write_recipe(root / "recipe.yaml", vlm_recipe(train_world, checkpoint_every=1, keep_checkpoints=2))
     finish(start(recipe, root / "reference"))
     return recipe, weights(root / "reference")
 

@@ -19,12 +19,7 @@ from nativevlm.train.lora import add_lora, merge_lora
 from nativevlm.train.recipe import load_recipe
 from nativevlm.train.schedule import lr_at
 from nativevlm.train.trainer import train
-from trainkit import lm_recipe, make_world, vlm_recipe, write_recipe
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return make_world(tmp_path_factory.mktemp("world"))
+from trainkit import lm_recipe, vlm_recipe, write_recipe
 
 
 def initial_state(cfg) -> dict:
@@ -34,8 +29,8 @@ def initial_state(cfg) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_stage_contract_frozen_unchanged_trainable_changed(world, tmp_path):
-    recipe = vlm_recipe(world, checkpoint_every=100, keep_checkpoints=5)
+def test_stage_contract_frozen_unchanged_trainable_changed(train_world, tmp_path):
+    recipe = vlm_recipe(train_world, checkpoint_every=100, keep_checkpoints=5)
     cfg = load_recipe(write_recipe(tmp_path / "r.yaml", recipe))
     before = initial_state(cfg)
     train(cfg, tmp_path / "run")
@@ -75,8 +70,8 @@ def test_stage_contract_frozen_unchanged_trainable_changed(world, tmp_path):
     (lambda r: r.update(tokenizer="no/such/tok"), "tokenizer"),
     (lambda r: r["stages"][0].update(batch_size=3), "stages[0].batch_size"),
 ])
-def test_bad_recipe_fails_naming_the_field(world, tmp_path, edit, field):
-    recipe = vlm_recipe(world)
+def test_bad_recipe_fails_naming_the_field(train_world, tmp_path, edit, field):
+    recipe = vlm_recipe(train_world)
     edit(recipe)
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
         load_recipe(write_recipe(tmp_path / "r.yaml", recipe))
@@ -87,8 +82,8 @@ def test_bad_recipe_fails_naming_the_field(world, tmp_path, edit, field):
     ({"lr_multipliers": {"conector.*": 2.0}}, r"stages\[0\].lr_multipliers"),
     ({"lora": {"rank": 2, "modules": ["*.qkv"]}}, r"stages\[0\].lora.modules"),
 ])
-def test_pattern_matching_nothing_fails_before_training(world, tmp_path, stage_edit, field):
-    recipe = vlm_recipe(world)
+def test_pattern_matching_nothing_fails_before_training(train_world, tmp_path, stage_edit, field):
+    recipe = vlm_recipe(train_world)
     recipe["stages"][0].update(stage_edit)
     cfg = load_recipe(write_recipe(tmp_path / "r.yaml", recipe))
     with pytest.raises(ConfigError, match=field):
@@ -96,8 +91,8 @@ def test_pattern_matching_nothing_fails_before_training(world, tmp_path, stage_e
     assert not (tmp_path / "run").exists()
 
 
-def test_lora_base_frozen_and_merged_export_matches_adapter(world, tmp_path):
-    recipe = lm_recipe(world, checkpoint_every=100)
+def test_lora_base_frozen_and_merged_export_matches_adapter(train_world, tmp_path):
+    recipe = lm_recipe(train_world, checkpoint_every=100)
     recipe["stages"][0].update(trainable=["norm.*"], lr=1e-2,
                                lora={"rank": 4, "alpha": 8, "modules": ["layers.*.attn.qkv_proj", "layers.*.mlp.*"]})
     cfg = load_recipe(write_recipe(tmp_path / "r.yaml", recipe))
@@ -163,16 +158,16 @@ def test_incomplete_or_corrupt_checkpoints_are_never_loaded(tmp_path):
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000003", "step-00000005"]
 
 
-def test_text_lm_export_grows_into_a_native_vlm(world, tmp_path):
+def test_text_lm_export_grows_into_a_native_vlm(train_world, tmp_path):
     """NaViL's hand-off: the text LM's export (a Hugging Face folder) initialises the VLM's language model,
     and its visual experts start as copies of the trained text weights."""
-    lm_cfg = load_recipe(write_recipe(tmp_path / "lm.yaml", lm_recipe(world)))
+    lm_cfg = load_recipe(write_recipe(tmp_path / "lm.yaml", lm_recipe(train_world)))
     lm_run = train(lm_cfg, tmp_path / "lm")
     assert json.loads((tmp_path / "lm/final/config.json").read_text())["architectures"]
     lm = load_pretrained(tmp_path / "lm/final")
     assert all(torch.equal(v, lm_run.model.state_dict()[k]) for k, v in lm.state_dict().items())
 
-    recipe = vlm_recipe(world, init={"path": str(tmp_path / "lm/final"), "vision": True})
+    recipe = vlm_recipe(train_world, init={"path": str(tmp_path / "lm/final"), "vision": True})
     recipe["stages"] = recipe["stages"][:1]
     vlm_cfg = load_recipe(write_recipe(tmp_path / "vlm.yaml", recipe))
     vlm = build_model(vlm_cfg, Tokenizer.load(vlm_cfg.tokenizer))
@@ -180,8 +175,8 @@ def test_text_lm_export_grows_into_a_native_vlm(world, tmp_path):
     assert torch.equal(text, lm.layers[0].attn.qkv_proj.weight) and torch.equal(visual, text)
 
 
-def test_cli_reports_a_bad_recipe_before_training(world, tmp_path):
-    recipe = vlm_recipe(world)
+def test_cli_reports_a_bad_recipe_before_training(train_world, tmp_path):
+    recipe = vlm_recipe(train_world)
     recipe["stages"][0]["trainable"] = ["language.layers.*.visaul_*"]
     path = write_recipe(tmp_path / "r.yaml", recipe)
     proc = subprocess.run([sys.executable, "-m", "nativevlm", "train", str(path), "--out", str(tmp_path / "run"),
