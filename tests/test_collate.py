@@ -1,5 +1,5 @@
-"""Encoding (chat template, image blocks, pre-shifted assistant-only targets), truncation, padding, packing
-and resumable loading.
+"""Encoding (chat template, image blocks, pre-shifted assistant-only targets), truncation, padding and
+packing. (Seeded, resumable sample order is the trainer's `MixtureSampler`, tested in test_train.py.)
 
 The packing test runs a tiny reference causal model written here (embedding, image features spliced into
 the <img> positions with one masked assignment, one attention layer over SDPA with a mask built from
@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nativevlm.data.collate import IGNORE, Collator, SampleDropped, encode_sample
-from nativevlm.data.dataset import BatchLoader, SampleDataset
-from nativevlm.data.formats import DataError
 from nativevlm.data.image import ImageProcessor
 from nativevlm.data.sample import Sample
 from nativevlm.data.tokenizer import Tokenizer
@@ -225,36 +223,3 @@ def test_square_average_weights(tok, proc, samples):
         w = batch["loss_weights"][b]
         n = int((w > 0).sum())
         assert torch.allclose(w[w > 0], torch.full((n,), 1 / math.sqrt(n)))
-
-
-# -- seeded, resumable loading -------------------------------------------------------------------------
-
-
-def test_loader_resumes_exactly_and_reshuffles_each_epoch(tok, proc, samples):
-    collate = Collator(tok, proc, max_length=256)
-    dataset = SampleDataset(samples * 2)  # 10 samples, batches of 3: epochs end mid-batch
-    run = BatchLoader(dataset, collate, batch_size=3, seed=7)
-    uninterrupted = [next(run)["input_ids"] for _ in range(9)]
-
-    first = BatchLoader(dataset, collate, batch_size=3, seed=7)
-    for _ in range(5):
-        next(first)
-    state = first.state_dict()
-    resumed = BatchLoader(dataset, collate, batch_size=3, seed=0)
-    resumed.load_state_dict(state)
-    assert all(torch.equal(a, next(resumed)["input_ids"]) for a in uninterrupted[5:])
-    assert resumed.state_dict() == run.state_dict()
-
-    assert sorted(run.order(0)) == list(range(10)) and list(run.order(0)) != list(run.order(1))
-    assert list(BatchLoader(dataset, collate, 3, seed=8).order(0)) != list(run.order(0))
-    with pytest.raises(DataError, match="same data files"):
-        BatchLoader(SampleDataset(samples), collate, 3).load_state_dict(state)
-
-
-def test_loader_drop_last_and_dropped_samples(tok, proc, samples):
-    loader = BatchLoader(SampleDataset(samples), Collator(tok, proc, 256), batch_size=2, shuffle=False, drop_last=True)
-    sizes = [next(loader)["n_samples"] for _ in range(4)]
-    assert sizes == [2, 2, 2, 2] and loader.epoch == 1
-    hopeless = BatchLoader(SampleDataset(samples[:1]), Collator(tok, proc, max_length=4), batch_size=1)
-    with pytest.raises(DataError, match="dropped every sample"):
-        next(hopeless)
