@@ -15,21 +15,26 @@ def count(objects, shape: str | None = None, color: str | None = None) -> int:
     return sum((shape is None or o.shape == shape) and (color is None or o.color == color) for o in objects)
 
 
+def pick_unique(objects, rng: random.Random, by: str):
+    """An object whose `by` ("shape" or "color") no other object shares, so that naming it is unambiguous
+    ("the circle"); None when there is none."""
+    unique = [o for o in objects if count(objects, **{by: getattr(o, by)}) == 1]
+    return rng.choice(unique) if unique else None
+
+
 # ---- objects scenes -------------------------------------------------------------------------------------
 
 def q_color(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA | None:
-    unique = [o for o in scene.objects if count(scene.objects, shape=o.shape) == 1]
-    if not unique:
+    o = pick_unique(scene.objects, rng, "shape")
+    if o is None:
         return None
-    o = rng.choice(unique)
     return perception(f"What color is the {o.shape}?", o.color, "color", cfg.colors)
 
 
 def q_shape(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA | None:
-    unique = [o for o in scene.objects if count(scene.objects, color=o.color) == 1]
-    if not unique:
+    o = pick_unique(scene.objects, rng, "color")
+    if o is None:
         return None
-    o = rng.choice(unique)
     return perception(f"What shape is the {o.color} object?", o.shape, "shape", cfg.shapes)
 
 
@@ -134,10 +139,9 @@ EXTREMES = {"leftmost": lambda o: o.col, "topmost": lambda o: o.row}
 def q_multi_step(scene: Scene, rng: random.Random, cfg: WorldConfig) -> QA | None:
     objs = scene.objects
     if rng.random() < 0.5:
-        unique = [o for o in objs if count(objs, shape=o.shape) == 1]
-        if not unique:
+        o = pick_unique(objs, rng, "shape")
+        if o is None:
             return None
-        o = rng.choice(unique)
         k = count(objs, color=o.color) - 1
         steps = [f"Find the {o.shape}: it is {o.color}.", f"Count the other {o.color} objects: {k}."]
         return reasoning(f"How many other objects have the same color as the {o.shape}?", k, "multi_step",
