@@ -1,10 +1,12 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from nativevlm import LanguageConfig, ModelConfig, NativeVLM, VisionConfig
+from nativevlm import LanguageConfig, LanguageModel, ModelConfig, MoEConfig, NativeVLM, VisionConfig
 from nativevlm.cli import main
+from nativevlm.train.export import save_model
 
 
 def test_help_lists_subcommands():
@@ -34,3 +36,17 @@ def test_info_prints_config_and_counts(tmp_path, capsys):
 def test_info_on_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "config.json not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("modality_experts", [False, True])
+def test_info_reads_language_model_folders(tmp_path, capsys, modality_experts):
+    """A `kind: lm` run's final/: a Hugging Face Llama folder, or nativevlm's layout when it has experts."""
+    lm = LanguageModel(LanguageConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                      intermediate_size=64), MoEConfig(modality_experts=modality_experts))
+    save_model(lm, lm.state_dict(), tmp_path / "lm")
+    assert main(["info", str(tmp_path / "lm")]) == 0
+    out = capsys.readouterr().out
+    experts = sum(p.numel() for n, p in lm.named_parameters() if ".visual_" in n)
+    assert (experts > 0) == modality_experts
+    assert f"{sum(p.numel() for p in lm.parameters()):,d}" in out and f"{experts:,d}" in out
+    assert "hidden_size=32" in out
