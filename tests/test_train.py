@@ -184,3 +184,10 @@ def test_cli_reports_a_bad_recipe_before_training(train_world, tmp_path):
     assert proc.returncode == 2
     assert "stages[0].trainable" in proc.stderr and "visaul" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_step_with_every_sample_dropped_is_an_error(train_world, tmp_path):
+    """Silent success with no loss tokens would hide a max_length that drops the whole data set."""
+    cfg = load_recipe(write_recipe(tmp_path / "r.yaml", vlm_recipe(train_world, max_length=4)))
+    with pytest.raises(ValueError, match="no target tokens"):
+        train(cfg, tmp_path / "run")

@@ -81,7 +81,7 @@ class NativeVLM(nn.Module):
         except Exception as e:  # safetensors raises several exception types for corrupt files
             raise ValueError(f"{weights} could not be read as safetensors ({e}); the file is corrupt or "
                              "truncated: re-export it with save_pretrained") from None
-        _load_state(model, state, weights)
+        load_state_strict(model, state, weights)
         return model if meta else model.to(dtype)
 
     def save_pretrained(self, path) -> None:
@@ -181,7 +181,7 @@ def _read_header(path: Path) -> dict:
         return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
 
 
-def _load_state(model: nn.Module, state: dict, source) -> None:
+def load_state_strict(model: nn.Module, state: dict, source) -> None:
     """Strict load with a readable error naming the file and the first mismatched keys."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -23,7 +23,7 @@ from ..config import ConfigError, LanguageConfig, MoEConfig, from_dict, to_dict
 from ..data.tokenizer import Tokenizer
 from ..model.hub import save_language_model
 from ..model.language import LanguageModel
-from ..model.vlm import CONFIG_NAME, WEIGHTS_NAME, NativeVLM, _load_state
+from ..model.vlm import CONFIG_NAME, WEIGHTS_NAME, NativeVLM, load_state_strict
 from .recipe import resolve_path
 
 LANGUAGE_TYPE = "language"
@@ -41,7 +41,7 @@ def load_pretrained(path) -> Union[NativeVLM, LanguageModel]:
 
     with torch.device("meta"):
         model = LanguageModel(from_dict(LanguageConfig, config["language"]), from_dict(MoEConfig, config["moe"]))
-    _load_state(model, load_file(str(path / WEIGHTS_NAME)), path / WEIGHTS_NAME)
+    load_state_strict(model, load_file(str(path / WEIGHTS_NAME)), path / WEIGHTS_NAME)
     return model
 
 
@@ -50,7 +50,7 @@ def save_model(model: nn.Module, state: dict, path: Path) -> None:
     a fresh model of the same class so whatever wraps the training model never reaches the export."""
     with torch.device("meta"):
         clone = NativeVLM(model.config) if isinstance(model, NativeVLM) else LanguageModel(model.config, model.moe_config)
-    _load_state(clone, state, "the trained model state")
+    load_state_strict(clone, state, "the trained model state")
     if isinstance(clone, NativeVLM):
         clone.save_pretrained(path)
         return

@@ -46,7 +46,11 @@ def train_step(model: nn.Module, batches: list[dict], optimizer, params: list, g
     once a parameter's gradient is ready, and a micro-batch that reaches no trainable parameter on one
     rank would otherwise leave the other rank waiting; it also spares DDP the unused-parameter search."""
     w_local = sum(b["loss_weights"].sum() for b in batches).to(device, torch.float32)
-    w_global = all_reduce_sum(w_local).clamp_min(1e-12)
+    w_global = all_reduce_sum(w_local)
+    if float(w_global) == 0:  # the same on every rank (all-reduced), so all ranks stop together
+        raise ValueError("a training step has no target tokens on any rank: every sample of the batch was "
+                         "dropped (longer than max_length?) or has no assistant answer; raise max_length "
+                         "or check the data")
     loss_sum = torch.zeros((), device=device)
     for b in batches:
         with autocast(device, bf16):
