@@ -287,6 +287,15 @@ def test_layout_and_records(tmp_path):
         assert human["from"] == "human" and human["value"].startswith("<image>\n") and gpt["from"] == "gpt"
         assert gpt["value"] == r["meta"]["answer"]
     assert all(r["meta"]["family"] == "caption" for r in captions)
+    chats = json.load(open(tmp_path / "val_chat.json"))
+    assert len(chats) == 12
+    chat_turns = [(h["value"].replace("<image>\n", ""), g["value"])
+                  for c in chats for h, g in zip(c["conversations"][::2], c["conversations"][1::2])]
+    assert chat_turns == [(r["conversations"][0]["value"].replace("<image>\n", ""), r["conversations"][1]["value"])
+                          for r in records]
+    for c in chats:  # one image marker, on the first turn; no caption to answer from
+        assert sum(t["value"].count("<image>") for t in c["conversations"]) == 1
+        assert c["conversations"][0]["value"].startswith("<image>\n")
     for line in scene_lines:
         d = json.loads(line)
         scene = Scene.from_dict({k: v for k, v in d.items() if k not in ("id", "split")})
@@ -322,7 +331,7 @@ def test_cli_end_to_end(tmp_path):
     args = parser.parse_args(["world", "--out", str(tmp_path), "--n", "8", "--seed", "4", "--split", "test",
                               "--preset", "full", "--max-side", "128", "--no-progress"])
     assert args.func(args) == 0
-    for name in ("test.json", "test_captions.json", "test_scenes.jsonl", "test_text.txt", "test_config.json"):
+    for name in ("test.json", "test_chat.json", "test_captions.json", "test_scenes.jsonl", "test_text.txt", "test_config.json"):
         assert (tmp_path / name).stat().st_size > 0
     assert len(list((tmp_path / "images" / "test").iterdir())) == 8
     assert json.load(open(tmp_path / "test_config.json"))["config"]["max_side"] == 128

@@ -45,6 +45,20 @@ def conversation(record_id: str, image: str, prompt: str, answer: str, meta: dic
     }
 
 
+def chat_record(scene_id: str, image: str, qa_records: list[dict]) -> dict:
+    """All of a scene's questions as one multi-turn conversation: the image is encoded once for every
+    answer. The caption is left out on purpose: a question after it could be answered from its text
+    instead of from the image."""
+    turns = []
+    for k, r in enumerate(qa_records):
+        human, gpt = r["conversations"]
+        turns += [{"from": "human", "value": human["value"] if k == 0 else human["value"].replace("<image>\n", "")},
+                  gpt]
+    meta = {"family": "chat", "kind": "mixed", "scene_id": scene_id,
+            "families": [r["meta"]["family"] for r in qa_records]}
+    return {"id": f"{scene_id}_chat", "image": image, "conversations": turns, "meta": meta}
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(obj, ensure_ascii=False))  # dumps uses the C encoder; dump streams in Python
@@ -78,7 +92,7 @@ def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", pr
         raise ConfigError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
     cfg = make_config(preset, **overrides)
     os.makedirs(os.path.join(out_dir, "images", split), exist_ok=True)
-    qa_records, caption_records, scene_lines, text_lines = [], [], [], []
+    qa_records, chat_records, caption_records, scene_lines, text_lines = [], [], [], [], []
     scenes = split_scenes(seed, split, cfg)
     for index in tqdm(range(n), desc=f"world {split}", unit="scene", disable=not progress):
         scene, rng = next(scenes)
@@ -87,10 +101,12 @@ def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", pr
         render_scene(scene).save(os.path.join(out_dir, image), format="PNG")
         qas, caption_record, documents = scene_records(scene, rng, cfg, scene_id, image)
         qa_records += qas
+        chat_records.append(chat_record(scene_id, image, qas))
         caption_records.append(caption_record)
         scene_lines.append(json.dumps({"id": scene_id, "split": split, **scene.to_dict()}, sort_keys=True))
         text_lines += documents
     _write_json(os.path.join(out_dir, f"{split}.json"), qa_records)
+    _write_json(os.path.join(out_dir, f"{split}_chat.json"), chat_records)
     _write_json(os.path.join(out_dir, f"{split}_captions.json"), caption_records)
     _write_lines(os.path.join(out_dir, f"{split}_scenes.jsonl"), scene_lines)
     _write_lines(os.path.join(out_dir, f"{split}_text.txt"), text_lines)
