@@ -7,7 +7,7 @@ import sys
 
 from .config import ConfigError
 
-SUBCOMMANDS = ("info", "data", "tokenizer", "train")
+SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "quickstart")
 
 
 def build_parser() -> argparse.ArgumentParser:

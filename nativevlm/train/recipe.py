@@ -31,6 +31,12 @@ def load_recipe(path, overrides: list[str] = ()) -> TrainConfig:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} does not parse as YAML: {e}") from None
+    return recipe_from_dict(data, overrides)
+
+
+def recipe_from_dict(data: dict, overrides: list[str] = ()) -> TrainConfig:
+    """A recipe from its parsed YAML (e.g. a shipped recipe whose paths a program rewrote), overridden and
+    validated like `load_recipe`."""
     cfg = apply_overrides(from_dict(TrainConfig, data), list(overrides))
     validate(cfg)
     return cfg

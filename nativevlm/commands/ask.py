@@ -1,0 +1,29 @@
+"""`nativevlm ask MODEL --image IMG "question"`: one answer from a trained model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ask", help="ask a trained model a question about an image")
+    p.add_argument("model", help="a model folder written by training (holds its tokenizer too)")
+    p.add_argument("question")
+    p.add_argument("--image", action="append", default=[], help="an image file (repeat for several)")
+    p.add_argument("--tokenizer", help="tokenizer path, if not stored in the model folder")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data.tokenizer import Tokenizer
+    from ..infer.chat import ask
+    from ..train.export import load_pretrained
+
+    for image in args.image:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"image {image} does not exist")
+    model = load_pretrained(args.model)
+    tokenizer = Tokenizer.load(args.tokenizer or args.model)
+    print(ask(model, tokenizer, args.question, args.image, args.max_new_tokens, args.temperature))
+    return 0

@@ -1,0 +1,146 @@
+"""The whole pipeline, tiny, on the built-in world: the README's main job (`nativevlm quickstart`).
+
+1. generate the visual world (train / val / test splits that share no scene);
+2. train a byte-level BPE tokenizer on its text;
+3. pre-train a small text LM on the world's text corpus (`recipes/text-lm.yaml`), our stand-in for a
+   pretrained LLM;
+4. grow it into a native VLM and train it through NaViL's staged recipe (`recipes/native.yaml`);
+5. evaluate on the held-out test split: accuracy per task family, perception vs reasoning.
+
+The shipped recipes are used as they are, with their data paths pointed into the run folder and the sizes
+and step counts scaled to a 2-core CPU (`SCALE` below: the only place the quickstart departs from them).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+RECIPES = Path(__file__).parent / "recipes"
+
+# Sizes and steps for about 10 minutes on 2 CPU cores. The from-scratch text LM uses q/k-norm (as Qwen3
+# does): without it, learning rates high enough to learn in minutes collapse the image pathway.
+SCALE = {
+    "text-lm": [
+        "model.language.hidden_size=192", "model.language.num_layers=4", "model.language.num_heads=3",
+        "model.language.num_kv_heads=1", "model.language.intermediate_size=512", "model.language.qk_norm=true",
+        "model.language.max_position_embeddings=512", "max_length=192",
+        "stages.0.steps=250", "stages.0.batch_size=32", "stages.0.lr=2e-3", "stages.0.warmup_steps=20",
+        "stages.0.eval_every=0", "stages.0.eval_samples=64",
+    ],
+    "native": [
+        "model.vision.hidden_size=128", "model.vision.num_layers=2", "model.vision.num_heads=4",
+        "model.vision.intermediate_size=352", "model.vision.max_patches=64", "max_length=320",
+        "stages.0.steps=250", "stages.0.batch_size=16", "stages.0.lr=3e-3", "stages.0.eval_every=0",
+        "stages.1.steps=100", "stages.1.batch_size=16", "stages.1.lr=2e-3", "stages.1.eval_every=0",
+        "stages.2.steps=1000", "stages.2.batch_size=16", "stages.2.lr=1.5e-3", "stages.2.eval_every=0",
+        "stages.0.eval_samples=32", "stages.1.eval_samples=32", "stages.2.eval_samples=32",
+        "checkpoint_every=500",
+    ],
+}
+
+
+def _rewrite_paths(node, root: Path):
+    """Point the recipe's `data/...` and `runs/...` paths into the quickstart's run folder."""
+    if isinstance(node, dict):
+        return {k: _rewrite_paths(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite_paths(v, root) for v in node]
+    if isinstance(node, str) and node.startswith(("data/", "runs/")):
+        return str(root / node)
+    return node
+
+
+def load_shipped_recipe(name: str, root: Path, extra: list[str] = ()):
+    from .train.recipe import recipe_from_dict
+
+    data = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+    return recipe_from_dict(_rewrite_paths(data, root), SCALE.get(name, []) + list(extra))
+
+
+def banner(step: int, total: int, text: str) -> None:
+    print(f"\n\033[1m[{step}/{total}] {text}\033[0m", flush=True)
+
+
+def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: int = 0,
+               text_lm_overrides: list[str] = (), native_overrides: list[str] = ()) -> dict:
+    """Run the five steps into `out`; the overrides go after `SCALE` (e.g. `stages.2.steps=2000`)."""
+    from .data.formats import read_samples
+    from .data.image import ImageProcessor
+    from .data.tokenizer import Tokenizer
+    from .data.world import generate_world
+    from .eval.world import evaluate_qa
+    from .train.export import load_pretrained
+    from .train.trainer import train
+
+    out = Path(out)
+    world, t0, timings = out / "data" / "world", time.time(), {}
+
+    banner(1, 5, f"Generating the visual world ({train_scenes} train scenes, basic preset) in {world}")
+    for split, n in (("train", train_scenes), ("val", 200), ("test", test_scenes)):
+        generate_world(str(world), n, seed=seed, split=split, preset="basic")
+    timings["world"] = time.time() - t0
+
+    banner(2, 5, "Training a byte-level BPE tokenizer on the world's text")
+    texts = (world / "train_text.txt").read_text().splitlines()
+    qa, _ = read_samples(world / "train.json", check_images=False)
+    texts += [m["content"] for s in qa[:4000] for m in s.messages]
+    tokenizer = Tokenizer.train(texts, vocab_size=1024)
+    tokenizer.save(out / "data" / "tokenizer")
+    print(f"vocabulary: {tokenizer.vocab_size} tokens -> {out / 'data' / 'tokenizer'}")
+    timings["tokenizer"] = time.time() - t0 - sum(timings.values())
+
+    banner(3, 5, "Pre-training the text LM (recipes/text-lm.yaml): our stand-in for a pretrained LLM")
+    train(load_shipped_recipe("text-lm", out, text_lm_overrides), out / "runs" / "text-lm")
+    timings["text_lm"] = time.time() - t0 - sum(timings.values())
+
+    banner(4, 5, "Training the native VLM (recipes/native.yaml): S1.1 vision side, S1.2 + text attention, S2 all")
+    result = train(load_shipped_recipe("native", out, native_overrides), out / "runs" / "native")
+    timings["native_vlm"] = time.time() - t0 - sum(timings.values())
+
+    banner(5, 5, f"Evaluating on the held-out test split ({test_scenes} scenes, never seen in training)")
+    model = load_pretrained(result.final)
+    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    test, _ = read_samples(world / "test.json")
+    evaluation = evaluate_qa(model, tokenizer, processor, test, batch_size=64)
+    timings["evaluate"] = time.time() - t0 - sum(timings.values())
+
+    report = write_report(out, evaluation, timings, result.final)
+    print("\n" + evaluation.table())
+    print("\nSample answers:")
+    for r in report["samples"]:
+        mark = "ok " if r["correct"] else "MISS"
+        print(f"  [{mark}] {r['question']!r} -> {r['prediction']!r} (reference {r['reference']!r})  {r['image']}")
+    total = sum(timings.values())
+    print(f"\nDone in {total / 60:.1f} min. Model: {result.final}   Report: {out / 'report.md'}")
+    print(f"Ask it yourself:   nativevlm ask {result.final} --image {report['samples'][0]['image']} "
+          f"\"How many objects are there?\"")
+    print(f"Inspect it:        nativevlm info {result.final}")
+    print(f"Training curves:   tensorboard --logdir {out / 'runs'}")
+    return report
+
+
+def write_report(out: Path, evaluation, timings: dict, final: Path) -> dict:
+    """report.md + eval.json in the run folder: the table, timings and three sample answers."""
+    by_id = {r["id"]: r for r in evaluation.records}
+    picks = []
+    for family in ("color", "count", "arithmetic"):
+        picks += [r for r in evaluation.records if r["family"] == family][:1]
+    world = out / "data" / "world"
+    samples = []
+    for r in picks:
+        scene = r["id"].rsplit("_q", 1)[0]
+        samples.append({**by_id[r["id"]], "image": str(world / "images" / "test" / f"{scene}.png")})
+    report = {"summary": evaluation.summary(), "timings_s": timings, "model": str(final), "samples": samples}
+    (out / "eval.json").write_text(json.dumps({**report, "records": evaluation.records}, indent=1) + "\n")
+    lines = ["# nativevlm quickstart", "", f"Model: `{final}`", "", "```", evaluation.table(), "```", "",
+             "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines += [f"| total | {sum(timings.values()):.0f} |", "", "## Sample answers", ""]
+    for s in samples:
+        lines.append(f"- ![]({Path(s['image']).resolve()}) {s['question']!r} -> **{s['prediction']}** "
+                     f"(reference {s['reference']}, {'correct' if s['correct'] else 'wrong'})")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return report
