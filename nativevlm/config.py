@@ -235,7 +235,8 @@ def load_config(cls: type, path: str | Path) -> Any:
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Return a copy of `cfg` with `a.b.c=value` overrides applied; values are parsed as YAML scalars
-    (so `true`, `3`, `1e-4`, `[1, 2]` work) and type-checked like a config file."""
+    (so `true`, `3`, `1e-4`, `[1, 2]` work; an empty value is the empty string) and type-checked like a
+    config file."""
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
@@ -254,9 +255,13 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         if isinstance(node, list):
             if not (leaf.isdigit() and int(leaf) < len(node)):
                 raise ConfigError(f"override {item!r}: no list item {leaf}")
-            node[int(leaf)] = yaml.safe_load(raw)
+            node[int(leaf)] = _parse_value(raw)
         else:
             if leaf not in node:
                 raise ConfigError(f"override {item!r}: unknown config key {key}")
-            node[leaf] = yaml.safe_load(raw)
+            node[leaf] = _parse_value(raw)
     return from_dict(type(cfg), data)
+
+
+def _parse_value(raw: str) -> Any:
+    return yaml.safe_load(raw) if raw.strip() else ""

@@ -43,3 +43,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("vision: [unclosed")
     with pytest.raises(ConfigError, match="does not parse"):
         load_config(ModelConfig, tmp_path / "bad.yaml")
+
+
+def test_empty_override_is_the_empty_string():
+    cfg = apply_overrides(ModelConfig(), ["special_tokens.image_eos="])
+    assert cfg.special_tokens.image_eos == ""
