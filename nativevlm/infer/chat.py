@@ -28,3 +28,33 @@ def ask(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tok
     out = generate(model, ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
                    temperature=temperature, **extra)
     return tokenizer.decode([t for t in out[0].tolist() if t != tokenizer.eos_id]).strip()
+
+
+@torch.no_grad()
+def answer_logprob(model, tokenizer, image: str, prompt: str, answer: str,
+                   processor: Optional[ImageProcessor] = None) -> float:
+    """Summed log-likelihood of `answer` to `prompt` about `image` (teacher forcing, the training template):
+    the score a model-based curation judge compares between an image and mismatched ones."""
+    model.eval()
+    prompt = prompt.replace(IMAGE_MARKER, "").strip()  # the image goes first, once, whatever the record said
+    sample = Sample(id="score", images=[image], messages=[
+        {"role": "user", "content": f"{IMAGE_MARKER}\n{prompt}"}, {"role": "assistant", "content": answer}])
+    processor = processor or ImageProcessor.from_config(model.config.vision, model.config.connector)
+    enc = encode_sample(sample, tokenizer, processor)
+    device = next(model.parameters()).device
+    ids = torch.tensor([enc.input_ids], device=device)
+    targets = torch.tensor(enc.targets, device=device)
+    logp = model(ids, pixel_values=[p.to(device) for p in enc.pixel_values]).logits[0].float().log_softmax(-1)
+    keep = targets != -100
+    return float(logp[keep].gather(-1, targets[keep, None]).sum())
+
+
+def model_logprob_fn(model_dir: str):
+    """`logprob_fn(image_path, prompt, answer)` backed by a trained NativeVLM folder (with its tokenizer)."""
+    from ..data.tokenizer import Tokenizer
+    from ..train.export import load_pretrained
+
+    model = load_pretrained(model_dir)
+    tokenizer = Tokenizer.load(model_dir)
+    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    return lambda image, prompt, answer: answer_logprob(model, tokenizer, str(image), prompt, answer, processor)

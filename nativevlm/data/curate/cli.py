@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--balance-per-bucket", type=int, help="balance: keep at most this many per bucket")
     p.add_argument("--balance-total", type=int, help="balance: keep this many in all, spread evenly")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge-model", help="a trained nativevlm model folder to judge image-text alignment with "
+                                         "(default: the built-in proxy matcher)")
     p.set_defaults(func=handler)
 
 
@@ -32,7 +34,7 @@ def handler(args) -> int:
 
     try:
         stages = build_stages([s.strip() for s in args.stages.split(",") if s.strip()], args.balance_buckets,
-                              args.balance_per_bucket, args.balance_total, args.seed)
+                              args.balance_per_bucket, args.balance_total, args.seed, args.judge_model)
         result = curate_file(args.input, args.out, stages, args.image_root, args.report, args.strict,
                              progress=sys.stderr.isatty())
     except CurationError as e:

@@ -12,12 +12,15 @@ DEFAULT_STAGES = ("integrity", "text", "dedup", "judge")
 
 
 def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket: Optional[int] = None,
-                 balance_total: Optional[int] = None, seed: int = 0) -> list[Stage]:
+                 balance_total: Optional[int] = None, seed: int = 0, judge_model: Optional[str] = None) -> list[Stage]:
+    """`judge_model`: a trained nativevlm folder whose caption likelihood scores alignment (a few negatives,
+    since each costs a forward pass); without it the judge uses its proxy matcher."""
     from .balance import Balance
     from .dedup import Dedup
     from .integrity import ImageIntegrity
     from .judge import ImageTextJudge
     from .text import TextQuality
+    from ...infer.chat import model_logprob_fn
 
     unknown = [n for n in names if n not in STAGE_NAMES]
     if unknown:
@@ -28,7 +31,8 @@ def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket
         "integrity": ImageIntegrity,
         "text": TextQuality,
         "dedup": Dedup,
-        "judge": lambda: ImageTextJudge(seed=seed),
+        "judge": lambda: (ImageTextJudge(model_logprob_fn(judge_model), negatives=4, seed=seed) if judge_model
+                          else ImageTextJudge(seed=seed)),
         "balance": lambda: Balance(balance_buckets, balance_per_bucket, balance_total, seed=seed),
     }
     return [make[n]() for n in names]
