@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ..config import LanguageConfig, MoEConfig
 from .experts import ModalityRoute, SparseMoE, route_apply
-from .layers import AttentionInputs, KVCache, RMSNorm, apply_rope, attention, build_causal_mask, rope_cos_sin
+from .layers import (AttentionInputs, KVCache, RMSNorm, SwiGLU, apply_rope, attention, build_causal_mask,
+                     init_weights, rope_cos_sin)
 
 
 @dataclass
@@ -32,19 +33,6 @@ class ModelOutput:
     weight_sum: Optional[torch.Tensor] = None
     aux_loss: Optional[torch.Tensor] = None
     hidden_states: Optional[torch.Tensor] = None
-
-
-class SwiGLU(nn.Module):
-    """SwiGLU FFN with gate and up projections fused into one matrix."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
 
 
 class AttentionProjections(nn.Module):
@@ -75,7 +63,6 @@ class AttentionProjections(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: LanguageConfig, moe: MoEConfig):
         super().__init__()
-        self.cfg = cfg
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.attn = AttentionProjections(cfg)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
@@ -151,7 +138,7 @@ class LanguageModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, self.moe_config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         if self.moe_config.modality_experts:
             self.add_visual_experts()
 
@@ -269,11 +256,3 @@ def default_position_ids(b: int, t: int, past: int, attention_mask: Optional[tor
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.clamp_min(0)[:, past:past + t]
 
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.normal_(m.weight, std=0.02)

@@ -17,8 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import VisionConfig
-from .language import SwiGLU, _init_weights
-from .layers import GeluMLP, RMSNorm, apply_rope, attention, rope_cos_sin_2d
+from .layers import GeluMLP, RMSNorm, SwiGLU, apply_rope, attention, init_weights, rope_cos_sin_2d
 
 
 class VisionBlock(nn.Module):
@@ -63,7 +62,7 @@ class VisionEncoder(nn.Module):
         native = config.arch == "native"
         self.norm = (RMSNorm(d, config.norm_eps) if native else nn.LayerNorm(d, eps=config.norm_eps)) \
             if config.post_norm else None
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     @classmethod
     def from_hf(cls, path, dtype: torch.dtype = torch.float32) -> "VisionEncoder":
