@@ -78,10 +78,13 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     out = Path(out)
     world, t0, timings = out / "data" / "world", time.time(), {}
 
+    def lap(name: str) -> None:
+        timings[name] = time.time() - t0 - sum(timings.values())
+
     banner(1, 5, f"Generating the visual world ({train_scenes} train scenes, basic preset) in {world}")
     for split, n in (("train", train_scenes), ("val", 200), ("test", test_scenes)):
         generate_world(str(world), n, seed=seed, split=split, preset="basic")
-    timings["world"] = time.time() - t0
+    lap("world")
 
     banner(2, 5, "Training a byte-level BPE tokenizer on the world's text")
     texts = (world / "train_text.txt").read_text().splitlines()
@@ -90,22 +93,22 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     tokenizer = Tokenizer.train(texts, vocab_size=1024)
     tokenizer.save(out / "data" / "tokenizer")
     print(f"vocabulary: {tokenizer.vocab_size} tokens -> {out / 'data' / 'tokenizer'}")
-    timings["tokenizer"] = time.time() - t0 - sum(timings.values())
+    lap("tokenizer")
 
     banner(3, 5, "Pre-training the text LM (recipes/text-lm.yaml): our stand-in for a pretrained LLM")
     train(load_shipped_recipe("text-lm", out, text_lm_overrides), out / "runs" / "text-lm")
-    timings["text_lm"] = time.time() - t0 - sum(timings.values())
+    lap("text_lm")
 
     banner(4, 5, "Training the native VLM (recipes/native.yaml): S1.1 vision side, S1.2 + text attention, S2 all")
     result = train(load_shipped_recipe("native", out, native_overrides), out / "runs" / "native")
-    timings["native_vlm"] = time.time() - t0 - sum(timings.values())
+    lap("native_vlm")
 
     banner(5, 5, f"Evaluating on the held-out test split ({test_scenes} scenes, never seen in training)")
     model = load_pretrained(result.final)
     processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
     test, _ = read_samples(world / "test.json")
     evaluation = evaluate_qa(model, tokenizer, processor, test, batch_size=64)
-    timings["evaluate"] = time.time() - t0 - sum(timings.values())
+    lap("evaluate")
 
     report = write_report(out, evaluation, timings, result.final)
     print("\n" + evaluation.table())
@@ -124,7 +127,6 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
 
 def write_report(out: Path, evaluation, timings: dict, final: Path) -> dict:
     """report.md + eval.json in the run folder: the table, timings and three sample answers."""
-    by_id = {r["id"]: r for r in evaluation.records}
     picks = []
     for family in ("color", "count", "arithmetic"):
         picks += [r for r in evaluation.records if r["family"] == family][:1]
@@ -132,7 +134,7 @@ def write_report(out: Path, evaluation, timings: dict, final: Path) -> dict:
     samples = []
     for r in picks:
         scene = r["id"].rsplit("_q", 1)[0]
-        samples.append({**by_id[r["id"]], "image": str(world / "images" / "test" / f"{scene}.png")})
+        samples.append({**r, "image": str(world / "images" / "test" / f"{scene}.png")})
     report = {"summary": evaluation.summary(), "timings_s": timings, "model": str(final), "samples": samples}
     (out / "eval.json").write_text(json.dumps({**report, "records": evaluation.records}, indent=1) + "\n")
     lines = ["# nativevlm quickstart", "", f"Model: `{final}`", "", "```", evaluation.table(), "```", "",

@@ -43,10 +43,9 @@ def answer_logprob(model, tokenizer, image: str, prompt: str, answer: str,
     enc = encode_sample(sample, tokenizer, processor)
     device = next(model.parameters()).device
     ids = torch.tensor([enc.input_ids], device=device)
-    targets = torch.tensor(enc.targets, device=device)
-    logp = model(ids, pixel_values=[p.to(device) for p in enc.pixel_values]).logits[0].float().log_softmax(-1)
-    keep = targets != -100
-    return float(logp[keep].gather(-1, targets[keep, None]).sum())
+    targets = torch.tensor([enc.targets], device=device)
+    out = model(ids, pixel_values=[p.to(device) for p in enc.pixel_values], targets=targets)
+    return -float(out.loss_sum)  # the training loss with unit weights is the summed answer NLL
 
 
 def model_logprob_fn(model_dir: str):
