@@ -54,6 +54,9 @@ class ConnectorConfig:
     downsample: int = 2
     extra_downsample: int = 0
     hidden_size: int = 0  # MLP hidden width; 0 = the LLM width
+    # > 0 adds a linear head over the image tokens for a per-token auxiliary target (the world's cell classes,
+    # `nativevlm.data.world.cells`); used only by stages with `cell_loss` > 0.
+    cell_classes: int = 0
 
 
 @dataclass

@@ -64,23 +64,17 @@ def banner(step: int, total: int, text: str) -> None:
     print(f"\n\033[1m[{step}/{total}] {text}\033[0m", flush=True)
 
 
-def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: int = 0,
-               text_lm_overrides: list[str] = (), native_overrides: list[str] = ()) -> dict:
-    """Run the five steps into `out`; the overrides go after `SCALE` (e.g. `stages.2.steps=2000`)."""
+def prepare(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: int = 0,
+            text_lm_overrides: list[str] = (), lap=lambda name: None):
+    """Steps 1-3 into `out`: the world, the tokenizer and the pretrained text LM (what every native VLM run
+    of the quickstart, and the learnability study, starts from). Returns the tokenizer."""
     from .data.formats import read_samples
-    from .data.image import ImageProcessor
     from .data.tokenizer import Tokenizer
     from .data.world import generate_world
-    from .eval.world import evaluate_qa
-    from .train.export import load_pretrained
     from .train.trainer import train
 
     out = Path(out)
-    world, t0, timings = out / "data" / "world", time.time(), {}
-
-    def lap(name: str) -> None:
-        timings[name] = time.time() - t0 - sum(timings.values())
-
+    world = out / "data" / "world"
     banner(1, 5, f"Generating the visual world ({train_scenes} train scenes, basic preset) in {world}")
     for split, n in (("train", train_scenes), ("val", 200), ("test", test_scenes)):
         generate_world(str(world), n, seed=seed, split=split, preset="basic")
@@ -98,6 +92,25 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     banner(3, 5, "Pre-training the text LM (recipes/text-lm.yaml): our stand-in for a pretrained LLM")
     train(load_shipped_recipe("text-lm", out, text_lm_overrides), out / "runs" / "text-lm")
     lap("text_lm")
+    return tokenizer
+
+
+def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: int = 0,
+               text_lm_overrides: list[str] = (), native_overrides: list[str] = ()) -> dict:
+    """Run the five steps into `out`; the overrides go after `SCALE` (e.g. `stages.2.steps=2000`)."""
+    from .data.formats import read_samples
+    from .data.image import ImageProcessor
+    from .eval.world import evaluate_qa
+    from .train.export import load_pretrained
+    from .train.trainer import train
+
+    out = Path(out)
+    world, t0, timings = out / "data" / "world", time.time(), {}
+
+    def lap(name: str) -> None:
+        timings[name] = time.time() - t0 - sum(timings.values())
+
+    tokenizer = prepare(out, train_scenes, test_scenes, seed, text_lm_overrides, lap)
 
     banner(4, 5, "Training the native VLM (recipes/native.yaml): S1.1 vision side, S1.2 + text attention, S2 all")
     result = train(load_shipped_recipe("native", out, native_overrides), out / "runs" / "native")

@@ -10,3 +10,42 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     register_world(dsub)
     register_curate(dsub)
+    t = dsub.add_parser("text", help="a text corpus (one document per line) from the conversations of a LLaVA "
+                                     ".json / chat .jsonl file: what a small text LM pretrains on")
+    t.add_argument("data", nargs="+", help="LLaVA .json or chat-messages .jsonl files (images are not opened)")
+    t.add_argument("--out", required=True, help="output .txt file")
+    t.set_defaults(func=write_text_corpus)
+
+
+def conversation_text(sample) -> str:
+    """One document: each user turn as `Question: ...`, each assistant turn as `Answer: ...`, image markers
+    dropped, on one line (the shape of the world's own text corpus)."""
+    from ..data.sample import IMAGE_MARKER
+
+    parts = []
+    for m in sample.messages:
+        text = " ".join(m["content"].replace(IMAGE_MARKER, " ").split())
+        if text:
+            parts.append(f"{'Answer' if m['role'] == 'assistant' else 'Question'}: {text}")
+    return " ".join(parts)
+
+
+def write_text_corpus(args) -> int:
+    from pathlib import Path
+
+    from ..data.formats import read_samples
+
+    lines = []
+    for path in args.data:
+        samples, report = read_samples(path, check_images=False)
+        if report.n_skipped:
+            print(report.summary())
+        lines += [t for t in (conversation_text(s) for s in samples) if t]
+    if not lines:
+        from ..config import ConfigError
+
+        raise ConfigError(f"{', '.join(args.data)}: no conversation text to write")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"{len(lines)} documents -> {args.out}")
+    return 0

@@ -15,6 +15,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def training_hooks(cfg) -> list:
+    """The measurements a recipe asks for: learning curves (and their diagnostics) when `curves.data` is set."""
+    if not cfg.curves.data:
+        return []
+    from ..eval.curves import LearningCurves
+
+    return [LearningCurves(cfg)]
+
+
 def run(args) -> int:
     from ..train import distributed
     from ..train.recipe import load_recipe
@@ -22,7 +31,7 @@ def run(args) -> int:
 
     cfg = load_recipe(args.recipe, args.overrides)
     try:
-        train(cfg, args.out, resume=args.resume, max_steps=args.max_steps)
+        train(cfg, args.out, resume=args.resume, max_steps=args.max_steps, hooks=training_hooks(cfg))
     finally:
         distributed.teardown()
     return 0

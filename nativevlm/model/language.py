@@ -32,6 +32,7 @@ class ModelOutput:
     loss_sum: Optional[torch.Tensor] = None
     weight_sum: Optional[torch.Tensor] = None
     aux_loss: Optional[torch.Tensor] = None
+    cell_loss: Optional[torch.Tensor] = None  # NativeVLM with cell targets: the image tokens' class loss
     hidden_states: Optional[torch.Tensor] = None
 
 

@@ -149,14 +149,22 @@ class NativeVLM(nn.Module):
         targets: Optional[torch.Tensor] = None,
         loss_weights: Optional[torch.Tensor] = None,
         kv_cache: Optional[KVCache] = None,
+        cell_targets: Optional[torch.Tensor] = None,
         **_batch_extras,
     ) -> ModelOutput:
+        """`cell_targets` (all images' token classes, concatenated) also returns the connector's cell loss
+        (`ModelOutput.cell_loss`, a mean over image tokens; the caller weighs it)."""
+        if cell_targets is not None and image_features is None:
+            image_features = self.encode_images(pixel_values)
         embeds, image_mask = self.embed(input_ids, pixel_values, image_features)
-        return self.language(
+        out = self.language(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
             document_ids=document_ids, kv_cache=kv_cache, image_mask=image_mask,
             targets=targets, loss_weights=loss_weights,
         )
+        if cell_targets is not None:
+            out.cell_loss = self.connector.cell_loss(torch.cat(list(image_features)), cell_targets)
+        return out
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         return self.language.new_kv_cache(batch_size, max_len)

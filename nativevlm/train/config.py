@@ -54,6 +54,9 @@ class StageConfig:
     grad_clip: float = 1.0
     eval_every: int = 0  # steps; 0 = only at the end of the stage (when val_data is set)
     eval_samples: int = 64
+    # Weight of the per-image-token cell loss (built-in world only: each token's cell class, read back from
+    # the pixels by nativevlm.data.world.cells; needs model.connector.cell_classes). 0 = off.
+    cell_loss: float = 0.0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -69,6 +72,37 @@ class InitConfig:
     vision: bool = False
     modality_experts: bool = True
     per_modality_norms: bool = False
+
+
+@dataclass
+class CurvesConfig:
+    """Learning curves: greedy generation accuracy per task family (and per kind) on a fixed held-out subset
+    of a QA file whose records carry `meta.family` / `meta.kind` / `meta.answer` (the world's `<split>.json`,
+    or any LLaVA QA set, scored per `meta.family` when present). Evaluated before the first step, every
+    `every` optimizer steps (counted over the whole run) and at the end of each stage; written to
+    metrics.jsonl / TensorBoard (`acc/<family>`, `acc/<kind>`, `samples`), per-question records to
+    `curves/`, and `curves.png` (accuracy against samples seen, each family's answer prior as a line).
+    Evaluating needs inference, which training does not import: `nativevlm train`, the quickstart and the
+    study runner attach the hook that does it (`nativevlm.eval.curves.LearningCurves`)."""
+
+    data: str = ""
+    every: int = 0  # optimizer steps; 0 = only before training and at each stage end (when data is set)
+    samples: int = 240  # the subset: this many questions, taken round-robin over families
+    max_new_tokens: int = 8
+    batch_size: int = 64
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Switchable measurements for studying what a model learns (they cost time, so off by default).
+    `grad_norms`: gradient norm per module group (vision, connector, text LM, visual experts, embeddings)
+    on every logged step. `attention` (with `curves`): attention from the answer position over the image
+    tokens (entropy, mass on the asked-about object's token). `sensitivity` (with `curves`, world data):
+    how far an image token moves when its object is recoloured, reshaped or removed."""
+
+    grad_norms: bool = False
+    attention: bool = False
+    sensitivity: bool = False
 
 
 @dataclass
@@ -92,4 +126,6 @@ class TrainConfig:
     log_every: int = 1
     peak_tflops: float = 0.0  # the device's peak, for the MFU estimate; 0 = report achieved TFLOP/s only
     progress: bool = True
+    curves: CurvesConfig = field(default_factory=CurvesConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     stages: list[StageConfig] = field(default_factory=list)

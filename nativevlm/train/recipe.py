@@ -68,6 +68,16 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"max_length: must be at least 2, got {cfg.max_length}")
     if not cfg.stages:
         raise ConfigError("stages: a recipe needs at least one stage")
+    if cfg.curves.data and not Path(cfg.curves.data).is_file():
+        raise ConfigError(f"curves.data: QA file {cfg.curves.data} does not exist")
+    if cfg.curves.every < 0 or cfg.curves.samples <= 0:
+        raise ConfigError(f"curves: every must be >= 0 and samples > 0, got every={cfg.curves.every}, "
+                          f"samples={cfg.curves.samples}")
+    if any(st.cell_loss for st in cfg.stages) and not cfg.model.connector.cell_classes:
+        raise ConfigError("stages[*].cell_loss: the cell loss needs a cell head; set model.connector.cell_classes "
+                          "(41 for the built-in world)")
+    if cfg.kind == "lm" and cfg.curves.data:
+        raise ConfigError("curves.data: learning curves evaluate image questions; kind lm has no images")
     for i, stage in enumerate(cfg.stages):
         _validate_stage(stage, f"stages[{i}]")
         if stage.lora.rank and cfg.distributed == "fsdp":

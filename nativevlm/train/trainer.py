@@ -2,11 +2,12 @@
 cadence and checkpoints; resumable exactly from the newest complete checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from .metrics import MetricsLog, flop_params, throughput
 from .optim import build_optimizer, set_lr
 from .recipe import stage_steps
 from .schedule import stage_lr
-from .step import evaluate, keep_graph, train_step
+from .step import evaluate, keep_graph, module_groups, train_step
 
 
 @dataclass
@@ -38,10 +39,12 @@ class TrainResult:
     final: Optional[Path]  # the exported model; None when stopped early by max_steps
 
 
-def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, log=print) -> TrainResult:
+def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, log=print,
+          hooks: Sequence = ()) -> TrainResult:
     """Run recipe `cfg` (a validated TrainConfig) into `out_dir`. `resume` continues from the newest
     complete checkpoint there; `max_steps` stops after that many optimizer steps in total (checkpointed,
-    so a later `resume` carries on)."""
+    so a later `resume` carries on). `hooks` measure the model while it trains (see `TrainHook`), at the
+    points `cfg.curves` sets: before the first step, every `curves.every` steps and at each stage end."""
     ctx = distributed.setup(cfg.device)
     log = log if ctx.is_main else (lambda *a, **k: None)
     out_dir = Path(out_dir)
@@ -74,6 +77,24 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
         + f"; resume an interrupted run with: nativevlm train RECIPE --out {out_dir} --resume")
     n_flop = flop_params(model)
     gs = state["global_step"]
+    if cfg.curves.data and not hooks:
+        log("warning: curves.data is set but no evaluation hook is attached (nativevlm train attaches one; "
+            "from Python pass hooks=[nativevlm.eval.curves.LearningCurves(cfg)]): no learning curves")
+    groups = module_groups(model) if cfg.diagnostics.grad_norms else None
+
+    def measure(step_in_stage: int, si: int) -> dict:
+        """What the hooks measure now (every rank runs them: FSDP needs all ranks in each forward), with
+        the RNG untouched so an interrupted run resumes exactly."""
+        row = {"samples": samples_seen(cfg.stages, si, step_in_stage)}
+        with preserved_rng():
+            for hook in hooks:
+                row.update(hook.on_eval(model, tokenizer=tokenizer, step=gs, stage=cfg.stages[si].name,
+                                        samples=row["samples"], out_dir=out_dir, is_main=ctx.is_main))
+        model.train()
+        return row
+
+    if hooks and gs == 0:
+        metrics.log({"step": 0, "stage": cfg.stages[0].name, "stage_step": 0, **measure(0, 0)})
 
     for si in range(state["stage"], len(cfg.stages)):
         stage = cfg.stages[si]
@@ -96,17 +117,19 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             set_lr(optimizer, lr)
             t0 = time.perf_counter()
             res = train_step(wrapped, data.next_batches(), optimizer, params, stage.grad_clip, ctx.world,
-                             ctx.device, vlm, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp")
+                             ctx.device, vlm, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp",
+                             groups=groups, cell_loss=stage.cell_loss)
             step, gs = step + 1, gs + 1
-            row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res["loss"], "lr": lr,
-                   "grad_norm": res["grad_norm"], **throughput(res["tokens"], time.perf_counter() - t0, n_flop,
-                                                               cfg.peak_tflops)}
+            row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res.pop("loss"), "lr": lr,
+                   **throughput(res.pop("tokens"), time.perf_counter() - t0, n_flop, cfg.peak_tflops), **res}
             if val and ((stage.eval_every and step % stage.eval_every == 0) or step == total):
                 row["val_loss"] = evaluate(wrapped, val, ctx.device, vlm, bf16)
-            if gs % cfg.log_every == 0 or "val_loss" in row or step == total:
+            if hooks and ((cfg.curves.every and gs % cfg.curves.every == 0) or step == total):
+                row.update(measure(step, si))
+            if gs % cfg.log_every == 0 or "val_loss" in row or "samples" in row or step == total:
                 metrics.log(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{res['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
                 trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict()}
                 _save(out_dir, cfg, ctx, model, optimizer, trainer_state)
@@ -126,8 +149,36 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
         tokenizer.save(out_dir / "final")
     distributed.barrier()
     metrics.close()
+    for hook in hooks:
+        if ctx.is_main:
+            hook.on_end(out_dir)
     log(f"final model: {out_dir / 'final'} (load with nativevlm.train.export.load_pretrained)")
     return TrainResult(out_dir, model, gs, out_dir / "final")
+
+
+class TrainHook(Protocol):
+    """Measures the model during training. `on_eval` returns scalars for the metrics row (every rank calls
+    it; only `is_main` should write files); `on_end` runs once on the main rank after the export."""
+
+    def on_eval(self, model: nn.Module, *, tokenizer, step: int, stage: str, samples: int, out_dir: Path,
+                is_main: bool) -> dict: ...
+
+    def on_end(self, out_dir: Path) -> None: ...
+
+
+def samples_seen(stages, si: int, step: int) -> int:
+    """Training samples seen after `step` optimizer steps of stage `si` (all earlier stages complete)."""
+    return sum(stage_steps(s) * s.batch_size for s in stages[:si]) + step * stages[si].batch_size
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Python, NumPy and torch RNG states restored on exit."""
+    state = checkpoint.rng_state()
+    try:
+        yield
+    finally:
+        checkpoint.set_rng_state(state)
 
 
 def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict) -> None:

@@ -1,0 +1,74 @@
+"""Per-cell ground truth of an object scene, read back from its pixels.
+
+The world draws each object alone in its 32-px cell, in an exact palette colour, without anti-aliasing, so a
+cell's content (empty, or which colour and shape) is recoverable from the image itself: the colour is the
+palette entry of its ink, the shape the template whose mask matches the ink best. This gives a per-image-token
+target (one token per cell with 16-px patches and a 2x2 shuffle) for any batch of world images, with no side
+channel from the data files: the optional cell loss of a training stage (`StageConfig.cell_loss`) uses it as
+a pre-alignment signal for the visual side. It is world-only by construction; user data has no such labels.
+
+Classes: 0 = empty, then 1 + colour_index * len(SHAPES) + shape_index over the full palette and shape list
+(`NUM_CELL_CLASSES` = 41), so one head serves every preset.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .render import draw_object
+from .scene import BACKGROUND, CELL, PALETTE, SHAPES, SIZES, WorldObject
+
+COLOURS = tuple(PALETTE)
+NUM_CELL_CLASSES = 1 + len(COLOURS) * len(SHAPES)
+
+
+def cell_class(color: str, shape: str) -> int:
+    return 1 + COLOURS.index(color) * len(SHAPES) + SHAPES.index(shape)
+
+
+def class_name(index: int) -> str:
+    if index == 0:
+        return "empty"
+    c, s = divmod(index - 1, len(SHAPES))
+    return f"{COLOURS[c]} {SHAPES[s]}"
+
+
+@lru_cache(maxsize=1)
+def _templates() -> tuple[np.ndarray, list[str]]:
+    """Ink masks [K, CELL, CELL] of every (shape, size) drawn in cell (0, 0), and their shapes."""
+    masks, shapes = [], []
+    for shape in SHAPES:
+        for size in SIZES:
+            img = Image.new("RGB", (CELL, CELL), BACKGROUND)
+            draw_object(ImageDraw.Draw(img), WorldObject(shape, "black", size, 0, 0))
+            masks.append(np.any(np.asarray(img) != BACKGROUND, axis=-1))
+            shapes.append(shape)
+    return np.stack(masks), shapes
+
+
+def cell_labels(pixels: torch.Tensor) -> torch.Tensor:
+    """A world image as the model sees it ([3, H, W] in [-1, 1], sides multiples of 32, not resized) ->
+    its cell classes [H/32 * W/32], row-major like the image tokens."""
+    _, h, w = pixels.shape
+    if h % CELL or w % CELL:
+        raise ValueError(f"image {h}x{w}: cell labels need sides that are multiples of {CELL} (world images "
+                         "at their native size)")
+    rgb = ((pixels.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    rgb = rgb.permute(1, 2, 0).numpy()
+    masks, shapes = _templates()
+    palette = np.array([PALETTE[c] for c in COLOURS], dtype=np.int32)
+    labels = []
+    for r in range(h // CELL):
+        for c in range(w // CELL):
+            cell = rgb[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL].astype(np.int32)
+            ink = np.any(cell != np.array(BACKGROUND), axis=-1)
+            if ink.sum() == 0:
+                labels.append(0)
+                continue
+            colour = int(np.abs(palette[:, None] - cell[ink][None]).sum(-1).mean(1).argmin())
+            shape = shapes[int((masks == ink[None]).sum((1, 2)).argmax())]
+            labels.append(cell_class(COLOURS[colour], shape))
+    return torch.tensor(labels, dtype=torch.long)

@@ -1,0 +1,82 @@
+"""Bring your own data: the README's commands on an image-QA set that is not the world (other colours, shapes,
+wording and image sizes, written here), from text corpus to tokenizer to text LM to native VLM, and the
+model answers held-out questions above the answer prior."""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from nativevlm.cli import main
+
+HUES = {"magenta": (230, 0, 230), "teal": (0, 128, 128), "olive": (128, 128, 0), "navy": (0, 0, 128)}
+RECIPES = Path(__file__).resolve().parents[1] / "nativevlm" / "recipes"
+
+
+def draw(kind: str, hue: str, size: int, rng: random.Random) -> Image.Image:
+    img = Image.new("RGB", (size, size), (200, 200, 200))
+    d = ImageDraw.Draw(img)
+    r = rng.randint(size // 5, size // 3)
+    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+    fill = HUES[hue]
+    if kind == "hexagon":
+        d.regular_polygon((cx, cy, r), 6, fill=fill)
+    elif kind == "cross":
+        w = max(2, r // 3)
+        d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+        d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
+    else:  # ring
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=max(2, r // 3))
+    return img
+
+
+def write_split(root: Path, name: str, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        hue = rng.choice(sorted(HUES))
+        kind = rng.choice(["hexagon", "cross", "ring"])
+        image = f"images/{name}_{i}.png"
+        draw(kind, hue, rng.choice([32, 64]), rng).save(root / image)
+        records.append({"id": f"{name}{i}", "image": image, "meta": {"family": "hue", "answer": hue},
+                        "conversations": [{"from": "human", "value": "<image>\nWhich hue does the blob have?"},
+                                          {"from": "gpt", "value": hue}]})
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_own_llava_qa_set_trains_a_native_vlm_above_its_answer_prior(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = Path("data/custom")
+    train_json = write_split(data, "train", 240, seed=1)
+    val_json = write_split(data, "val", 48, seed=2)
+    tiny = ["model.language.hidden_size=64", "model.language.num_layers=2", "model.language.num_heads=2",
+            "model.language.num_kv_heads=1", "model.language.intermediate_size=128", "model.language.qk_norm=true",
+            "model.language.vocab_size=320", "max_length=64"]
+    assert main(["data", "text", str(train_json), "--out", str(data / "text.txt")]) == 0
+    assert main(["tokenizer", "train", str(data / "text.txt"), "--vocab-size", "320", "--min-frequency", "1",
+                 "--out", str(data / "tok")]) == 0
+    assert main(["train", str(RECIPES / "text-lm.yaml"), "--out", "runs/custom-lm", "--set", "tokenizer=data/custom/tok",
+                 "--set", "stages.0.data.0.path=data/custom/text.txt", "--set", "stages.0.val_data=",
+                 "--set", "stages.0.steps=40", "--set", "stages.0.batch_size=16", "--set", "stages.0.warmup_steps=5",
+                 "--set", "stages.0.lr=3e-3", "--set", "progress=false", *(f"--set={t}" for t in tiny)]) == 0
+    vision = ["model.vision.hidden_size=64", "model.vision.num_layers=1", "model.vision.num_heads=2",
+              "model.vision.intermediate_size=128", "model.vision.max_patches=16", "max_length=64"]
+    assert main(["train", str(RECIPES / "native-custom.yaml"), "--out", "runs/custom-vlm", "--set", "progress=false",
+                 "--set", "stages.0.steps=60", "--set", "stages.1.steps=140", "--set", "stages.1.eval_every=0",
+                 "--set", "stages.0.lr=3e-3", "--set", "stages.1.lr=3e-3", "--set", "curves.every=0",
+                 "--set", "curves.samples=48", *(f"--set={t}" for t in vision)]) == 0
+    run = Path("runs/custom-vlm")
+    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    points = [r for r in curve if "acc/all" in r]
+    prior = json.loads((run / "curves.json").read_text())["priors"]["hue"]
+    answers = Counter(r["meta"]["answer"] for r in json.loads(val_json.read_text()))
+    assert prior == max(answers.values()) / sum(answers.values())
+    assert points[0]["samples"] == 0 and points[-1]["samples"] == 60 * 16 + 140 * 16
+    assert points[-1]["acc/hue"] >= prior + 0.3, (points[-1]["acc/hue"], prior)
+    assert (run / "final" / "model.safetensors").is_file() and (run / "curves.png").is_file()
