@@ -8,7 +8,7 @@ import sys
 from .config import ConfigError
 from .data.formats import DataError
 
-SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "quickstart", "eval")
+SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "quickstart", "eval", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,164 @@
+"""Scaling-study toolkit: the fitter recovers known laws; `study run` trains a grid of tiny cells, writes
+one CSV row per evaluation point and resumes an interrupted study without redoing finished cells, in this
+process and through submitit's local executor; `study fit` writes fit.json and plots."""
+import csv
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from nativevlm.cli import main
+from nativevlm.studies.fit import fit_power_law, optimal_encoders, sample_ratio, samples_to_reach
+from trainkit import vlm_recipe, write_recipe
+
+SAMPLES = np.logspace(3, 6, 20)
+
+
+@pytest.mark.parametrize("e,a,alpha", [(2.0, 50.0, 0.35), (0.8, 8.0, 0.2), (3.5, 400.0, 0.6)])
+def test_fit_recovers_a_noisy_power_law(e, a, alpha):
+    rng = np.random.default_rng(0)
+    loss = (e + a * SAMPLES ** -alpha) * (1 + 0.002 * rng.standard_normal(len(SAMPLES)))
+    fit = fit_power_law(SAMPLES, loss)
+    assert fit["alpha"] == pytest.approx(alpha, rel=0.02)
+    assert fit["E"] == pytest.approx(e, rel=0.05)
+
+
+def test_sample_ratio_of_two_arms():
+    """An arm whose curve is the baseline's shifted by 10x in samples needs 10x fewer to reach its loss."""
+    rng = np.random.default_rng(1)
+    base = lambda x: 2.0 + 30 * x ** -0.4  # noqa: E731
+    arm = {"cell": "init", **fit_power_law(SAMPLES, base(10 * SAMPLES) * (1 + 0.001 * rng.standard_normal(20))),
+           "final_samples": SAMPLES[-1]}
+    baseline = {"cell": "scratch", **fit_power_law(SAMPLES, base(SAMPLES) * (1 + 0.001 * rng.standard_normal(20))),
+                "final_samples": SAMPLES[-1]}
+    r = sample_ratio(arm, baseline)
+    assert r["ratio"] == pytest.approx(10, rel=0.1) and not r["extrapolated"]
+    assert samples_to_reach(arm, arm["E"] - 0.1) == math.inf
+
+
+def synthetic_grid(slope, lam=0.01, beta=0.5, noise=0.0003, seed=0):
+    """Final losses L(N, E) = L0(N) + B(N) E^-beta with B(N) chosen so that NaViL's criterion puts the
+    optimal encoder at 2e6 * (N / 1e7)^slope; encoders double from 1e6."""
+    rng = np.random.default_rng(seed)
+    fits, e_min = {}, 1e6
+    for n in (1e7, 4e7, 1.6e8, 6.4e8):
+        l0, e_star = 1.5 + 20 * n ** -0.3, 2e6 * (n / 1e7) ** slope
+        b = lam * e_star ** beta * l0 / ((1 - 2 ** -beta) - lam * (e_star / e_min) ** beta)
+        for k in range(10):
+            enc = e_min * 2 ** k
+            loss = (l0 + b * enc ** -beta) * (1 + noise * rng.standard_normal())
+            fits[f"{n:.0e}-{k}"] = {"llm_params": int(n), "encoder_params": int(enc), "final_loss": loss}
+    return fits
+
+
+@pytest.mark.parametrize("slope", [0.46, 0.8])
+def test_optimal_encoder_slope(slope):
+    opt = optimal_encoders(synthetic_grid(slope))
+    assert opt["slope"] == pytest.approx(slope, rel=0.05)
+    assert opt["slope_ci95"][0] < opt["slope"] < opt["slope_ci95"][1]
+    grid = [e["grid_optimal"] for e in opt["per_llm"]]
+    assert grid == sorted(grid) and all(g is not None for g in grid)  # the grid answer grows with the LLM too
+
+
+def test_study_fit_command(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    rows = []
+    for cell, (e, a, alpha) in {"scratch": (2.0, 30, 0.3), "init": (2.0, 30, 0.3)}.items():
+        shift = 10 if cell == "init" else 1
+        for x in SAMPLES:
+            loss = (e + a * (shift * x) ** -alpha) * (1 + 0.001 * rng.standard_normal())
+            rows.append({"cell": cell, "llm_params": 1000, "encoder_params": 10, "samples": x, "val_loss": loss})
+    with (tmp_path / "study.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["study", "fit", str(tmp_path / "study.csv"), "--out", str(tmp_path / "fit"),
+                 "--compare", "init:scratch"]) == 0
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert {c["cell"] for c in fit["cells"]} == {"init", "scratch"}
+    assert fit["ratios"][0]["ratio"] == pytest.approx(10, rel=0.15)
+    assert (tmp_path / "fit" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "fit" / "optimal_encoder.png").is_file()
+    assert "scratch needs" in capsys.readouterr().out
+    assert main(["study", "fit", str(tmp_path / "study.csv"), "--out", str(tmp_path / "f2"), "--compare", "x:y"]) == 2
+    assert "no cell 'x'" in capsys.readouterr().err
+
+
+def write_study(tmp_path, world) -> str:
+    recipe = write_recipe(tmp_path / "tiny.yaml", vlm_recipe(world))
+    study = {
+        "name": "tiny", "set": [f"stages.1.val_data={world['val']}"],
+        "grid": {"recipe": str(recipe), "axes": {"experts": {"experts": [], "dense": [
+            "model.moe.modality_experts=false", "stages.0.trainable=[vision.*, connector.*]"]}}},
+        "eval": {"bench": [f"llava:{world['val']}"], "limit": 2, "max_new_tokens": 2},
+        "fit": {"compare": [["experts", "dense"]]},
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    return str(tmp_path / "study.yaml")
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def interrupt(out, cell):
+    """Leave `cell` as a killed run leaves it: checkpoints up to step 4 of 6, no final model, no rows (and
+    the driver never appended them). A sentinel in an early metrics row tells a resume from a restart."""
+    from nativevlm.studies.runner import ROWS
+
+    run = out / "runs" / cell
+    shutil.rmtree(run / "final")
+    (run / ROWS).unlink()
+    for ckpt in (run / "checkpoints").glob("step-*"):
+        if int(ckpt.name.split("-")[1]) > 4:
+            shutil.rmtree(ckpt)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "sentinel": 1})
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    rows = read_csv(out / "study.csv")
+    kept = [r for r in rows if r["cell"] != cell]
+    with (out / "study.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    return [r for r in rows if r["cell"] == cell]
+
+
+@pytest.mark.parametrize("launcher", ["local", "submitit"])
+def test_study_run_resumes_without_redoing_finished_cells(tmp_path, train_world, launcher, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # submitit's local jobs are processes of their own
+    study, out = write_study(tmp_path, train_world), tmp_path / "out"
+    args = ["study", "run", study, "--out", str(out), "--launcher", launcher] + (
+        ["--cluster", "local"] if launcher == "submitit" else [])
+    assert main(args) == 0
+    rows = read_csv(out / "study.csv")
+    assert [r["cell"] for r in rows] == ["experts"] * 3 + ["dense"] * 3  # evaluations at steps 2, 3 and 6
+    assert [int(r["samples"]) for r in rows[:3]] == [8, 12, 24]
+    assert int(rows[0]["encoder_params"]) > 0 and int(rows[0]["llm_params"]) > 0
+    assert rows[2]["acc/all"] != "" and rows[0]["acc/all"] == ""  # the final model is evaluated
+
+    finished = (out / "runs" / "experts" / "final" / "model.safetensors").stat().st_mtime_ns
+    before = interrupt(out, "dense")
+    assert main(args) == 0
+    after = read_csv(out / "study.csv")
+    assert [r["cell"] for r in after] == ["experts"] * 3 + ["dense"] * 3
+    assert (out / "runs" / "experts" / "final" / "model.safetensors").stat().st_mtime_ns == finished
+    assert "sentinel" in (out / "runs" / "dense" / "metrics.jsonl").read_text()  # resumed, not restarted
+    assert [float(r["val_loss"]) for r in after[3:]] == pytest.approx([float(r["val_loss"]) for r in before],
+                                                                      abs=1e-6)
+    assert main(args) == 0  # nothing left to do
+    assert len(read_csv(out / "study.csv")) == 6
+    assert "2 cells done, 0 to run" in capsys.readouterr().out
+
+
+def test_study_errors_name_the_input(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text("cells: [{name: a, recipe: nope.yaml}]\n")
+    assert main(["study", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "recipe nope.yaml does not exist" in capsys.readouterr().err
+    (tmp_path / "s.yaml").write_text("cels: []\n")
+    assert main(["study", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown config key cels" in capsys.readouterr().err
