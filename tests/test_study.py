@@ -141,6 +141,8 @@ def test_study_run_resumes_without_redoing_finished_cells(tmp_path, train_world,
     assert int(rows[0]["encoder_params"]) > 0 and int(rows[0]["llm_params"]) > 0
     assert rows[2]["acc/all"] != "" and rows[0]["acc/all"] == ""  # the final model is evaluated
 
+    if launcher == "submitit":  # each cell ran as a job of its own
+        assert len(list((out / "submitit").rglob("*_log.out"))) == 2
     finished = (out / "runs" / "experts" / "final" / "model.safetensors").stat().st_mtime_ns
     before = interrupt(out, "dense")
     assert main(args) == 0
@@ -162,3 +164,27 @@ def test_study_errors_name_the_input(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text("cels: []\n")
     assert main(["study", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "unknown config key cels" in capsys.readouterr().err
+
+
+def test_committed_studies_resolve(tmp_path_factory, monkeypatch):
+    """Every committed study file parses, and every cell's recipe (with the study's overrides) validates
+    against a (tiny) prepared world, tokenizer and prepared LMs."""
+    from pathlib import Path
+
+    from nativevlm.studies.runner import cell_recipe, prepare_data
+    from nativevlm.studies.spec import WorldSpec, load_study
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # recipe paths are relative to the working directory
+    out = tmp_path_factory.mktemp("studies")
+    studies = sorted((repo / "docs" / "studies").glob("*/study.yaml"))
+    assert len(studies) == 5
+    for path in studies:
+        spec = load_study(path)
+        spec.world = WorldSpec(spec.world.preset, train=3, val=2, test=2)
+        prepare_data(spec, out, log=lambda *a: None)
+        for cell in spec.prepare:
+            cell_recipe(spec, cell, out)
+            (out / "runs" / cell.name / "final").mkdir(parents=True, exist_ok=True)
+        cfgs = [cell_recipe(spec, cell, out) for cell in spec.all_cells()]
+        assert all(str(out) in c.stages[-1].val_data for c in cfgs), path

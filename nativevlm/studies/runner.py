@@ -45,7 +45,8 @@ def cell_recipe(spec: StudySpec, cell: CellSpec, out: Path):
         data = yaml.safe_load(Path(cell.recipe).read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"cell {cell.name}: recipe {cell.recipe} does not parse: {e}") from None
-    overrides = rewrite_paths(list(spec.set) + list(cell.set), out)
+    shared = [] if cell in spec.prepare else list(spec.set)  # the study's `set` is for its own cells
+    overrides = rewrite_paths(shared + list(cell.set), out)
     try:
         return recipe_from_dict(rewrite_paths(data, out), overrides)
     except ConfigError as e:

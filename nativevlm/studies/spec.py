@@ -5,7 +5,7 @@ a grid of axes), what to evaluate at the end of each cell, and what to fit.
 name: modality-experts
 world: {preset: basic, train: 2000, val: 200, test: 300}    # generated into OUT/data/world
 tokenizer: {vocab_size: 1024}                               # trained into OUT/data/tokenizer
-set: [model.vision.num_layers=2]                            # every cell, before its own overrides
+set: [model.vision.num_layers=2]                            # every cell (not `prepare`), before its own
 prepare:                                                    # trained first, in order; not rows of the CSV
   - {name: text-lm, recipe: recipes/text-lm.yaml, set: [stages.0.steps=200]}
 cells:
