@@ -57,8 +57,11 @@ def fit(args) -> int:
     result = fit_study(csv_path, compare, lam)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot_curves(csv_path, result, out / "curves.png")
-    plot_optimal_encoder(result, out / "optimal_encoder.png")
+    plots = [out / "curves.png"]
+    plot_curves(csv_path, result, plots[0])
+    if any(e["optimal"] for e in result["optimal_encoder"]["per_llm"]):  # a grid of LLM x encoder sizes
+        plots.append(out / "optimal_encoder.png")
+        plot_optimal_encoder(result, plots[1])
     for c in result["cells"]:
         if c["alpha"] is not None:
             print(f"{c['cell']:24s} E={c['E']:.4f} A={c['A']:.4g} alpha={c['alpha']:.4f}")
@@ -72,5 +75,5 @@ def fit(args) -> int:
     if opt["slope"] is not None:
         print(f"optimal encoder size ~ LLM size^{opt['slope']:.3f}" +
               (f" (95% CI {opt['slope_ci95'][0]:.3f} .. {opt['slope_ci95'][1]:.3f})" if opt["slope_ci95"] else ""))
-    print(f"fit: {out / 'fit.json'}  plots: {out / 'curves.png'}, {out / 'optimal_encoder.png'}")
+    print(f"fit: {out / 'fit.json'}  plots: {', '.join(map(str, plots))}")
     return 0

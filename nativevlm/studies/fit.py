@@ -99,7 +99,8 @@ def fit_cells(cells: dict[str, dict]) -> dict[str, dict]:
         x, y = np.asarray(cell["samples"])[order], np.asarray(cell["val_loss"])[order]
         entry = {"cell": name, "n_points": len(x), "llm_params": cell.get("llm_params"),
                  "encoder_params": cell.get("encoder_params"),
-                 "final_samples": float(x[-1]) if len(x) else None, "final_loss": float(y[-1]) if len(y) else None}
+                 "first_samples": float(x[0]) if len(x) else None, "final_samples": float(x[-1]) if len(x) else None,
+                 "final_loss": float(y[-1]) if len(y) else None}
         fit = fit_power_law(x, y) if len(x) >= MIN_POINTS else None
         entry.update(fit or {"E": None, "A": None, "alpha": None, "rmse": None,
                              "note": f"not fitted: {len(x)} points (at least {MIN_POINTS} needed) or no convergence"})
@@ -115,7 +116,7 @@ def sample_ratio(arm: dict, baseline: dict) -> dict:
     return {"arm": arm["cell"], "baseline": baseline["cell"], "target_loss": target,
             "baseline_samples": baseline["final_samples"], "arm_samples": needed,
             "ratio": baseline["final_samples"] / needed if needed > 0 else math.inf,
-            "extrapolated": not (needed <= arm["final_samples"])}
+            "extrapolated": not arm["first_samples"] <= needed <= arm["final_samples"]}  # outside its measured curve
 
 
 def optimal_encoders(fits: dict[str, dict], lam: float = 0.01) -> dict:
