@@ -187,6 +187,9 @@ class Stub(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body["model"] == "busy" and not Stub.calls:  # rate-limited once, told to come back at once
+            Stub.calls.append(body)
+            return self.reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
         type(self).calls.append(body)
         parts = body["messages"][0]["content"]
         text = next(p["text"] for p in parts if p["type"] == "text")
@@ -203,9 +206,11 @@ class Stub(BaseHTTPRequestHandler):
         letter = next((line[0] for line in text.split("\n") if line[3:] == color), "none")
         self.reply(200, {"choices": [{"message": {"role": "assistant", "content": f"Answer: {letter}"}}]})
 
-    def reply(self, status, obj):
+    def reply(self, status, obj, headers=None):
         data = json.dumps(obj).encode()
         self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -236,6 +241,37 @@ def test_endpoint_retries_a_failed_request_and_records_hard_failures(tmp_path, s
     assert len(Stub.calls) == 4  # q0 once, q1 twice (a 503, then the retry), q2 once (a 400 is not retried)
     assert "At most 0 image(s)" in res.records[2]["error"]
     assert res.summary()["request_failure_rate"] == pytest.approx(1 / 3)
+
+
+def test_endpoint_honours_retry_after(tmp_path, stub_server):
+    import time
+
+    from nativevlm.eval.endpoint import EndpointAnswerer
+
+    answerer = EndpointAnswerer(stub_server, "busy", concurrency=1, retries=1, backoff_s=30, log=lambda *a: None)
+    t0 = time.time()
+    res = run_benchmark(Benchmark("stub", "test", make_items(1)), answerer, tmp_path / "out")
+    assert res.records[0]["status"] == "correct" and len(Stub.calls) == 2
+    assert time.time() - t0 < 10  # waited the server's 0 s, not the 30 s backoff
+
+
+def test_duplicate_question_ids_are_refused(tmp_path):
+    record = {"id": "same", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "yes"}]}
+    (tmp_path / "qa.json").write_text(json.dumps([record, record]))
+    with pytest.raises(DataError, match="question id 'same' appears twice"):
+        load_benchmark(str(tmp_path / "qa.json"))
+
+
+def test_validation_loss_does_not_depend_on_batching(tiny_vlm_and_world):
+    from nativevlm.data.tokenizer import Tokenizer
+    from nativevlm.eval.loss import validation_loss
+    from nativevlm.model.loading import load_pretrained
+
+    model_dir, _, val = tiny_vlm_and_world
+    model, tok = load_pretrained(model_dir), Tokenizer.load(model_dir)
+    one = validation_loss(model, tok, val, batch_size=1)
+    three = validation_loss(model, tok, val, batch_size=3)  # padded rows of different lengths
+    assert three["loss"] == pytest.approx(one["loss"], rel=1e-5) and one["tokens"] == three["tokens"]
 
 
 def test_endpoint_down_stops_with_a_clear_error(tmp_path, capsys):

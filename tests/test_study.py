@@ -111,7 +111,8 @@ def read_csv(path):
 
 def interrupt(out, cell):
     """Leave `cell` as a killed run leaves it: checkpoints up to step 4 of 6, no final model, no rows (and
-    the driver never appended them). A sentinel in an early metrics row tells a resume from a restart."""
+    the driver never appended them). An accuracy added to an early metrics row survives a resume (rows up
+    to the checkpoint are kept), not a restart, and must reach the CSV."""
     from nativevlm.studies.runner import ROWS
 
     run = out / "runs" / cell
@@ -121,7 +122,7 @@ def interrupt(out, cell):
         if int(ckpt.name.split("-")[1]) > 4:
             shutil.rmtree(ckpt)
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    lines[0] = json.dumps({**json.loads(lines[0]), "sentinel": 1})
+    lines[0] = json.dumps({**json.loads(lines[0]), "acc/perception": 0.5})  # as the training-time eval logs it
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     rows = read_csv(out / "study.csv")
     kept = [r for r in rows if r["cell"] != cell]
@@ -153,7 +154,7 @@ def test_study_run_resumes_without_redoing_finished_cells(tmp_path, train_world,
     after = read_csv(out / "study.csv")
     assert [r["cell"] for r in after] == ["experts"] * 3 + ["dense"] * 3
     assert (out / "runs" / "experts" / "final" / "model.safetensors").stat().st_mtime_ns == finished
-    assert "sentinel" in (out / "runs" / "dense" / "metrics.jsonl").read_text()  # resumed, not restarted
+    assert after[3]["acc/perception"] == "0.5"  # resumed, not restarted; training-time accuracy copied
     assert [float(r["val_loss"]) for r in after[3:]] == pytest.approx([float(r["val_loss"]) for r in before],
                                                                       abs=1e-6)
     assert main(args) == 0  # nothing left to do

@@ -15,6 +15,7 @@ from typing import Union
 from PIL import Image
 
 from ...config import ConfigError
+from ...data.formats import DataError
 from ...data.image import ImageError, load_image
 
 ImageRef = Union[str, bytes]  # a file path, or an encoded image (PNG, JPEG, ...) as read from a TSV
@@ -98,4 +99,9 @@ def load_benchmark(spec: str) -> Benchmark:
         bench.name = name
     if not bench.items:
         raise ConfigError(f"--bench {spec}: {bench.source} holds no questions")
+    seen = set()
+    for item in bench.items:  # answers are saved and resumed by id
+        if item.id in seen:
+            raise DataError(f"{bench.source}: question id {item.id!r} appears twice; ids must be unique")
+        seen.add(item.id)
     return bench
