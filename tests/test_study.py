@@ -122,7 +122,8 @@ def interrupt(out, cell):
         if int(ckpt.name.split("-")[1]) > 4:
             shutil.rmtree(ckpt)
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    lines[0] = json.dumps({**json.loads(lines[0]), "acc/perception": 0.5})  # as the training-time eval logs it
+    first = next(i for i, line in enumerate(lines) if "val_loss" in json.loads(line))  # step 2
+    lines[first] = json.dumps({**json.loads(lines[first]), "acc/perception": 0.5})  # as a training-time eval would
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     rows = read_csv(out / "study.csv")
     kept = [r for r in rows if r["cell"] != cell]
