@@ -137,7 +137,8 @@ def test_circular_evaluation_and_visual_reliance(tmp_path):
     assert res["visual_reliance"]["all"] == 1.0
     assert res["visual_reliance"]["category"]["cat0"]["reliance"] == 1.0
     assert sees.asked == 6 * 3 + 6  # three rotations each, then each once with a blank image
-    blank = [json.loads(line) for line in (tmp_path / "out" / "colors-blank" / "records.jsonl").read_text().splitlines()]
+    blank = (tmp_path / "out" / "colors-blank" / "records.jsonl").read_text().splitlines()
+    blank = [json.loads(line) for line in blank]
     assert all(r["status"] == "parse_failure" for r in blank)
 
     always_a = Scripted(lambda r: "A")  # right whenever the answer is A: a third of rotations

@@ -42,7 +42,8 @@ class LocalAnswerer:
         self.chunk_size, self.max_new_tokens = batch_size, max_new_tokens
 
     def __call__(self, requests: list[Request]) -> list[Reply]:
-        samples = [Sample(id=str(i), messages=[{"role": "user", "content": f"{IMAGE_MARKER}\n" * len(r.images) + r.text}],
-                          images=list(r.images)) for i, r in enumerate(requests)]
+        samples = [Sample(id=str(i), images=list(r.images),
+                          messages=[{"role": "user", "content": f"{IMAGE_MARKER}\n" * len(r.images) + r.text}])
+                   for i, r in enumerate(requests)]
         answers = generate_answers(self.model, self.tokenizer, self.processor, samples, self.max_new_tokens)
         return [Reply(a) for a in answers]

@@ -141,11 +141,11 @@ def read_choice(prediction: str, options: Mapping[str, str]) -> Optional[str]:
     letter, n_letters = _letter(span, letters)
     if n_letters:
         return letter  # None when two letters appear: ambiguous, even if an option text would decide
-    text = " " + normalize_answer(" ".join(words)) + " "
-    hits = [k for k, v in options.items() if _phrase_in(normalize_answer(str(v)), text)]
+    text = normalize_answer(span)
+    named = {k: normalize_answer(str(v)) for k, v in options.items()}
+    hits = [k for k, v in named.items() if _phrase_in(v, text)]
     # "red circle" also contains the option "circle": the longer option is the one named
-    hits = [k for k in hits if not any(k != o and normalize_answer(str(options[k])) in normalize_answer(str(options[o]))
-                                       for o in hits)]
+    hits = [k for k in hits if not any(k != o and named[k] in named[o] for o in hits)]
     return hits[0] if len(hits) == 1 else None
 
 
