@@ -194,3 +194,15 @@ def test_committed_studies_resolve(tmp_path_factory, monkeypatch):
             (out / "runs" / cell.name / "final").mkdir(parents=True, exist_ok=True)
         cfgs = [cell_recipe(spec, cell, out) for cell in spec.all_cells()]
         assert all(str(out) in c.stages[-1].val_data for c in cfgs), path
+
+
+def test_a_failed_job_is_named(tmp_path, train_world, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    recipe = write_recipe(tmp_path / "tiny.yaml", vlm_recipe(train_world))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"cells": [
+        {"name": "bad", "recipe": str(recipe), "set": ["stages.0.trainable=[nothing.*]"]}]}))
+    args = ["study", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--launcher", "submitit",
+            "--cluster", "local"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cells bad failed" in err and "run the same command again" in err

@@ -217,17 +217,25 @@ def run_study(study_path, out, launcher: str = "local", cluster=None, log=print)
             if name in todo:
                 append_rows(csv_path, rows)
         return csv_path
+    executor = make_executor(spec, out, cluster)
+
+    def submit(name: str):
+        return name, executor.submit(run_cell, str(study_path), name, str(out), cwd)
+
+    for name in prep:  # the grid's cells start from these: one at a time, each awaited
+        _wait([submit(name)], out, log, lambda rows: None)
+    _wait([submit(name) for name in todo], out, log, lambda rows: append_rows(csv_path, rows))
+    return csv_path
+
+
+def _wait(jobs: list, out: Path, log, done) -> None:
+    """Wait for every job, hand each one's rows to `done` as it is collected; name the failed ones."""
     import submitit
 
-    executor = make_executor(spec, out, cluster)
-    for name in prep:  # the grid's cells start from these: one at a time, each awaited
-        log(f"--- cell {name} (submitit)")
-        executor.submit(run_cell, str(study_path), name, str(out), cwd).result()
-    jobs = [(name, executor.submit(run_cell, str(study_path), name, str(out), cwd)) for name in todo]
     failed = []
     for name, job in jobs:
         try:
-            append_rows(csv_path, job.result())
+            done(job.result())
             log(f"--- cell {name}: done (job {job.job_id})")
         except submitit.core.utils.FailedJobError as e:
             failed.append(name)
@@ -235,4 +243,3 @@ def run_study(study_path, out, launcher: str = "local", cluster=None, log=print)
     if failed:
         raise ConfigError(f"cells {', '.join(failed)} failed (logs under {out / 'submitit'}); run the same "
                           "command again to resume them")
-    return csv_path
