@@ -366,3 +366,15 @@ def test_evaluate_qa_matches_the_harness(tiny_vlm_and_world, tmp_path):
     assert [r["prediction"] for r in quick.records] == [r["prediction"] for r in res.records]
     assert [r["status"] for r in quick.records] == [r["status"] for r in res.records]
     assert "unparsed" in quick.table() and quick.summary()["parse_failure_rate"] >= 0
+
+
+def test_evaluation_never_imports_the_trainer():
+    """Evaluation sits below training (ARCHITECTURE.md): it loads models through model/loading.py."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nativevlm.eval.world, nativevlm.eval.harness, nativevlm.eval.local, nativevlm.eval.endpoint, "
+            "nativevlm.eval.loss, nativevlm.eval.benchmarks, nativevlm.model.loading, nativevlm.commands.eval; "
+            "print([m for m in sys.modules if m.startswith('nativevlm.train')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

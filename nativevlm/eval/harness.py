@@ -10,13 +10,13 @@ scores it as an empty, wrong answer), and is asked again on the next run.
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..config import ConfigError
 from ..data.formats import DataError
@@ -148,7 +148,8 @@ def read_predictions(path: Path) -> dict[str, dict]:
     return done
 
 
-def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, blank: bool, log=print) -> dict:
+def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, blank: bool, log=print,
+            progress: bool = True) -> dict:
     """Answers for every key, reusing those already in `path` and appending new ones as they come."""
     done = read_predictions(path)
     todo = [(key, item) for key, _, item in asked if key not in done or done[key].get("error") is not None]
@@ -156,7 +157,7 @@ def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, 
         log(f"{path}: {len(asked) - len(todo)} of {len(asked)} answers already there; asking the other {len(todo)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     step = max(1, getattr(answerer, "chunk_size", 16))
-    t0 = time.time()
+    bar = tqdm(total=len(todo), desc=path.parent.name, unit="q", disable=not progress or not todo)
     with path.open("a", encoding="utf-8") as f:
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
@@ -166,19 +167,19 @@ def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, 
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 done[key] = row
             f.flush()
-            log(f"  {path.parent.name}: {min(start + step, len(todo))}/{len(todo)} answered "
-                f"({time.time() - t0:.0f} s)")
+            bar.update(len(chunk))
+    bar.close()
     return done
 
 
 def run_benchmark(bench: Benchmark, answerer: Answerer, out_dir: Path, circular: bool = False,
-                  visual_reliance: bool = False, log=print) -> BenchResult:
+                  visual_reliance: bool = False, log=print, progress: bool = True) -> BenchResult:
     """Ask, score and write `OUT/<bench>/records.jsonl` (and `OUT/<bench>-blank/` for visual reliance)."""
     results = {}
     for blank in (False, True) if visual_reliance else (False,):
         folder = out_dir / (bench.name + ("-blank" if blank else ""))
         asked = expand(bench.items, circular and not blank)
-        answers = ask_all(answerer, asked, folder / "predictions.jsonl", blank, log)
+        answers = ask_all(answerer, asked, folder / "predictions.jsonl", blank, log, progress)
         records = []
         for key, rotation, item in asked:
             row = answers[key]

@@ -112,7 +112,7 @@ def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: P
         bench = load_benchmark(bench_spec)
         bench.items = bench.items[:spec.eval.limit] if spec.eval.limit else bench.items
         s = run_benchmark(bench, answerer, run_dir / "eval", visual_reliance=spec.eval.visual_reliance,
-                          log=lambda *a: None).summary()
+                          progress=False).summary()
         prefix = f"{bench.name}:" if len(spec.eval.bench) > 1 else ""
         cols[f"{prefix}acc/all"] = s["accuracy"]
         cols[f"{prefix}parse_failures/all"] = s["parse_failure_rate"]
