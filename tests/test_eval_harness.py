@@ -188,6 +188,7 @@ class Stub(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body["authorization"] = self.headers.get("Authorization")
         if body["model"] == "busy" and not Stub.calls:  # rate-limited once, told to come back at once
             Stub.calls.append(body)
             return self.reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
@@ -285,12 +286,12 @@ def test_endpoint_down_stops_with_a_clear_error(tmp_path, capsys):
 def test_eval_command_against_endpoint_resumes(tmp_path, stub_server, capsys):
     path, _ = color_tsv(tmp_path)
     args = ["eval", "tiny", "--bench", str(path), "--out", str(tmp_path / "out"), "--endpoint", stub_server,
-            "--concurrency", "3", "--circular"]
+            "--concurrency", "3", "--circular", "--api-key", "sk-test"]
     assert main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["benchmarks"]["colors"]["accuracy"] == 1.0
     assert "| cat0 | 3 | 100.0% | 0.0% |" in (tmp_path / "out" / "report.md").read_text()
-    assert len(Stub.calls) == 18
+    assert len(Stub.calls) == 18 and Stub.calls[0]["authorization"] == "Bearer sk-test"
     preds = tmp_path / "out" / "colors" / "predictions.jsonl"
     preds.write_text("".join(preds.read_text().splitlines(keepends=True)[:11]))  # interrupted after 11 answers
     assert main(args) == 0

@@ -123,7 +123,9 @@ def interrupt(out, cell):
             shutil.rmtree(ckpt)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if "val_loss" in json.loads(line))  # step 2
-    lines[first] = json.dumps({**json.loads(lines[first]), "acc/perception": 0.5})  # as a training-time eval would
+    row = json.loads(lines[first])
+    lines[first] = json.dumps({**row, "acc/perception": 0.5})  # as a training-time eval would log it
+    lines.insert(first + 1, json.dumps({k: row[k] for k in ("step", "stage", "stage_step")} | {"acc/count": 0.25}))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     rows = read_csv(out / "study.csv")
     kept = [r for r in rows if r["cell"] != cell]
@@ -153,14 +155,18 @@ def test_study_run_resumes_without_redoing_finished_cells(tmp_path, train_world,
     before = interrupt(out, "dense")
     assert main(args) == 0
     after = read_csv(out / "study.csv")
-    assert [r["cell"] for r in after] == ["experts"] * 3 + ["dense"] * 3
+    assert [r["cell"] for r in after] == ["experts"] * 3 + ["dense"] * 4  # + the accuracy-only row
     assert (out / "runs" / "experts" / "final" / "model.safetensors").stat().st_mtime_ns == finished
     assert after[3]["acc/perception"] == "0.5"  # resumed, not restarted; training-time accuracy copied
-    assert [float(r["val_loss"]) for r in after[3:]] == pytest.approx([float(r["val_loss"]) for r in before],
-                                                                      abs=1e-6)
+    assert after[4]["acc/count"] == "0.25" and after[4]["val_loss"] == ""
+    assert [float(r["val_loss"]) for r in after[3:] if r["val_loss"]] == pytest.approx(
+        [float(r["val_loss"]) for r in before], abs=1e-6)
     assert main(args) == 0  # nothing left to do
-    assert len(read_csv(out / "study.csv")) == 6
+    assert len(read_csv(out / "study.csv")) == 7
     assert "2 cells done, 0 to run" in capsys.readouterr().out
+    assert main(["study", "fit", str(out / "study.csv"), "--out", str(out / "fit")]) == 0
+    ratios = json.loads((out / "fit" / "fit.json").read_text())["ratios"]
+    assert [(r["arm"], r["baseline"]) for r in ratios] == [("experts", "dense")]  # the study's fit.compare
 
 
 def test_study_errors_name_the_input(tmp_path, capsys):

@@ -40,11 +40,11 @@ def fit(args) -> int:
     from ..config import ConfigError
     from ..studies.fit import fit_study
     from ..studies.plots import plot_curves, plot_optimal_encoder
-    from ..studies.spec import load_study
+    from ..studies.spec import load_fit_spec
 
     csv_path, out = Path(args.csv), Path(args.out)
     beside = csv_path.parent / "study.yaml"
-    spec = load_study(beside).fit if beside.is_file() else None
+    spec = load_fit_spec(beside) if beside.is_file() else None
     compare = []
     for pair in args.compare:
         arm, sep, baseline = pair.partition(":")

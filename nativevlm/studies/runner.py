@@ -147,11 +147,11 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
     rows = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
-        if m.get("val_loss") is None:
-            continue
         extra = {k: v for k, v in m.items() if k.startswith("acc/")}  # generation accuracy logged in training
+        if m.get("val_loss") is None and not extra:
+            continue
         rows.append({**base, "stage": m["stage"], "step": m["step"],
-                     "samples": samples_at(cfg, m["stage"], m["stage_step"]), "val_loss": m["val_loss"], **extra})
+                     "samples": samples_at(cfg, m["stage"], m["stage_step"]), "val_loss": m.get("val_loss"), **extra})
     if spec.eval.bench and rows:
         final = evaluate_final(spec, result.model, result.final, out, run_dir)
         rows[-1].update({k: v for k, v in final.items() if k not in rows[-1]})

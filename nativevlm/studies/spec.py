@@ -119,6 +119,15 @@ def load_study(path) -> StudySpec:
     return spec
 
 
+def load_fit_spec(path) -> FitSpec:
+    """Only the `fit:` section of a study file (what `study fit` needs, wherever it is run from)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return from_dict(FitSpec, data.get("fit") or {}, "fit")
+    except (yaml.YAMLError, ConfigError) as e:
+        raise ConfigError(f"study file {path}: {e}") from None
+
+
 def validate(spec: StudySpec) -> None:
     cells = spec.all_cells()
     if not cells:
