@@ -13,7 +13,7 @@ from PIL import Image
 from nativevlm.cli import main
 from nativevlm.data.formats import DataError
 from nativevlm.eval.benchmarks import Benchmark, Item, load_benchmark
-from nativevlm.eval.harness import BLANK, Reply, run_benchmark
+from nativevlm.eval.harness import BLANK, Reply, read_predictions, run_benchmark
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
@@ -167,6 +167,7 @@ def test_resume_asks_only_what_is_missing(tmp_path):
     again = Scripted(lambda r: "A")
     res = run_benchmark(bench, again, tmp_path / "out").summary()
     assert again.asked == 3 and res["n"] == 6
+    assert len(read_predictions(preds)) == 6  # the answers after the cut line are whole lines again
     assert res["accuracy"] == pytest.approx(2 / 6)
 
 

@@ -158,7 +158,10 @@ def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, 
     path.parent.mkdir(parents=True, exist_ok=True)
     step = max(1, getattr(answerer, "chunk_size", 16))
     bar = tqdm(total=len(todo), desc=path.parent.name, unit="q", disable=not progress or not todo)
+    cut = path.is_file() and not path.read_bytes().endswith(b"\n") and path.stat().st_size > 0
     with path.open("a", encoding="utf-8") as f:
+        if cut:
+            f.write("\n")  # end the line cut short, so the next answer starts a line of its own
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
             replies = answerer([request_of(item, blank) for _, item in chunk])
