@@ -300,6 +300,14 @@ def test_eval_command_against_endpoint_resumes(tmp_path, stub_server, capsys):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["benchmarks"]["colors"]["accuracy"] == 1.0
 
 
+def test_eval_command_exits_1_while_requests_failed(tmp_path, stub_server, capsys):
+    rows = [{"index": 0, "question": "Please refuse.", "answer": "A", "A": "red", "B": "blue",
+             "image": base64.b64encode(png("red")).decode()}]
+    path = write_tsv(tmp_path / "r.tsv", rows, ["index", "question", "answer", "A", "B", "image"])
+    assert main(["eval", "tiny", "--bench", str(path), "--out", str(tmp_path / "o"), "--endpoint", stub_server]) == 1
+    assert "requests failed in r" in capsys.readouterr().out
+
+
 def test_eval_command_errors(tmp_path, capsys):
     assert main(["eval", "m", "--bench", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.tsv" in capsys.readouterr().err

@@ -76,8 +76,9 @@ def run(args) -> int:
     results = [run_benchmark(b, answerer, out, args.circular, args.visual_reliance) for b in benches]
     write_results(out, run_info, results, extra)
     print((out / "report.md").read_text())
-    failed = sum(r.summary()["request_failure_rate"] > 0 for r in results)
-    if failed:
-        print(f"{failed} benchmark(s) have failed requests: run the same command again to ask them again")
     print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
+    failed = [r.name for r in results if r.summary()["request_failure_rate"] > 0]
+    if failed:  # the scores are incomplete: say so in the exit status too, for scripts
+        print(f"requests failed in {', '.join(failed)}: run the same command again to ask them again")
+        return 1
     return 0
