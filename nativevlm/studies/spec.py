@@ -15,6 +15,7 @@ grid:                                                       # and/or: every comb
   axes: {encoder: {d2: [model.vision.num_layers=2], d4: [model.vision.num_layers=4]}}
 eval: {bench: ["world:data/world"], visual_reliance: true}
 fit: {compare: [[experts, dense]], encoder_lambda: 0.01}
+slurm: {slurm_partition: gpu, gpus_per_node: 1, timeout_min: 240}  # submitit's parameters, --launcher submitit
 ```
 Paths inside recipes and overrides that start with `data/` or `runs/` point into the study's output folder
 (as the quickstart does), so `runs/text-lm/final` is the `text-lm` cell prepared above. Recipe paths are
