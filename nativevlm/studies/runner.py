@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -107,6 +108,7 @@ def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: P
     from ..eval.local import LocalAnswerer
 
     answerer = LocalAnswerer(model, Tokenizer.load(tokenizer_path), spec.eval.batch_size, spec.eval.max_new_tokens)
+    shutil.rmtree(run_dir / "eval", ignore_errors=True)  # answers saved from an earlier final model don't count
     cols = {}
     for bench_spec in rewrite_paths(spec.eval.bench, out):
         bench = load_benchmark(bench_spec)
@@ -152,6 +154,8 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
             continue
         rows.append({**base, "stage": m["stage"], "step": m["step"],
                      "samples": samples_at(cfg, m["stage"], m["stage_step"]), "val_loss": m.get("val_loss"), **extra})
+    if not rows:
+        log(f"cell {name}: no evaluation points (no val_data in its stages), so no rows in the study CSV")
     if spec.eval.bench and rows:
         final = evaluate_final(spec, result.model, result.final, out, run_dir)
         rows[-1].update({k: v for k, v in final.items() if k not in rows[-1]})
