@@ -146,7 +146,7 @@ def test_study_run_resumes_without_redoing_finished_cells(tmp_path, train_world,
     rows = read_csv(out / "study.csv")
     assert [r["cell"] for r in rows] == ["experts"] * 3 + ["dense"] * 3  # evaluations at steps 2, 3 and 6
     assert [int(r["samples"]) for r in rows[:3]] == [8, 12, 24]
-    assert int(rows[0]["encoder_params"]) > 0 and int(rows[0]["llm_params"]) > 0
+    assert int(rows[0]["encoder_params"]) > 0 and int(rows[0]["llm_params"]) > 0 and float(rows[0]["cell_seconds"]) > 0
     assert rows[2]["acc/all"] != "" and rows[0]["acc/all"] == ""  # the final model is evaluated
 
     if launcher == "submitit":  # each cell ran as a job of its own

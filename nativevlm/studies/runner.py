@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -141,6 +142,7 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
     run_dir = out / "runs" / name
     if (run_dir / ROWS).is_file():
         return json.loads((run_dir / ROWS).read_text())
+    t0 = time.time()
     cfg = cell_recipe(spec, cell, out)
     result = train(cfg, run_dir, resume=True, log=log)
     if name in prepared:
@@ -159,6 +161,8 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
     if spec.eval.bench and rows:
         final = evaluate_final(spec, result.model, result.final, out, run_dir)
         rows[-1].update({k: v for k, v in final.items() if k not in rows[-1]})
+    for row in rows:  # training + evaluation wall time, for the write-up (of a resumed cell: since its resume)
+        row["cell_seconds"] = round(time.time() - t0, 1)
     tmp = run_dir / f".{ROWS}.tmp"
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     os.replace(tmp, run_dir / ROWS)  # the cell is done only once its rows are whole
