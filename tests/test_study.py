@@ -212,3 +212,17 @@ def test_a_failed_job_is_named(tmp_path, train_world, monkeypatch, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "cells bad failed" in err and "run the same command again" in err
+
+
+def test_a_text_lm_cell_has_rows_but_no_image_evaluation(tmp_path, train_world):
+    from trainkit import lm_recipe
+
+    recipe = write_recipe(tmp_path / "lm.yaml", lm_recipe(train_world))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "cells": [{"name": "lm", "recipe": str(recipe), "set": [f"stages.0.val_data={train_world['text']}",
+                                                                 "stages.0.eval_every=2"]}],
+        "eval": {"bench": [f"llava:{train_world['val']}"]}}))
+    assert main(["study", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 0
+    rows = read_csv(tmp_path / "o" / "study.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4] and rows[0]["encoder_params"] == "0"
+    assert int(rows[0]["llm_params"]) > 0 and "acc/all" not in rows[0]

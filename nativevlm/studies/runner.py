@@ -93,7 +93,7 @@ def samples_at(cfg, stage_name: str, stage_step: int) -> int:
 
 
 def param_counts(model) -> dict:
-    """NaViL's axes: the LLM (text weights, embeddings included) and the vision encoder."""
+    """NaViL's axes: the LLM (text weights, embeddings included) and the vision encoder (0 for a text LM)."""
     if hasattr(model, "parameter_counts"):
         counts = model.parameter_counts()
         return {"llm_params": counts["language"], "encoder_params": counts["vision"]}
@@ -132,6 +132,7 @@ def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: P
 def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[dict]:
     """Train one cell (resuming whatever is there) and return its rows; a job of its own under submitit,
     hence plain arguments and the working directory the study's relative paths are read from."""
+    from ..model.vlm import NativeVLM
     from ..train.trainer import train
 
     if os.getcwd() != cwd:
@@ -158,7 +159,7 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
                      "samples": samples_at(cfg, m["stage"], m["stage_step"]), "val_loss": m.get("val_loss"), **extra})
     if not rows:
         log(f"cell {name}: no evaluation points (no val_data in its stages), so no rows in the study CSV")
-    if spec.eval.bench and rows:
+    if spec.eval.bench and rows and isinstance(result.model, NativeVLM):  # a text LM cell answers no image questions
         final = evaluate_final(spec, result.model, result.final, out, run_dir)
         rows[-1].update({k: v for k, v in final.items() if k not in rows[-1]})
     for row in rows:  # training + evaluation wall time, for the write-up (of a resumed cell: since its resume)
