@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from .config import ConfigError
+from .data.formats import DataError
 
-SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "quickstart")
+SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "quickstart", "eval", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, ConnectionError) as e:
         print(f"nativevlm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

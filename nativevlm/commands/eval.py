@@ -1,0 +1,84 @@
+"""`nativevlm eval MODEL --bench SPEC [--bench SPEC ...] --out DIR`: generation-based evaluation of a model
+folder, or with `--endpoint URL` of the model MODEL served by any OpenAI-compatible server."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model (or an OpenAI-compatible endpoint) on benchmark files",
+                       description="SPEC: world:DIR (the built-in world's test split), llava:FILE (LLaVA JSON / "
+                                   "chat JSONL QA pairs), tsv:FILE (a VLMEvalKit TSV), or a bare path whose form "
+                                   "says which; NAME=SPEC names it in the results.")
+    p.add_argument("model", help="a model folder written by training, or with --endpoint the served model's name")
+    p.add_argument("--bench", action="append", default=[], metavar="SPEC", help="a benchmark (repeatable)")
+    p.add_argument("--out", required=True, help="results folder: results.json, report.md, one folder per "
+                                                "benchmark (answers, scored records); rerun to resume")
+    p.add_argument("--circular", action="store_true",
+                   help="multiple choice: ask every rotation of the options; right only if all are")
+    p.add_argument("--visual-reliance", action="store_true",
+                   help="also ask with a blank image of the same size: accuracy drop per category and kind")
+    p.add_argument("--val-data", help="also report the teacher-forced loss on this LLaVA JSON / chat JSONL file")
+    p.add_argument("--limit", type=int, help="only the first N questions of each benchmark (a quick look)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                   help="bearer token for --endpoint (default: $OPENAI_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight to --endpoint")
+    p.add_argument("--retries", type=int, default=4, help="retries per failed request to --endpoint")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request to --endpoint")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import ConfigError
+    from ..eval.benchmarks import load_benchmark
+    from ..eval.harness import check_run, run_benchmark, write_results
+
+    if not args.bench:
+        raise ConfigError("give at least one --bench SPEC (world:DIR, llava:FILE, tsv:FILE)")
+    for name, value in (("--limit", args.limit), ("--concurrency", args.concurrency),
+                        ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if args.endpoint and args.val_data:
+        raise ConfigError("--val-data needs the model's weights; it can't be measured through --endpoint")
+    benches = [load_benchmark(spec) for spec in args.bench]
+    for bench in benches:
+        bench.items = bench.items[:args.limit] if args.limit else bench.items
+    out = Path(args.out)
+    # what the answers depend on: a results folder never mixes two of these
+    run_info = {"model": args.model, "endpoint": args.endpoint, "max_new_tokens": args.max_new_tokens}
+    check_run(out, run_info)
+    extra = {}
+    if args.endpoint:
+        from ..eval.endpoint import EndpointAnswerer
+
+        answerer = EndpointAnswerer(args.endpoint, args.model, args.api_key, args.concurrency, args.max_new_tokens,
+                                    args.retries, args.timeout)
+    else:
+        from ..data.tokenizer import Tokenizer
+        from ..eval.local import LocalAnswerer
+        from ..model.loading import load_pretrained
+        from ..model.vlm import NativeVLM
+
+        model = load_pretrained(args.model)
+        if not isinstance(model, NativeVLM):
+            raise ConfigError(f"{args.model} is a language model; these benchmarks need a vision-language model")
+        tokenizer = Tokenizer.load(args.model)
+        answerer = LocalAnswerer(model, tokenizer, args.batch_size, args.max_new_tokens)
+        if args.val_data:
+            from ..eval.loss import validation_loss
+
+            extra["val_loss"] = validation_loss(model, tokenizer, args.val_data, args.batch_size)
+    results = [run_benchmark(b, answerer, out, args.circular, args.visual_reliance) for b in benches]
+    write_results(out, run_info, results, extra)
+    print((out / "report.md").read_text())
+    print(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
+    failed = [r.name for r in results if r.summary()["request_failure_rate"] > 0]
+    if failed:  # the scores are incomplete: say so in the exit status too, for scripts
+        print(f"requests failed in {', '.join(failed)}: run the same command again to ask them again")
+        return 1
+    return 0

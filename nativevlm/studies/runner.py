@@ -1,0 +1,254 @@
+"""`nativevlm study run`: prepare the data, train each cell (a recipe plus overrides) into
+`OUT/runs/<cell>`, evaluate its final model, and append one row per evaluation point to `OUT/study.csv`.
+
+Every step is resumable, so a study runs in the background and continues after any interruption: the world
+and tokenizer are made once; a cell whose rows are in the CSV is skipped; a cell that was cut short
+resumes from its newest checkpoint (the trainer's exact resume); a cell that finished but whose rows never
+reached the CSV (the driver died) is appended from its `rows.json`. Cells run one after another in this
+process (`--launcher local`), or each as an independent job through submitit (`--launcher submitit`: Slurm
+on a cluster, its local executor elsewhere); this process only submits, waits, and writes the CSV, so the
+CSV has a single writer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from ..config import ConfigError
+from .spec import CellSpec, StudySpec, load_study
+
+ROWS = "rows.json"
+
+
+def rewrite_paths(node, root: Path):
+    """`data/...` and `runs/...` strings (and `key=data/...` overrides) -> paths inside the study folder."""
+    if isinstance(node, dict):
+        return {k: rewrite_paths(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [rewrite_paths(v, root) for v in node]
+    if isinstance(node, str):
+        key, eq, value = node.rpartition("=")
+        kind, colon, path = value.rpartition(":")  # a benchmark SPEC: world:data/world
+        if path.startswith(("data/", "runs/")):
+            return f"{key}{eq}{kind}{colon}{root / path}"
+    return node
+
+
+def cell_recipe(spec: StudySpec, cell: CellSpec, out: Path):
+    from ..train.recipe import recipe_from_dict
+
+    try:
+        data = yaml.safe_load(Path(cell.recipe).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cell {cell.name}: recipe {cell.recipe} does not parse: {e}") from None
+    shared = [] if cell in spec.prepare else list(spec.set)  # the study's `set` is for its own cells
+    overrides = rewrite_paths(shared + list(cell.set), out)
+    try:
+        return recipe_from_dict(rewrite_paths(data, out), overrides)
+    except ConfigError as e:
+        raise ConfigError(f"cell {cell.name} ({cell.recipe}): {e}") from None
+
+
+def prepare_data(spec: StudySpec, out: Path, log=print) -> None:
+    """The world and tokenizer the recipes' `data/` paths name, made once."""
+    world = out / "data" / "world"
+    if spec.world is not None:
+        from ..data.world import generate_world
+
+        for split in ("train", "val", "test"):
+            n = getattr(spec.world, split)
+            if n and not (world / f"{split}_config.json").is_file():
+                log(f"world: {n} {split} scenes ({spec.world.preset}) -> {world}")
+                generate_world(str(world), n, seed=spec.world.seed, split=split, preset=spec.world.preset)
+    tok_dir = out / "data" / "tokenizer"
+    if spec.tokenizer is not None and not (tok_dir / "tokenizer.json").is_file():
+        from ..data.formats import read_samples
+        from ..data.tokenizer import Tokenizer
+
+        if not (world / "train.json").is_file():
+            raise ConfigError("tokenizer: trained on the world's text; add a `world:` section to the study")
+        texts = (world / "train_text.txt").read_text().splitlines()
+        qa, _ = read_samples(world / "train.json", check_images=False)
+        texts += [m["content"] for s in qa[:4000] for m in s.messages]
+        Tokenizer.train(texts, vocab_size=spec.tokenizer.vocab_size).save(tok_dir)
+        log(f"tokenizer: {spec.tokenizer.vocab_size} tokens -> {tok_dir}")
+
+
+def samples_at(cfg, stage_name: str, stage_step: int) -> int:
+    """Training samples seen after `stage_step` steps of stage `stage_name` (batch sizes are global)."""
+    from ..train.recipe import stage_steps
+
+    seen = 0
+    for stage in cfg.stages:
+        if stage.name == stage_name:
+            return seen + stage_step * stage.batch_size
+        seen += stage_steps(stage) * stage.batch_size
+    raise AssertionError(f"metrics.jsonl names stage {stage_name!r}, which the recipe doesn't have")
+
+
+def param_counts(model) -> dict:
+    """NaViL's axes: the LLM (text weights, embeddings included) and the vision encoder (0 for a text LM)."""
+    if hasattr(model, "parameter_counts"):
+        counts = model.parameter_counts()
+        return {"llm_params": counts["language"], "encoder_params": counts["vision"]}
+    return {"llm_params": sum(p.numel() for p in model.parameters()), "encoder_params": 0}
+
+
+def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: Path) -> dict:
+    """Accuracy per kind and category (and visual reliance) of a cell's final model on the study's
+    benchmarks, as `acc/<kind>` columns (`<bench>:acc/<kind>` with several benchmarks)."""
+    from ..data.tokenizer import Tokenizer
+    from ..eval.benchmarks import load_benchmark
+    from ..eval.harness import run_benchmark
+    from ..eval.local import LocalAnswerer
+
+    answerer = LocalAnswerer(model, Tokenizer.load(tokenizer_path), spec.eval.batch_size, spec.eval.max_new_tokens)
+    shutil.rmtree(run_dir / "eval", ignore_errors=True)  # answers saved from an earlier final model don't count
+    cols = {}
+    for bench_spec in rewrite_paths(spec.eval.bench, out):
+        bench = load_benchmark(bench_spec)
+        bench.items = bench.items[:spec.eval.limit] if spec.eval.limit else bench.items
+        s = run_benchmark(bench, answerer, run_dir / "eval", visual_reliance=spec.eval.visual_reliance,
+                          progress=False).summary()
+        prefix = f"{bench.name}:" if len(spec.eval.bench) > 1 else ""
+        cols[f"{prefix}acc/all"] = s["accuracy"]
+        cols[f"{prefix}parse_failures/all"] = s["parse_failure_rate"]
+        for group in ("by_kind", "by_category"):
+            cols.update({f"{prefix}acc/{k}": v["accuracy"] for k, v in s[group].items() if k})
+        if spec.eval.visual_reliance:
+            cols[f"{prefix}reliance/all"] = s["visual_reliance"]["all"]
+            for group in ("kind", "category"):
+                cols.update({f"{prefix}reliance/{k}": v["reliance"]
+                             for k, v in s["visual_reliance"][group].items() if k})
+    return cols
+
+
+def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[dict]:
+    """Train one cell (resuming whatever is there) and return its rows; a job of its own under submitit,
+    hence plain arguments and the working directory the study's relative paths are read from."""
+    from ..model.vlm import NativeVLM
+    from ..train.trainer import train
+
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    spec, out = load_study(study_path), Path(out)
+    prepared = {c.name for c in spec.prepare}
+    cell = next(c for c in spec.prepare + spec.all_cells() if c.name == name)
+    run_dir = out / "runs" / name
+    if (run_dir / ROWS).is_file():
+        return json.loads((run_dir / ROWS).read_text())
+    t0 = time.time()
+    cfg = cell_recipe(spec, cell, out)
+    result = train(cfg, run_dir, resume=True, log=log)
+    if name in prepared:
+        return []
+    base = {"cell": name, **cell.levels, **param_counts(result.model)}
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        extra = {k: v for k, v in m.items() if k.startswith("acc/")}  # generation accuracy logged in training
+        if m.get("val_loss") is None and not extra:
+            continue
+        rows.append({**base, "stage": m["stage"], "step": m["step"],
+                     "samples": samples_at(cfg, m["stage"], m["stage_step"]), "val_loss": m.get("val_loss"), **extra})
+    if not rows:
+        log(f"cell {name}: no evaluation points (no val_data in its stages), so no rows in the study CSV")
+    if spec.eval.bench and rows and isinstance(result.model, NativeVLM):  # a text LM cell answers no image questions
+        final = evaluate_final(spec, result.model, result.final, out, run_dir)
+        rows[-1].update({k: v for k, v in final.items() if k not in rows[-1]})
+    for row in rows:  # training + evaluation wall time, for the write-up (of a resumed cell: since its resume)
+        row["cell_seconds"] = round(time.time() - t0, 1)
+    tmp = run_dir / f".{ROWS}.tmp"
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    os.replace(tmp, run_dir / ROWS)  # the cell is done only once its rows are whole
+    return rows
+
+
+def cells_in_csv(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    with path.open(newline="") as f:
+        return {row["cell"] for row in csv.DictReader(f)}
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Add rows to the CSV; a new column (a later cell's extra accuracy) rewrites it with the union header."""
+    old = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            old = list(csv.DictReader(f))
+    fields: list[str] = []
+    for row in old + rows:
+        fields += [k for k in row if k not in fields]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(old + rows)
+    os.replace(tmp, path)
+
+
+def make_executor(spec: StudySpec, out: Path, cluster):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(out / "submitit" / "%j"), cluster=cluster)
+    try:
+        executor.update_parameters(name=f"study-{spec.name or 'cells'}", **spec.slurm)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"slurm: {e}") from None
+    return executor
+
+
+def run_study(study_path, out, launcher: str = "local", cluster=None, log=print) -> Path:
+    """Run every cell not yet in `OUT/study.csv`; returns the CSV's path."""
+    study_path, out = Path(study_path).resolve(), Path(out).resolve()
+    spec = load_study(study_path)
+    if launcher not in ("local", "submitit"):
+        raise ConfigError(f"--launcher {launcher!r}: choose local or submitit")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(study_path.read_text())  # the record `study fit` reads `fit:` from
+    prepare_data(spec, out, log)
+    csv_path, cwd = out / "study.csv", os.getcwd()
+    done = cells_in_csv(csv_path)
+    prep = [c.name for c in spec.prepare if not (out / "runs" / c.name / "final").is_dir()]
+    todo = [c.name for c in spec.all_cells() if c.name not in done]
+    log(f"study {spec.name}: {len(spec.all_cells()) - len(todo)} cells done, {len(todo)} to run -> {csv_path}")
+    if launcher == "local":
+        for name in prep + todo:
+            log(f"--- cell {name}")
+            rows = run_cell(str(study_path), name, str(out), cwd, log)
+            if name in todo:
+                append_rows(csv_path, rows)
+        return csv_path
+    executor = make_executor(spec, out, cluster)
+
+    def submit(name: str):
+        return name, executor.submit(run_cell, str(study_path), name, str(out), cwd)
+
+    for name in prep:  # the grid's cells start from these: one at a time, each awaited
+        _wait([submit(name)], out, log, lambda rows: None)
+    _wait([submit(name) for name in todo], out, log, lambda rows: append_rows(csv_path, rows))
+    return csv_path
+
+
+def _wait(jobs: list, out: Path, log, done) -> None:
+    """Wait for every job, hand each one's rows to `done` as it is collected; name the failed ones."""
+    import submitit
+
+    failed = []
+    for name, job in jobs:
+        try:
+            done(job.result())
+            log(f"--- cell {name}: done (job {job.job_id})")
+        except submitit.core.utils.FailedJobError as e:
+            failed.append(name)
+            log(f"--- cell {name}: job {job.job_id} failed: {str(e).strip().splitlines()[-1]}")
+    if failed:
+        raise ConfigError(f"cells {', '.join(failed)} failed (logs under {out / 'submitit'}); run the same "
+                          "command again to resume them")
