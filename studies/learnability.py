@@ -77,6 +77,16 @@ def arm_recipe(arm: str, prep: Path) -> dict:
         s[2:] = [stage("s2a-identity", [(ident, 1.0)], steps=400, lr=1.5e-3),
                  stage("s2b-all-frozen-vision", s2_all, trainable=["language.*"], steps=600, lr=1.5e-3,
                        schedule="cosine", weight_decay=0.05)]
+    elif arm == "combined":
+        # cell_loss + identity_first: the per-token target through S1 and the identity stage, then all
+        # families with the visual side frozen.
+        cfg["model"]["connector"]["cell_classes"] = 41
+        s = cfg["stages"]
+        s[2:] = [stage("s2a-identity", [(ident, 1.0)], steps=400, lr=1.5e-3),
+                 stage("s2b-all-frozen-vision", s2_all, trainable=["language.*"], steps=600, lr=1.5e-3,
+                       schedule="cosine", weight_decay=0.05)]
+        for st in s[:3]:
+            st["cell_loss"] = 1.0
     elif arm == "frozen_vision_s2":
         # The usual S1 stages, then S2 with the visual side (encoder + connector) frozen.
         cfg["stages"][2]["trainable"] = ["language.*"]

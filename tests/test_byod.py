@@ -80,3 +80,22 @@ def test_own_llava_qa_set_trains_a_native_vlm_above_its_answer_prior(tmp_path, m
     assert points[0]["samples"] == 0 and points[-1]["samples"] == 60 * 16 + 140 * 16
     assert points[-1]["acc/hue"] >= prior + 0.3, (points[-1]["acc/hue"], prior)
     assert (run / "final" / "model.safetensors").is_file() and (run / "curves.png").is_file()
+
+
+def test_the_readme_smollm2_overrides_point_every_stage_at_your_files(tmp_path, monkeypatch):
+    """The README's SmolLM2 command for your own data resolves (every field it sets exists, every file it names
+    is there) and leaves no world path behind."""
+    from nativevlm.config import to_dict
+    from nativevlm.train.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    data = Path("data/custom")
+    write_split(data, "train", 4, seed=1)
+    write_split(data, "val", 4, seed=2)
+    (data / "text.txt").write_text("Question: Which hue? Answer: teal\n")
+    cfg = load_recipe(RECIPES / "native-smollm2.yaml", [
+        "stages.0.data.0.path=data/custom/train.json", "stages.0.val_data=data/custom/val.json",
+        "stages.1.data.0.path=data/custom/train.json", "stages.1.data.1.path=data/custom/train.json",
+        "stages.1.data.2.path=data/custom/text.txt", "stages.1.val_data=data/custom/val.json",
+        "curves.data=data/custom/val.json", "curves.every=200"])
+    assert "data/world" not in json.dumps(to_dict(cfg))

@@ -51,24 +51,25 @@ def _templates() -> tuple[np.ndarray, list[str]]:
 
 def cell_labels(pixels: torch.Tensor) -> torch.Tensor:
     """A world image as the model sees it ([3, H, W] in [-1, 1], sides multiples of 32, not resized) ->
-    its cell classes [H/32 * W/32], row-major like the image tokens."""
+    its cell classes [H/32 * W/32], row-major like the image tokens. Vectorised over cells: it runs on every
+    training batch of a stage with a cell loss."""
     _, h, w = pixels.shape
     if h % CELL or w % CELL:
         raise ValueError(f"image {h}x{w}: cell labels need sides that are multiples of {CELL} (world images "
                          "at their native size)")
-    rgb = ((pixels.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    rgb = rgb.permute(1, 2, 0).numpy()
+    rgb = ((pixels.detach().float().cpu() + 1.0) * 127.5).round()
+    cells = rgb.view(3, h // CELL, CELL, w // CELL, CELL).permute(1, 3, 2, 4, 0).reshape(-1, CELL, CELL, 3)
+    ink = (cells != torch.tensor(BACKGROUND, dtype=cells.dtype)).any(-1)  # [N, CELL, CELL]
+    n_ink = ink.sum((1, 2))
+    mean = (cells * ink[..., None]).sum((1, 2)) / n_ink.clamp_min(1)[:, None]
+    colour = torch.cdist(mean, _palette()).argmin(1)
     masks, shapes = _templates()
-    palette = np.array([PALETTE[c] for c in COLOURS], dtype=np.int32)
-    labels = []
-    for r in range(h // CELL):
-        for c in range(w // CELL):
-            cell = rgb[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL].astype(np.int32)
-            ink = np.any(cell != np.array(BACKGROUND), axis=-1)
-            if ink.sum() == 0:
-                labels.append(0)
-                continue
-            colour = int(np.abs(palette[:, None] - cell[ink][None]).sum(-1).mean(1).argmin())
-            shape = shapes[int((masks == ink[None]).sum((1, 2)).argmax())]
-            labels.append(cell_class(COLOURS[colour], shape))
-    return torch.tensor(labels, dtype=torch.long)
+    agree = (ink[:, None] == torch.from_numpy(masks)[None]).sum((2, 3))  # [N, templates]
+    shape = torch.tensor([SHAPES.index(s) for s in shapes])[agree.argmax(1)]
+    labels = 1 + colour * len(SHAPES) + shape
+    return torch.where(n_ink > 0, labels, torch.zeros_like(labels))
+
+
+@lru_cache(maxsize=1)
+def _palette() -> torch.Tensor:
+    return torch.tensor([PALETTE[c] for c in COLOURS], dtype=torch.float32)
