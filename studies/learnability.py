@@ -61,16 +61,24 @@ def stage(name, data, trainable=("*",), steps=100, lr=1.5e-3, schedule="constant
             "eval_every": 0, **kw}
 
 
+# Arms whose text LM differs from the quickstart's: their own prep folder, made with these text-lm overrides.
+TEXT_LM_VARIANTS = {"kv_heads": ["model.language.num_kv_heads=3"]}
+
+
+def prep_for(arm: str, prep: Path) -> Path:
+    return prep.with_name(f"{prep.name}-{arm}") if arm in TEXT_LM_VARIANTS else prep
+
+
 def arm_recipe(arm: str, prep: Path) -> dict:
     """The native recipe as the quickstart runs it, changed as `arm` says (a dict ready for YAML)."""
+    prep = prep_for(arm, prep)
     w = prep / "data" / "world"
-    extra = []
-    cfg = to_dict(load_shipped_recipe("native", prep, extra))
+    cfg = to_dict(load_shipped_recipe("native", prep))
     chat, caps, text = str(w / "train_chat.json"), str(w / "train_captions.json"), str(w / "train_text.txt")
     ident = filter_families(w / "train.json", w / "train_identity.json", IDENTITY)
     s2_all = [(chat, 3.0), (caps, 1.0), (text, 0.5)]
-    if arm == "baseline":
-        pass
+    if arm in ("baseline", "kv_heads"):
+        pass  # kv_heads: the text LM has 3 key/value heads (one per query head) instead of 1
     elif arm == "identity_first":
         # 400 steps of colour/shape questions, then all families with the visual side frozen.
         s = cfg["stages"]
@@ -87,6 +95,11 @@ def arm_recipe(arm: str, prep: Path) -> dict:
                        schedule="cosine", weight_decay=0.05)]
         for st in s[:3]:
             st["cell_loss"] = 1.0
+    elif arm == "word_align":
+        # The cell loss toward the LM's own colour and shape word embeddings (cosine), in every stage.
+        cfg["model"]["connector"]["cell_classes"] = 41
+        for st in cfg["stages"]:
+            st["cell_loss"], st["cell_target"] = 1.0, "words"
     elif arm == "frozen_vision_s2":
         # The usual S1 stages, then S2 with the visual side (encoder + connector) frozen.
         cfg["stages"][2]["trainable"] = ["language.*"]
@@ -114,12 +127,12 @@ def arm_recipe(arm: str, prep: Path) -> dict:
     return cfg
 
 
-def prepare(prep: Path) -> None:
+def prepare(prep: Path, text_lm_overrides=()) -> None:
     """World, tokenizer and text LM exactly as the quickstart makes them (skipped when already there)."""
     if (prep / "runs" / "text-lm" / "final").is_dir():
         return
     code = ("from nativevlm.quickstart import prepare; from pathlib import Path; "
-            f"prepare(Path({str(prep)!r}))")
+            f"prepare(Path({str(prep)!r}), text_lm_overrides={list(text_lm_overrides)!r})")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -133,6 +146,9 @@ def main() -> None:
     args = ap.parse_args()
     prep, runs, out = Path(args.prep), Path(args.runs), Path(args.out)
     prepare(prep)
+    for arm in args.arms.split(","):
+        if arm in TEXT_LM_VARIANTS:
+            prepare(prep_for(arm, prep), TEXT_LM_VARIANTS[arm])
     runs.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     pending = [a for a in args.arms.split(",") if not (runs / a / "final").is_dir()]

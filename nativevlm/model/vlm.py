@@ -163,8 +163,30 @@ class NativeVLM(nn.Module):
             targets=targets, loss_weights=loss_weights,
         )
         if cell_targets is not None:
-            out.cell_loss = self.connector.cell_loss(torch.cat(list(image_features)), cell_targets)
+            tokens = torch.cat(list(image_features))
+            words = getattr(self, "cell_words", None)
+            out.cell_loss = (self.word_cell_loss(tokens, cell_targets, *words) if words is not None
+                             else self.connector.cell_loss(tokens, cell_targets))
         return out
+
+    def word_cell_loss(self, tokens: torch.Tensor, targets: torch.Tensor, colour_ids, shape_ids) -> torch.Tensor:
+        """Word-aligned cell loss: each occupied image token should point (cosine) toward the LM's own
+        embedding of its colour word and of its shape word, among the other colours and shapes, so that the
+        text circuits the LM learnt on words ("a green triangle ... What color is the triangle? green") meet
+        image tokens that look like those words. `colour_ids` / `shape_ids`: token ids of each colour / shape
+        word in class order (`nativevlm.data.world.cells`), a list of ids each (their embeddings averaged)."""
+        table = self.language.embed_tokens.weight.detach()
+        cols = torch.stack([table[ids].mean(0) for ids in colour_ids])
+        shps = torch.stack([table[ids].mean(0) for ids in shape_ids])
+        keep = targets > 0
+        t = torch.nn.functional.normalize(tokens[keep].float(), dim=-1)
+        cls = targets[keep] - 1
+        n_shapes = len(shape_ids)
+        loss_c = torch.nn.functional.cross_entropy(10 * t @ torch.nn.functional.normalize(cols.float(), dim=-1).T,
+                                                   cls // n_shapes)
+        loss_s = torch.nn.functional.cross_entropy(10 * t @ torch.nn.functional.normalize(shps.float(), dim=-1).T,
+                                                   cls % n_shapes)
+        return (loss_c + loss_s) / 2
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         return self.language.new_kv_cache(batch_size, max_len)

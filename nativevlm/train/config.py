@@ -57,6 +57,7 @@ class StageConfig:
     # Weight of the per-image-token cell loss (built-in world only: each token's cell class, read back from
     # the pixels by nativevlm.data.world.cells; needs model.connector.cell_classes). 0 = off.
     cell_loss: float = 0.0
+    cell_target: str = "head"  # head: a linear head over the token; words: the LM's colour/shape word embeddings
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
