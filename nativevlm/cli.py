@@ -7,7 +7,7 @@ import sys
 
 from .config import ConfigError
 
-SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "quickstart")
+SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "chat", "serve", "ui", "quickstart")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ def make_model(tokenizer, seed: int = 0):
 
     torch.manual_seed(seed)
     lm = LanguageModel(LanguageConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_layers=2, num_heads=4,
-                                      num_kv_heads=2, intermediate_size=128, max_position_embeddings=1024,
+                                      num_kv_heads=2, intermediate_size=128, max_position_embeddings=4096,
                                       tie_word_embeddings=False))
     vision = VisionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, patch_size=8,
                           min_patches=4, max_patches=256)
@@ -64,3 +64,38 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def data_uri(img: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """An ASGI app under uvicorn on 127.0.0.1 in a background thread, for `with` blocks."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+
+    def __enter__(self) -> "ServerThread":
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

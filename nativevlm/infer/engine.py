@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -269,7 +270,8 @@ class Engine:
         self._cancelled: set[str] = set()
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
-        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "requests_finished": 0, "steps": 0}
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
+        self.finished: Counter = Counter()  # finished requests by finish reason
 
     # -- submitting -----------------------------------------------------------------------------------
 
@@ -494,7 +496,7 @@ class Engine:
     def _finish(self, req: Request, tokens: list[int], reason: str, prompt_len: int, text: str = "",
                 final_text: str = "", error: Optional[str] = None) -> None:
         req.completion = Completion(final_text, list(tokens), reason, prompt_len, error)
-        self.stats["requests_finished"] += 1
+        self.finished[reason] += 1
         if req.on_event:
             req.on_event(Event(text, reason, error))
         req.done.set()
