@@ -288,3 +288,29 @@ def test_decoupled_vision_answers_equal_monolithic(server, model_dir):
             with pytest.raises(openai.BadRequestError) as info:  # the vision server's refusals reach the client
                 bad(model=NAME, messages=user(b64(b"not an image at all"), "hi"), max_tokens=2)
             assert info.value.response.json()["error"]["code"] == "invalid_image"
+
+
+def test_terminal_chat_streams_multi_turn_answers(model_dir, tmp_path):
+    import argparse
+    import io
+
+    from nativevlm.commands.chat import run
+
+    path = tmp_path / "img.png"
+    image().save(path)
+    args = argparse.Namespace(model=str(model_dir), image=[str(path)], tokenizer=None, device="cpu", max_new_tokens=6,
+                              temperature=0.0, top_p=1.0, seed=None)
+    out = io.StringIO()
+    assert run(args, stdin=io.StringIO("how many\n/image nowhere.png\nand the red\n/quit\n"), stdout=out) == 0
+    tok, model = Tokenizer.load(model_dir), load_pretrained(model_dir)
+    proc = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    engine = Engine(model, tok)
+    messages = [{"role": "user", "content": "<image>\nhow many"}]
+    first = engine.generate([Request(encode_prompt(messages, [str(path)], tok, proc).input_ids,
+                                     SamplingParams(max_new_tokens=6), pixel_values=[proc(str(path))])])[0].text
+    messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "and the red"}]
+    enc = encode_prompt(messages, [str(path)], tok, proc)
+    second = engine.generate([Request(enc.input_ids, SamplingParams(max_new_tokens=6),
+                                      pixel_values=enc.pixel_values)])[0].text
+    printed = out.getvalue()
+    assert f"> {first}\n" in printed and "no image at nowhere.png" in printed and f"> {second}\n" in printed
