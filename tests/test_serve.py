@@ -142,6 +142,7 @@ def bad_requests(server, image_host):
         (dict(messages=user(ok, "red " * 2100)), 400, "context_length_exceeded", "messages"),
         (dict(max_tokens=5000), 400, "max_tokens_too_large", "max_tokens"),
         (dict(temperature=-1), 400, "invalid_value", "temperature"),
+        (dict(logprobs=True), 400, "unsupported_parameter", "logprobs"),
         (dict(messages=[{"role": "user", "content": "an <image> marker"}]), 400, "invalid_content",
          "messages[0].content[0]"),
         (dict(messages=user(str(outside), "hi")), 400, "path_not_allowed", "messages[0].content[0].image_url"),

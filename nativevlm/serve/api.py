@@ -35,6 +35,8 @@ from ..infer.engine import Engine, Event, Request, SamplingParams
 from .media import MediaPolicy, RequestError, image_bytes, image_size
 
 ROLES = ("system", "developer", "user", "assistant")
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "logit_bias",
+               "audio", "prediction")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -167,6 +169,9 @@ class ChatServer:
         if len(urls) > self.config.max_images_per_prompt:
             raise RequestError(f"At most {self.config.max_images_per_prompt} image(s) may be provided in one prompt; "
                                f"this one has {len(urls)}", "messages", "too_many_images")
+        for name in UNSUPPORTED:  # refused rather than silently ignored: the client would get something else
+            if body.get(name) not in (None, False, [], {}, {"type": "text"}, "none", "auto"):
+                raise RequestError(f"{name} is not supported by this server", name, "unsupported_parameter")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         given = max_tokens is not None
         if given:
