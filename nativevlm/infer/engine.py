@@ -401,16 +401,14 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         view = _PrefillView(self.cache, r0, r1, end - width)
         try:
+            feats = []
             if self.is_vlm:
                 pixels = [p.to(self.device) for r in reqs for p in r.pixel_values]
                 encoded = iter(self.model.encode_images(pixels)) if pixels else iter(())
-                feats = []
                 for r in reqs:  # row order, each request's images in order: the order of the <img> slots
                     feats += [f.to(self.device, self.lm.embed_tokens.weight.dtype) for f in r.image_features]
                     feats += [next(encoded) for _ in r.pixel_values]
-                logits = self.model(ids, attention_mask=mask, image_features=feats or None, kv_cache=view).logits
-            else:
-                logits = self.model(input_ids=ids, attention_mask=mask, kv_cache=view).logits
+            logits = self._forward(ids, mask, view, image_features=feats)
         except Exception as e:  # a bad request (e.g. features of the wrong shape) fails alone; rows unused
             for r in reqs:
                 self._finish(r, [], "error", len(r.input_ids), error=f"{type(e).__name__}: {e}")
@@ -428,7 +426,7 @@ class Engine:
             self.running.append(_Row(r, _Detokenizer(self.tokenizer, r.params.stop), gen, n, pos=n, start=end - n))
             self.stats["prompt_tokens"] += n
         self.cache.rows = len(self.running)
-        self._emit(r0, logits[:, -1])
+        self._emit(r0, logits)
 
     def _decode(self, n: int) -> None:
         """One token for rows [0, n) (the rows that were running before this step's prefill)."""
@@ -442,14 +440,20 @@ class Engine:
         c.rows = n
         c.lo = min(r.start for r in rows)
         attn = c.mask[:n, c.lo:c.pointer + 1]
-        if self.is_vlm:
-            logits = self.model(ids, attention_mask=attn, position_ids=pos, kv_cache=c).logits
-        else:
-            logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, kv_cache=c).logits
+        logits = self._forward(ids, attn, c, position_ids=pos)
         c.rows = len(self.running)
         for r in rows:
             r.pos += 1
-        self._emit(0, logits[:, -1])
+        self._emit(0, logits)
+
+    def _forward(self, ids, attention_mask, kv_cache, position_ids=None, image_features=None) -> torch.Tensor:
+        """Last-position logits [B, V]: the model's own embedding (image features spliced in) and decoder."""
+        if self.is_vlm:
+            embeds, image_mask = self.model.embed(ids, image_features=image_features or None)
+        else:
+            embeds, image_mask = self.lm.embed_tokens(ids), None
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       kv_cache=kv_cache, image_mask=image_mask, logits_to_keep=1).logits[:, -1]
 
     def _compact(self) -> None:
         self.cache.rows = len(self.running)
