@@ -36,7 +36,7 @@ from nativevlm import LanguageConfig, LanguageModel, NativeVLM, VisionConfig
 from nativevlm.data.tokenizer import Tokenizer
 
 IMAGES = {"small (128 px, 16 tokens)": 128, "large (448 px, 196 tokens)": 448}
-LOADS = (1.0, 4.0)  # offered requests/s
+LOADS = (2.0, 8.0, 32.0)  # offered requests/s: light, busy, saturating
 NEW_TOKENS = 32
 
 
@@ -171,6 +171,8 @@ def plot(record: dict, path: Path) -> None:
             axes[2 * i].plot(x, [p["achieved_rps"] for p in pts], style, label=mode)
             axes[2 * i + 1].plot(x, [p["latency_p50_s"] for p in pts], style, label=f"{mode} p50")
             axes[2 * i + 1].plot(x, [p["latency_p90_s"] for p in pts], style, alpha=0.5, label=f"{mode} p90")
+        axes[2 * i].set_ylim(bottom=0)
+        axes[2 * i + 1].set_ylim(bottom=0)
         axes[2 * i].set_title(f"{label}\nachieved requests/s", fontsize=9)
         axes[2 * i + 1].set_title(f"{label}\nlatency, s", fontsize=9)
         for ax in axes[2 * i: 2 * i + 2]:
