@@ -112,9 +112,10 @@ def test_streaming_yields_the_non_streaming_text(server):
     assert chunks[-1].usage.completion_tokens == 10 and chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
 
 
-def bomb_png(width=20000, height=20000) -> bytes:
-    """A PNG whose header claims width x height pixels (400 M here) around a few bytes of data: decoding
-    it would take gigabytes; only the header may be read."""
+def bomb_png(width=5000, height=5000) -> bytes:
+    """A PNG whose header claims width x height pixels around a few bytes of data. 25 M pixels is under
+    Pillow's own bomb limit, so only the server's header check can refuse it as too large (decoding it would
+    fail as a truncated file instead)."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
@@ -315,3 +316,31 @@ def test_terminal_chat_streams_multi_turn_answers(model_dir, tmp_path):
                                       pixel_values=enc.pixel_values)])[0].text
     printed = out.getvalue()
     assert f"> {first}\n" in printed and "no image at nowhere.png" in printed and f"> {second}\n" in printed
+
+
+def test_decoupled_vision_work_overlaps_decoding(server, model_dir, monkeypatch):
+    """While the vision server encodes a new request's image (slowed to 1 s here), the language server's
+    engine keeps decoding the running request; then the new request gets the monolithic answer."""
+    vision_model = load_pretrained(model_dir)
+    vision_model.language = None
+    vision = VisionServer(vision_model)
+    encode = vision._encode
+    monkeypatch.setattr(vision, "_encode", lambda pixels: time.sleep(1.0) or encode(pixels))
+    question = user(data_uri(image((10, 90, 200), (48, 48))), "and this one")
+    with ServerThread(vision.app()) as vs:
+        lang = chat_server(model_dir, vision=VisionClient(vs.url))
+        with ServerThread(lang.app()) as ls:
+            body = {"model": NAME, "messages": user("a"), "max_tokens": 1900, "ignore_eos": True, "stream": True}
+            with httpx.Client(timeout=30) as h, h.stream("POST", ls.url + "/v1/chat/completions", json=body,
+                                                         headers={"authorization": f"Bearer {KEY}"}):
+                assert wait_until(lambda: lang.engine.num_running == 1)
+
+                async def image_request():
+                    task = asyncio.create_task(answer_all(ls.url, [question]))
+                    await asyncio.sleep(0.2)
+                    steps = lang.engine.stats["steps"]
+                    await asyncio.sleep(0.6)  # the vision server is still encoding
+                    assert not task.done() and lang.engine.stats["steps"] > steps + 20
+                    return await task
+                decoupled = asyncio.run(image_request())
+    assert decoupled == asyncio.run(answer_all(server.url, [question]))
