@@ -143,3 +143,30 @@ def test_requests_that_cannot_run_are_refused_with_a_reason(kit):
         engine.submit(Request(list(range(20)), SamplingParams(max_new_tokens=13)))
     with pytest.raises(ValueError, match="top_p"):
         engine.submit(Request([1, 2], SamplingParams(top_p=0)))
+
+
+def test_prefill_token_budget_spreads_admission_over_steps(kit):
+    model, tok, _ = kit
+    ps = prompts(kit)[:3]
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    alone = [run_alone(model, tok, ids, px, params).token_ids for ids, px in ps]
+    engine = Engine(model, tok, max_batch_size=8, max_prefill_tokens=1)  # one prompt per prefill
+    reqs = [engine.submit(Request(ids, params, pixel_values=px)) for ids, px in ps]
+    engine.step()
+    assert (engine.num_running, engine.num_waiting) == (1, 2)
+    while not all(r.done.is_set() for r in reqs):
+        engine.step()
+    assert [r.completion.token_ids for r in reqs] == alone
+
+
+def test_a_failing_request_fails_alone(kit):
+    model, tok, _ = kit
+    (ids, px), (ids2, px2) = prompts(kit)[1:3]
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    alone = run_alone(model, tok, ids2, px2, params).token_ids
+    engine = Engine(model, tok)
+    bad = Request(ids, params, image_features=[torch.zeros(3, model.config.language.hidden_size)])
+    good = Request(ids2, params, pixel_values=px2)
+    engine.generate([bad, good])  # admitted into the same prefill
+    assert bad.completion.finish_reason == "error" and "image tokens" in bad.completion.error
+    assert good.completion.token_ids == alone

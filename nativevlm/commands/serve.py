@@ -11,7 +11,8 @@ def register(sub) -> None:
     p.add_argument("--served-model-name", help="the name clients send as `model` (default: the folder name)")
     p.add_argument("--tokenizer", help="tokenizer path, if not stored in the model folder")
     p.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together")
-    p.add_argument("--max-model-len", type=int, help="context length (prompt + answer); default: the model's")
+    p.add_argument("--max-model-len", type=int, help="context length (prompt + answer; default: the model's); the "
+                   "KV cache holds max-batch-size x this many positions")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch; more get 429")
     p.add_argument("--max-tokens-cap", type=int, default=2048, help="the largest max_tokens a request may ask")
     p.add_argument("--default-max-tokens", type=int, default=256)

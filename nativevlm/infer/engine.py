@@ -409,9 +409,12 @@ class Engine:
                     feats += [f.to(self.device, self.lm.embed_tokens.weight.dtype) for f in r.image_features]
                     feats += [next(encoded) for _ in r.pixel_values]
             logits = self._forward(ids, mask, view, image_features=feats)
-        except Exception as e:  # a bad request (e.g. features of the wrong shape) fails alone; rows unused
-            for r in reqs:
-                self._finish(r, [], "error", len(r.input_ids), error=f"{type(e).__name__}: {e}")
+        except Exception as e:  # a bad request (e.g. features of the wrong shape) must fail alone
+            if len(reqs) > 1:  # nothing was kept from the failed forward: prefill each on its own
+                for r in reqs:
+                    self._prefill([r])
+                return
+            self._finish(reqs[0], [], "error", len(reqs[0].input_ids), error=f"{type(e).__name__}: {e}")
             return
         # Running rows hold no key at or past the pointer, so the gap up to `end` is already masked for them.
         self.cache.mask[r0:r1] = False
