@@ -344,3 +344,22 @@ def test_decoupled_vision_work_overlaps_decoding(server, model_dir, monkeypatch)
                     return await task
                 decoupled = asyncio.run(image_request())
     assert decoupled == asyncio.run(answer_all(server.url, [question]))
+
+
+def test_a_text_language_model_serves_text_and_refuses_images(tmp_path):
+    from nativevlm import LanguageConfig, LanguageModel
+    from nativevlm.model.hub import save_language_model
+    from servekit import make_tokenizer
+
+    tok = make_tokenizer()
+    lm = LanguageModel(LanguageConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,
+                                      num_kv_heads=1, intermediate_size=64, max_position_embeddings=256))
+    save_language_model(lm, tmp_path / "lm")
+    tok.save(tmp_path / "lm")
+    config = ServeConfig(model_name=NAME, api_key=KEY)
+    with ServerThread(ChatServer(load_pretrained(tmp_path / "lm"), Tokenizer.load(tmp_path / "lm"), config).app()) as s:
+        r = client(s).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "how many"}], **GREEDY)
+        assert r.usage.completion_tokens == 10 and r.usage.prompt_tokens_details.image_tokens == 0
+        with pytest.raises(openai.BadRequestError) as info:
+            client(s).chat.completions.create(model=NAME, messages=user(data_uri(image()), "hi"), max_tokens=2)
+        assert info.value.response.json()["error"]["code"] == "images_not_supported"
