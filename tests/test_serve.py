@@ -70,8 +70,9 @@ def server(model_dir, image_host, tmp_path_factory):
     image().save(media_dir / "ok.png")
     media = MediaPolicy(max_image_pixels=1_000_000, max_image_bytes=200_000, allow_remote=True,
                         allowed_domains=["127.0.0.1"], fetch_timeout_s=1.0, local_media_path=str(media_dir))
-    with ServerThread(chat_server(model_dir, media=media, max_tokens_cap=1900).app()) as s:
-        s.media_dir = media_dir
+    chat = chat_server(model_dir, media=media, max_tokens_cap=1900)
+    with ServerThread(chat.app()) as s:
+        s.media_dir, s.chat = media_dir, chat
         yield s
 
 
@@ -234,16 +235,23 @@ def wait_until(fn, timeout=10.0) -> bool:
     return False
 
 
-def test_client_disconnect_frees_its_slot(server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_frees_its_slot(server, stream, monkeypatch):
+    step = server.chat.engine.step
+    monkeypatch.setattr(server.chat.engine, "step", lambda: time.sleep(0.002) or step())  # 1900 tokens >= 4 s
     cancelled = 'nativevlm_finished_requests_total{reason="cancelled"}'
     before = metric(server.url, cancelled) if cancelled in httpx.get(server.url + "/metrics").text else 0
-    body = {"model": NAME, "messages": user("a"), "max_tokens": 1900, "ignore_eos": True, "stream": True}
-    with httpx.Client(timeout=30) as h:
-        with h.stream("POST", server.url + "/v1/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {KEY}"}) as r:
-            lines = r.iter_lines()
-            assert next(lines).startswith("data: ")
-            assert metric(server.url, "nativevlm_running_requests") == 1
+    body = {"model": NAME, "messages": user("a"), "max_tokens": 1900, "ignore_eos": True, "stream": stream}
+    headers = {"authorization": f"Bearer {KEY}"}
+    if stream:
+        with httpx.Client(timeout=30) as h:
+            with h.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers) as r:
+                lines = r.iter_lines()  # kept: a dropped iterator would close the stream early
+                assert next(lines).startswith("data: ")
+                assert wait_until(lambda: metric(server.url, "nativevlm_running_requests") == 1)
+    else:  # the client gives up waiting and closes the connection
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers, timeout=0.5)
     assert wait_until(lambda: metric(server.url, "nativevlm_running_requests") == 0
                       and metric(server.url, "nativevlm_in_flight_requests") == 0)
     assert metric(server.url, cancelled) == before + 1  # stopped, not run to its 1900 tokens
@@ -259,11 +267,14 @@ def test_models_health_metrics(server):
 
 
 def test_bounded_queue_answers_429_and_time_outs_free_the_slot(model_dir):
-    with ServerThread(chat_server(model_dir, max_batch_size=2, max_queue=1, request_timeout_s=1.0).app()) as s:
+    slow = chat_server(model_dir, max_batch_size=2, max_queue=1, request_timeout_s=1.0)
+    step = slow.engine.step
+    slow.engine.step = lambda: time.sleep(0.005) or step()  # >= 5 ms a token, however fast the machine
+    with ServerThread(slow.app()) as s:
         answers = asyncio.run(asyncio.wait_for(answer_all(s.url, prompts(12), max_tokens=60), 60))
         refused = [a for a in answers if a == "queue_full"]
         assert 0 < len(refused) < 12 and all(isinstance(a, str) for a in answers)
-        with pytest.raises(openai.APIStatusError) as info:  # 2000 tokens take seconds here
+        with pytest.raises(openai.APIStatusError) as info:  # 2000 tokens take 10 s
             client(s).chat.completions.create(model=NAME, messages=user("a"), max_tokens=2000, temperature=0,
                                               extra_body={"ignore_eos": True})
         assert info.value.status_code == 408 and info.value.response.json()["error"]["code"] == "timeout"

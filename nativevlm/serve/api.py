@@ -301,10 +301,10 @@ class ChatServer:
         if parsed.stream:
             return StreamingResponse(self._sse(request, req, events, head, image_tokens, parsed.include_usage, start,
                                                deadline), media_type="text/event-stream")
-        text, reason, first = "", None, None
+        text, reason, first, checks = "", None, None, {}
         try:
             while reason is None:
-                ev = await self._next(request, events, deadline)
+                ev = await self._next(request, events, deadline, checks)
                 first = first or time.monotonic()
                 text += ev.text
                 reason = ev.finish_reason
@@ -327,11 +327,11 @@ class ChatServer:
             return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [
                 {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}) + "\n\n"
 
-        reason, first = None, None
+        reason, first, checks = None, None, {}
         try:
             yield chunk({"role": "assistant", "content": ""})
             while reason is None:
-                ev = await self._next(request, events, deadline)
+                ev = await self._next(request, events, deadline, checks)
                 first = first or time.monotonic()
                 reason = ev.finish_reason
                 if reason == "error":
@@ -373,17 +373,21 @@ class ChatServer:
     def _release(self) -> None:
         self.in_flight -= 1
 
-    async def _next(self, request, events: asyncio.Queue, deadline: float) -> Event:
-        """The next event, checking the deadline and whether the client is still there."""
+    async def _next(self, request, events: asyncio.Queue, deadline: float, checks: dict) -> Event:
+        """The next event, checking the deadline and, every 0.25 s (`checks` keeps when it last looked), whether
+        the client is still there: events may come every step, so the check can't wait for a quiet moment."""
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 raise _timeout(self.config.request_timeout_s)
-            try:
-                return await asyncio.wait_for(events.get(), min(left, 0.25))
-            except asyncio.TimeoutError:
+            if now >= checks.get("next", 0.0):
+                checks["next"] = now + 0.25
                 if await request.is_disconnected():
                     raise RequestError("the client disconnected", None, "client_disconnected", status=499)
+            try:
+                return await asyncio.wait_for(events.get(), min(deadline, checks["next"]) - now)
+            except asyncio.TimeoutError:
+                pass
 
     def _observe_ok(self, start: float, first: Optional[float], req: Request) -> None:
         if first is not None:
