@@ -245,8 +245,11 @@ class _Row:
 class Engine:
     """Continuous batching over one model. `submit` (any thread) queues a request; each `step` admits waiting
     requests into free slots (one batched prefill) and decodes one token for every running request, so a new
-    request joins at the next step and a finished one frees its slot at once. Use `generate` / `stream`
-    directly, or `start()` a background thread that steps while there is work (the server does)."""
+    request joins at the next step and a finished one frees its slot at once. `max_batch_size` rows share a
+    cache of `max_len` positions (default: the model's context); one step prefills at most
+    `max_prefill_tokens` prompt tokens (at least one prompt), so a burst of long prompts can't stall decoding
+    for long. Use `generate` / `stream` directly, or `start()` a background thread that steps while there is
+    work (the server does)."""
 
     def __init__(self, model, tokenizer, max_batch_size: int = 32, max_len: Optional[int] = None,
                  max_prefill_tokens: int = 8192):
