@@ -374,3 +374,21 @@ def test_a_text_language_model_serves_text_and_refuses_images(tmp_path):
         with pytest.raises(openai.BadRequestError) as info:
             client(s).chat.completions.create(model=NAME, messages=user(data_uri(image()), "hi"), max_tokens=2)
         assert info.value.response.json()["error"]["code"] == "images_not_supported"
+
+
+def test_image_decoding_runs_off_the_event_loop(server, monkeypatch):
+    """A slow decode (1 s here) occupies a pool thread; the server keeps answering meanwhile."""
+    decode = server.chat._decode
+    monkeypatch.setattr(server.chat, "_decode", lambda data, param: time.sleep(1.0) or decode(data, param))
+
+    async def meanwhile():
+        task = asyncio.create_task(answer_all(server.url, [user(data_uri(image()), "slow")]))
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient() as h:
+            t = time.perf_counter()
+            assert (await h.get(server.url + "/health")).status_code == 200
+            waited = time.perf_counter() - t
+        assert not task.done()
+        return waited, await task
+    waited, answers = asyncio.run(meanwhile())
+    assert waited < 0.5 and isinstance(answers[0], str)
