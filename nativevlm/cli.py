@@ -8,7 +8,8 @@ import sys
 from .config import ConfigError
 from .data.formats import DataError
 
-SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "quickstart", "eval", "study")
+SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "chat", "serve", "ui", "quickstart", "eval",
+               "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

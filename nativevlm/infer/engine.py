@@ -1,0 +1,513 @@
+"""The one generation path (`ask`, the terminal chat, the server): prefill + decode over a KV cache, with
+continuous batching, per-request sampling and streaming.
+
+Cache layout, a "shared timeline": one static [slots, kv_heads, cache_len, head_dim] buffer per layer and one
+write pointer shared by every running request. Each decode step writes each running request's new key at the
+pointer. A request that joins mid-decode is prefilled so that its prompt ends at the pointer (right-aligned, like
+a left-padded batch), and a per-row key mask says which cache positions belong to which row. Rotary positions
+are applied before caching and passed explicitly, so a row's positions are its own (0, 1, ...) wherever its keys
+sit, and attention is a masked sum over keys: a request computes the same thing in a batch as alone. The model
+runs its one forward (`LanguageModel.forward` with `kv_cache`, `attention_mask`, `position_ids`), the one that
+training uses. A finished request leaves by moving the last running row into its place, so every step computes
+over rows [0, n) only; when the pointer reaches the end of the buffer, the rows are compacted (each row's keys
+gathered, in order, to the start).
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+
+# ---------------------------------------------------------------------------------------------------
+# Requests and results
+
+
+@dataclass
+class SamplingParams:
+    """temperature 0 = greedy. top_k 0 and top_p 1 disable those filters. `seed` makes sampling reproducible
+    whatever else runs in the batch (each request has its own generator). `stop` strings end the answer
+    (excluded from it); `ignore_eos` generates exactly `max_new_tokens` (benchmarks)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: Optional[int] = None
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class Event:
+    """What one step produced for one request: new text (possibly empty while a stop string or a multi-byte
+    character is still undecided) and, on the last event, why it finished: "stop" (end of turn or a stop
+    string), "length" (max_new_tokens), "cancelled", or "error" (then `error` says what)."""
+
+    text: str
+    finish_reason: Optional[str] = None
+    error: Optional[str] = None
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    error: Optional[str] = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+_ids = itertools.count()
+
+
+@dataclass
+class Request:
+    """A tokenised prompt. Images come either as `pixel_values` (encoded by the engine at prefill) or as
+    `image_features` (already encoded, e.g. by a vision server), in the order of the image blocks."""
+
+    input_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    pixel_values: Sequence[torch.Tensor] = ()
+    image_features: Sequence[torch.Tensor] = ()
+    on_event: Optional[Callable[[Event], None]] = None  # called on the engine's thread
+    id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    completion: Optional[Completion] = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cache
+
+
+class BatchKVCache:
+    """The shared-timeline cache (see the module docstring). It is what `LanguageModel.forward` sees during a
+    decode step: `length` is the number of cached positions in the window the running rows use, `update`
+    writes the step's keys at the pointer for rows [0, rows) and returns the window."""
+
+    def __init__(self, lm, slots: int, cache_len: int):
+        c, p = lm.config, lm.embed_tokens.weight
+        shape = (slots, c.num_kv_heads, cache_len, c.resolved_head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(c.num_layers)]
+        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(c.num_layers)]
+        self.mask = torch.zeros(slots, cache_len, dtype=torch.bool, device=p.device)
+        self.max_len = cache_len
+        self.pointer = 0  # next write position, shared by all rows
+        self.lo = 0  # first position any running row uses: keys before it are never read
+        self.rows = 0
+
+    @property
+    def length(self) -> int:
+        return self.pointer - self.lo
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.pointer + k.shape[2]
+        self.k[layer][:self.rows, :, self.pointer:end] = k
+        self.v[layer][:self.rows, :, self.pointer:end] = v
+        return self.k[layer][:self.rows, :, self.lo:end], self.v[layer][:self.rows, :, self.lo:end]
+
+    def advance(self, t: int) -> None:
+        self.pointer += t
+
+    def move_row(self, src: int, dst: int) -> None:
+        for buf in (*self.k, *self.v):
+            buf[dst] = buf[src]
+        self.mask[dst] = self.mask[src]
+
+    def compact(self, starts: list[int]) -> list[int]:
+        """Gather each running row's keys, in order, to the start of the buffer (right-aligned to the longest
+        row, as a prefill would place them). Returns the rows' new start positions."""
+        n = self.rows
+        mask = self.mask[:n, :self.pointer]
+        counts = mask.sum(1)
+        width = int(counts.max()) if n else 0
+        # Source index per (row, new position): the row's valid positions in order, after `width - count`
+        # unused slots (which read position 0 and stay masked).
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]  # valid first
+        shift = (width - counts)[:, None]
+        col = torch.arange(width, device=mask.device)[None, :]
+        src = torch.where(col >= shift, order.gather(1, (col - shift).clamp_min(0)), torch.zeros_like(order))
+        new_mask = col >= shift
+        for buf in (*self.k, *self.v):
+            idx = src[:, None, :, None].expand(n, buf.shape[1], width, buf.shape[3])
+            buf[:n, :, :width] = buf[:n].gather(2, idx)
+        self.mask[:n] = False
+        self.mask[:n, :width] = new_mask
+        self.pointer, self.lo = width, 0
+        return [width - int(c) for c in counts.tolist()]
+
+
+class _PrefillView:
+    """The cache as a prefill of rows [r0, r1) sees it: empty (`length` 0), writing at [start, start + T)."""
+
+    def __init__(self, cache: BatchKVCache, r0: int, r1: int, start: int):
+        self.cache, self.r0, self.r1, self.start, self.length = cache, r0, r1, start, 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.start + k.shape[2]
+        kb, vb = self.cache.k[layer][self.r0:self.r1], self.cache.v[layer][self.r0:self.r1]
+        kb[:, :, self.start:end] = k
+        vb[:, :, self.start:end] = v
+        return kb[:, :, self.start:end], vb[:, :, self.start:end]
+
+    def advance(self, t: int) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling and detokenisation
+
+
+def sample_row(logits: torch.Tensor, p: SamplingParams, generator: Optional[torch.Generator]) -> int:
+    """One token from logits [V] under temperature, top-k, then top-p (the order vLLM and HF apply them)."""
+    if p.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / p.temperature
+    if 0 < p.top_k < logits.shape[-1]:
+        kth = logits.topk(p.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if p.top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < p.top_p  # the smallest prefix reaching top_p (>= 1 token)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class _Detokenizer:
+    """Generated ids -> text deltas. Text is held back while it ends in an incomplete UTF-8 character or
+    could still be the start of a stop string, so a streamed answer never shows what the final one drops."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """Returns (new text to emit, whether a stop string was hit)."""
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids)
+        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            return self.flush(), True
+        safe = len(self.text)
+        if self.text.endswith("\ufffd"):
+            return "", False
+        for s in self.stop:  # hold back the longest tail that a stop string starts with
+            for k in range(min(len(s) - 1, safe), 0, -1):
+                if self.text.endswith(s[:k]):
+                    safe = min(safe, len(self.text) - k)
+                    break
+        out, self.sent = self.text[self.sent:safe], max(self.sent, safe)
+        return out, False
+
+    def flush(self) -> str:
+        out, self.sent = self.text[self.sent:], len(self.text)
+        return out
+
+
+@dataclass
+class _Row:
+    req: Request
+    detok: _Detokenizer
+    generator: Optional[torch.Generator]
+    prompt_len: int
+    pos: int = 0  # rotary position of the token fed next
+    start: int = 0  # cache position of the row's first key
+    last: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The engine
+
+
+class Engine:
+    """Continuous batching over one model. `submit` (any thread) queues a request; each `step` admits waiting
+    requests into free slots (one batched prefill) and decodes one token for every running request, so a new
+    request joins at the next step and a finished one frees its slot at once. `max_batch_size` rows share a
+    cache of `max_len` positions (default: the model's context); one step prefills at most
+    `max_prefill_tokens` prompt tokens (at least one prompt), so a burst of long prompts can't stall decoding
+    for long. Use `generate` / `stream` directly, or `start()` a background thread that steps while there is
+    work (the server does)."""
+
+    def __init__(self, model, tokenizer, max_batch_size: int = 32, max_len: Optional[int] = None,
+                 max_prefill_tokens: int = 8192):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.lm = getattr(model, "language", model)
+        self.is_vlm = self.lm is not model
+        self.max_len = min(max_len or self.lm.config.max_position_embeddings, self.lm.config.max_position_embeddings)
+        self.max_batch_size = max_batch_size
+        self.max_prefill_tokens = max_prefill_tokens
+        self.device = self.lm.embed_tokens.weight.device
+        self.cache = BatchKVCache(self.lm, max_batch_size, self.max_len)
+        # A generated image placeholder would need image features that do not exist: never sample them.
+        self.banned = sorted({v for k, v in vars(model.config).items() if k.startswith("image_") and k.endswith("_id")
+                              and isinstance(v, int)}) if self.is_vlm else []
+        self.pad_id = tokenizer.pad_id
+        self.eos_id = tokenizer.eos_id
+        self.running: list[_Row] = []
+        self.waiting: list[Request] = []
+        self._lock = threading.Condition()
+        self._cancelled: set[str] = set()
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
+        self.finished: Counter = Counter()  # finished requests by finish reason
+
+    # -- submitting -----------------------------------------------------------------------------------
+
+    def check(self, prompt_len: int, params: SamplingParams) -> None:
+        """ValueError naming the problem when a request can never run."""
+        params.validate()
+        if prompt_len + params.max_new_tokens > self.max_len:
+            raise ValueError(f"the prompt has {prompt_len} tokens and max_new_tokens is {params.max_new_tokens}: "
+                             f"together over the model's context of {self.max_len} tokens")
+
+    def submit(self, req: Request) -> Request:
+        self.check(len(req.input_ids), req.params)
+        with self._lock:
+            self.waiting.append(req)
+            self._lock.notify()
+        return req
+
+    def cancel(self, req_id: str) -> None:
+        """The request leaves at the next step (its slot is freed); safe from any thread."""
+        with self._lock:
+            self._cancelled.add(req_id)
+            self._lock.notify()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    # -- convenience (no background thread) -------------------------------------------------------------
+
+    def generate(self, requests: Sequence[Request]) -> list[Completion]:
+        for r in requests:
+            self.submit(r)
+        if self._thread is None:
+            while not all(r.done.is_set() for r in requests):
+                self.step()
+        for r in requests:
+            r.done.wait()
+        return [r.completion for r in requests]
+
+    def stream(self, req: Request) -> Iterator[Event]:
+        """Events of one request as they are produced."""
+        events: queue.Queue = queue.Queue()
+        req.on_event = events.put
+        self.submit(req)
+        while True:
+            if self._thread is None and events.empty():
+                self.step()
+                continue
+            ev = events.get()
+            yield ev
+            if ev.finish_reason is not None:
+                return
+
+    # -- the background thread ----------------------------------------------------------------------------
+
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._loop, name="nativevlm-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self.waiting or self.running or self._stopping):
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # e.g. out of memory: fail what is running, keep serving
+                for i in reversed(range(len(self.running))):
+                    self._leave(i, "error", error=f"{type(e).__name__}: {e}")
+
+    # -- one step -----------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit what fits, prefill it, decode one token for every running request."""
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            self.waiting, dropped = ([r for r in self.waiting if r.id not in cancelled],
+                                     [r for r in self.waiting if r.id in cancelled])
+            admitted, budget = [], self.max_prefill_tokens
+            while self.waiting and len(self.running) + len(admitted) < self.max_batch_size:
+                n = len(self.waiting[0].input_ids)
+                if admitted and n > budget:
+                    break
+                admitted.append(self.waiting.pop(0))
+                budget -= n
+        for r in dropped:
+            self._finish(r, [], "cancelled", 0)
+        for i in reversed(range(len(self.running))):
+            if self.running[i].req.id in cancelled:
+                self._leave(i, "cancelled")
+        decoding = len(self.running)
+        if admitted:
+            self._prefill(admitted)
+        if decoding:
+            self._decode(decoding)
+        self.stats["steps"] += 1
+
+    def _prefill(self, reqs: list[Request]) -> None:
+        """One left-padded forward over the new prompts, whose keys go into fresh rows, right-aligned at the
+        pointer (moved forward when a prompt is longer than the timeline so far)."""
+        width = max(len(r.input_ids) for r in reqs)
+        if max(self.cache.pointer, width) + 1 > self.cache.max_len:
+            self._compact()
+        end = max(self.cache.pointer, width)
+        r0, r1 = len(self.running), len(self.running) + len(reqs)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(reqs), width, dtype=torch.bool)
+        for i, r in enumerate(reqs):
+            ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
+            mask[i, width - len(r.input_ids):] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        view = _PrefillView(self.cache, r0, r1, end - width)
+        try:
+            feats = []
+            if self.is_vlm:
+                pixels = [p.to(self.device) for r in reqs for p in r.pixel_values]
+                encoded = iter(self.model.encode_images(pixels)) if pixels else iter(())
+                for r in reqs:  # row order, each request's images in order: the order of the <img> slots
+                    feats += [f.to(self.device, self.lm.embed_tokens.weight.dtype) for f in r.image_features]
+                    feats += [next(encoded) for _ in r.pixel_values]
+            logits = self._forward(ids, mask, view, image_features=feats)
+        except Exception as e:  # a bad request (e.g. features of the wrong shape) must fail alone
+            if len(reqs) > 1:  # nothing was kept from the failed forward: prefill each on its own
+                for r in reqs:
+                    self._prefill([r])
+                return
+            self._finish(reqs[0], [], "error", len(reqs[0].input_ids), error=f"{type(e).__name__}: {e}")
+            return
+        # Running rows hold no key at or past the pointer, so the gap up to `end` is already masked for them.
+        self.cache.mask[r0:r1] = False
+        self.cache.mask[r0:r1, end - width:end] = mask
+        self.cache.pointer = end
+        for r in reqs:
+            gen = None
+            if r.params.temperature > 0:
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(r.params.seed) if r.params.seed is not None else gen.seed()
+            n = len(r.input_ids)
+            self.running.append(_Row(r, _Detokenizer(self.tokenizer, r.params.stop), gen, n, pos=n, start=end - n))
+            self.stats["prompt_tokens"] += n
+        self.cache.rows = len(self.running)
+        self._emit(r0, logits)
+
+    def _decode(self, n: int) -> None:
+        """One token for rows [0, n) (the rows that were running before this step's prefill)."""
+        if self.cache.pointer + 1 > self.cache.max_len:
+            self._compact()
+        rows = self.running[:n]
+        c = self.cache
+        ids = torch.tensor([[r.last] for r in rows], device=self.device)
+        pos = torch.tensor([[r.pos] for r in rows], device=self.device)
+        c.mask[:n, c.pointer] = True
+        c.rows = n
+        c.lo = min(r.start for r in rows)
+        attn = c.mask[:n, c.lo:c.pointer + 1]
+        logits = self._forward(ids, attn, c, position_ids=pos)
+        c.rows = len(self.running)
+        for r in rows:
+            r.pos += 1
+        self._emit(0, logits)
+
+    def _forward(self, ids, attention_mask, kv_cache, position_ids=None, image_features=None) -> torch.Tensor:
+        """Last-position logits [B, V]: the model's own embedding (image features spliced in) and decoder."""
+        if self.is_vlm:
+            embeds, image_mask = self.model.embed(ids, image_features=image_features or None)
+        else:
+            embeds, image_mask = self.lm.embed_tokens(ids), None
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                       kv_cache=kv_cache, image_mask=image_mask, logits_to_keep=1).logits[:, -1]
+
+    def _compact(self) -> None:
+        self.cache.rows = len(self.running)
+        for row, start in zip(self.running, self.cache.compact([r.start for r in self.running])):
+            row.start = start
+
+    def _emit(self, r0: int, logits: torch.Tensor) -> None:
+        """Sample one token for rows [r0, r0 + len(logits)), deliver text, retire finished rows."""
+        if self.banned:
+            logits[:, self.banned] = float("-inf")
+        greedy = logits.argmax(-1).tolist()
+        finished = []
+        for i, row in enumerate(self.running[r0:r0 + logits.shape[0]]):
+            p = row.req.params
+            tok = greedy[i] if p.temperature == 0 else sample_row(logits[i], p, row.generator)
+            row.last = tok
+            self.stats["generated_tokens"] += 1
+            if tok == self.eos_id and not p.ignore_eos:
+                finished.append((r0 + i, "stop", row.detok.flush()))
+                continue
+            row.tokens.append(tok)
+            text, hit_stop = row.detok.add(tok)
+            if hit_stop:
+                finished.append((r0 + i, "stop", text))
+            elif len(row.tokens) >= p.max_new_tokens:
+                finished.append((r0 + i, "length", text + row.detok.flush()))
+            elif text and row.req.on_event:
+                row.req.on_event(Event(text))
+        for i, reason, text in reversed(finished):
+            self._leave(i, reason, text)
+
+    def _leave(self, i: int, reason: str, text: str = "", error: Optional[str] = None) -> None:
+        row = self.running[i]
+        last = len(self.running) - 1
+        if i != last:
+            self.cache.move_row(last, i)
+            self.running[i] = self.running[last]
+        self.running.pop()
+        self.cache.rows = len(self.running)
+        if not self.running:
+            self.cache.pointer = self.cache.lo = 0
+        self._finish(row.req, row.tokens, reason, row.prompt_len, text=text, final_text=row.detok.text, error=error)
+
+    def _finish(self, req: Request, tokens: list[int], reason: str, prompt_len: int, text: str = "",
+                final_text: str = "", error: Optional[str] = None) -> None:
+        req.completion = Completion(final_text, list(tokens), reason, prompt_len, error)
+        self.finished[reason] += 1
+        if req.on_event:
+            req.on_event(Event(text, reason, error))
+        req.done.set()
+

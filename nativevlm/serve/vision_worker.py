@@ -1,0 +1,187 @@
+"""Decoupled vision-language serving (InternVL3.5's DvD): the vision half on its own server.
+
+`VisionServer` (`nativevlm serve-vision`) holds the encoder + connector. `POST /v1/encode` takes one encoded
+image file as the body and answers with its features, `[rows * cols, language width]`, as a safetensors blob
+(bf16 on GPU, fp32 on CPU; safetensors rather than pickle, so a response can't run code). Decoding runs in a
+worker pool and concurrent images are encoded together: whatever arrived while one batch ran is the next batch.
+
+`VisionClient` is the language server's side (`nativevlm serve --vision-url URL`): features are cached by the
+SHA-256 of the image file, identical images in flight are fetched once, and the fetch is awaited on the
+event loop, so the engine thread keeps decoding running requests while new requests' images are encoded
+elsewhere: vision, transfer and language overlap as a pipeline.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Optional
+
+import httpx
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..data.image import ImageError, ImageProcessor, load_image
+from .media import MediaPolicy, RequestError, image_size
+
+ENCODE_PATH = "/v1/encode"
+
+
+def pack_features(features: torch.Tensor) -> bytes:
+    from safetensors.torch import save
+
+    return save({"features": features.contiguous()})
+
+
+def unpack_features(blob: bytes) -> torch.Tensor:
+    from safetensors.torch import load
+
+    return load(blob)["features"]
+
+
+class VisionServer:
+    def __init__(self, model, media: Optional[MediaPolicy] = None, max_batch_images: int = 64,
+                 image_workers: int = 4):
+        self.model = model.eval()
+        self.processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+        self.media = media or MediaPolicy()
+        self.max_batch_images = max_batch_images
+        self.pool = ThreadPoolExecutor(image_workers, thread_name_prefix="nativevlm-vision-decode")
+        self.gpu = ThreadPoolExecutor(1, thread_name_prefix="nativevlm-vision")  # one batch at a time
+        self.wire_dtype = torch.bfloat16 if next(model.parameters()).is_cuda else torch.float32
+        self.queue: Optional[asyncio.Queue] = None
+        self.stats = {"images": 0, "batches": 0}
+
+    def _decode(self, data: bytes) -> torch.Tensor:
+        try:
+            return self.processor(load_image(data))
+        except ImageError as e:
+            raise RequestError(f"the image could not be decoded: {e}", None, "invalid_image") from None
+
+    @torch.inference_mode()
+    def _encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        device = next(self.model.parameters()).device
+        feats = self.model.encode_images([p.to(device) for p in pixels])
+        return [f.to(self.wire_dtype).cpu() for f in feats]
+
+    async def _batcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty() and len(batch) < self.max_batch_images:
+                batch.append(self.queue.get_nowait())
+            try:
+                feats = await loop.run_in_executor(self.gpu, self._encode, [px for px, _ in batch])
+                for (_, fut), f in zip(batch, feats):
+                    fut.set_result(f)
+            except Exception as e:  # a failed batch fails its requests, not the server
+                for _, fut in batch:
+                    fut.set_exception(e)
+            self.stats["batches"] += 1
+            self.stats["images"] += len(batch)
+
+    async def encode(self, data: bytes) -> torch.Tensor:
+        image_size(data, self.media, None)  # the pixel limit, from the header, before decoding
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self.pool, self._decode, data)
+        fut = loop.create_future()
+        await self.queue.put((pixels, fut))
+        return await fut
+
+    def app(self):
+        @asynccontextmanager
+        async def lifespan(_app):
+            self.queue = asyncio.Queue()
+            task = asyncio.create_task(self._batcher())
+            yield
+            task.cancel()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.gpu.shutdown(wait=False, cancel_futures=True)
+
+        app = FastAPI(title="nativevlm vision", lifespan=lifespan)
+
+        @app.post(ENCODE_PATH)
+        async def encode(request: Request):
+            data = await request.body()
+            if len(data) > self.media.max_image_bytes:
+                e = RequestError(f"the image is over the {self.media.max_image_bytes}-byte limit", None, "image_too_large")
+                return JSONResponse(e.envelope(), status_code=400)
+            try:
+                feats = await self.encode(data)
+            except RequestError as e:
+                return JSONResponse(e.envelope(), status_code=e.status)
+            return Response(pack_features(feats), media_type="application/octet-stream")
+
+        @app.get("/health")
+        async def health():
+            return {"status": "ok", **self.stats}
+
+        return app
+
+
+class VisionClient:
+    """Features from a vision server, cached by image content hash (an LRU bounded in stored values)."""
+
+    def __init__(self, url: str, cache_values: int = 64 * 1024 * 1024, timeout_s: float = 120.0):
+        self.http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s)
+        self.url = url
+        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_values, self.cached_values = cache_values, 0
+        self.pending: dict[str, asyncio.Future] = {}
+        self.stats = {"hits": 0, "misses": 0}
+
+    async def features(self, data: bytes, expected_tokens: int, param: Optional[str] = None) -> torch.Tensor:
+        key = hashlib.sha256(data).hexdigest()
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            self.stats["hits"] += 1
+            return self.cache[key]
+        if key in self.pending:  # the same image in another request still in flight: wait for it
+            self.stats["hits"] += 1
+            feats = await asyncio.shield(self.pending[key])
+        else:
+            self.stats["misses"] += 1
+            self.pending[key] = asyncio.get_running_loop().create_future()
+            try:
+                feats = await self._fetch(data, param)
+                self.pending[key].set_result(feats)
+                self._store(key, feats)
+            except BaseException as e:
+                self.pending[key].set_exception(e)
+                self.pending[key].exception()  # marked retrieved: nobody else may be waiting
+                raise
+            finally:
+                del self.pending[key]
+        if feats.shape[0] != expected_tokens:
+            raise RequestError(f"the vision server returned {feats.shape[0]} image tokens where the prompt has "
+                               f"{expected_tokens}: do both servers run the same model?", param, "vision_mismatch",
+                               status=502, type="server_error")
+        return feats
+
+    async def _fetch(self, data: bytes, param: Optional[str]) -> torch.Tensor:
+        try:
+            r = await self.http.post(ENCODE_PATH, content=data, headers={"content-type": "application/octet-stream"})
+        except httpx.HTTPError as e:
+            raise RequestError(f"the vision server at {self.url} is unreachable: {e}", param, "vision_unavailable",
+                               status=503, type="server_error") from None
+        if r.status_code != 200:
+            try:
+                err = r.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                err = {"message": r.text[:200], "code": None}
+            raise RequestError(err["message"], param, err.get("code"), status=r.status_code if r.status_code < 500 else 502,
+                               type="invalid_request_error" if r.status_code < 500 else "server_error")
+        return unpack_features(r.content)
+
+    def _store(self, key: str, feats: torch.Tensor) -> None:
+        self.cache[key] = feats
+        self.cached_values += feats.numel()
+        while self.cached_values > self.cache_values and len(self.cache) > 1:
+            _, old = self.cache.popitem(last=False)
+            self.cached_values -= old.numel()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
