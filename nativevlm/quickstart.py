@@ -37,7 +37,7 @@ SCALE = {
         "stages.1.steps=100", "stages.1.batch_size=16", "stages.1.lr=2e-3", "stages.1.eval_every=0",
         "stages.2.steps=1000", "stages.2.batch_size=16", "stages.2.lr=1.5e-3", "stages.2.eval_every=0",
         "stages.0.eval_samples=32", "stages.1.eval_samples=32", "stages.2.eval_samples=32",
-        "checkpoint_every=500",
+        "checkpoint_every=500", "curves.every=250", "curves.samples=160",
     ],
 }
 
@@ -113,7 +113,10 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     tokenizer = prepare(out, train_scenes, test_scenes, seed, text_lm_overrides, lap)
 
     banner(4, 5, "Training the native VLM (recipes/native.yaml): S1.1 vision side, S1.2 + text attention, S2 all")
-    result = train(load_shipped_recipe("native", out, native_overrides), out / "runs" / "native")
+    from .eval.curves import hooks_for
+
+    native = load_shipped_recipe("native", out, native_overrides)
+    result = train(native, out / "runs" / "native", hooks=hooks_for(native))
     lap("native_vlm")
 
     banner(5, 5, f"Evaluating on the held-out test split ({test_scenes} scenes, never seen in training)")
@@ -123,22 +126,30 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     evaluation = evaluate_qa(model, tokenizer, processor, test, batch_size=64)
     lap("evaluate")
 
-    report = write_report(out, evaluation, timings, result.final)
+    from .train.recipe import stage_steps
+    from .train.trainer import samples_seen
+
+    seen = samples_seen(native.stages, len(native.stages) - 1, stage_steps(native.stages[-1]))
+    throughput = {"native_samples": seen, "native_samples_per_s": seen / timings["native_vlm"]}
+    report = write_report(out, evaluation, timings, result.final, throughput)
     print("\n" + evaluation.table())
     print("\nSample answers:")
     for r in report["samples"]:
         mark = "ok " if r["correct"] else "MISS"
         print(f"  [{mark}] {r['question']!r} -> {r['prediction']!r} (reference {r['reference']!r})  {r['image']}")
     total = sum(timings.values())
+    print(f"\nNative VLM: {throughput['native_samples']} training samples at {throughput['native_samples_per_s']:.1f} "
+          "samples/s (learning-curve evaluations included)")
     print(f"\nDone in {total / 60:.1f} min. Model: {result.final}   Report: {out / 'report.md'}")
     print(f"Ask it yourself:   nativevlm ask {result.final} --image {report['samples'][0]['image']} "
           f"\"How many objects are there?\"")
     print(f"Inspect it:        nativevlm info {result.final}")
+    print(f"Learning curves:   {result.out_dir / 'curves.png'} (accuracy per family against samples seen)")
     print(f"Training curves:   tensorboard --logdir {out / 'runs'}")
     return report
 
 
-def write_report(out: Path, evaluation, timings: dict, final: Path) -> dict:
+def write_report(out: Path, evaluation, timings: dict, final: Path, throughput: dict) -> dict:
     """report.md + eval.json in the run folder: the table, timings and three sample answers."""
     picks = []
     for family in ("color", "count", "arithmetic"):
@@ -148,12 +159,16 @@ def write_report(out: Path, evaluation, timings: dict, final: Path) -> dict:
     for r in picks:
         scene = r["id"].rsplit("_q", 1)[0]
         samples.append({**r, "image": str(world / "images" / "test" / f"{scene}.png")})
-    report = {"summary": evaluation.summary(), "timings_s": timings, "model": str(final), "samples": samples}
+    report = {"summary": evaluation.summary(), "timings_s": timings, "throughput": throughput, "model": str(final),
+              "samples": samples}
     (out / "eval.json").write_text(json.dumps({**report, "records": evaluation.records}, indent=1) + "\n")
     lines = ["# nativevlm quickstart", "", f"Model: `{final}`", "", "```", evaluation.table(), "```", "",
              "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines += [f"| total | {sum(timings.values()):.0f} |", "", "## Sample answers", ""]
+    lines += [f"| total | {sum(timings.values()):.0f} |", "",
+              f"Native VLM training: {throughput['native_samples']} samples, "
+              f"{throughput['native_samples_per_s']:.1f} samples/s (learning-curve evaluations included).", "",
+              f"![learning curves]({(Path(final).parent / 'curves.png').resolve()})", "", "## Sample answers", ""]
     for s in samples:
         lines.append(f"- ![]({Path(s['image']).resolve()}) {s['question']!r} -> **{s['prediction']}** "
                      f"(reference {s['reference']}, {'correct' if s['correct'] else 'wrong'})")

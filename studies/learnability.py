@@ -182,6 +182,7 @@ def summarize(arms, runs: Path, out: Path) -> None:
 
     from nativevlm.eval.curves import read_curve_points
 
+    out.mkdir(parents=True, exist_ok=True)
     study = {}
     for arm in arms:
         metrics = runs / arm / "metrics.jsonl"
@@ -193,10 +194,13 @@ def summarize(arms, runs: Path, out: Path) -> None:
                       "priors": json.loads((runs / arm / "curves.json").read_text())["priors"]
                       if (runs / arm / "curves.json").exists() else {}}
     (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
-    panels = [("acc/perception", "perception"), ("acc/reasoning", "reasoning"), ("acc/color", "colour"),
-              ("acc/shape", "shape"), ("attn/target_share", "attention share on the named object"),
-              ("sens/color_rel", "token move when recoloured / token norm")]
-    fig, axes = plt.subplots(2, 3, figsize=(17, 9))
+    panels = [("acc/perception", "perception accuracy"), ("acc/reasoning", "reasoning accuracy"),
+              ("acc/color", "colour accuracy"), ("acc/shape", "shape accuracy"),
+              ("attn/image_mass", "answer position: attention mass on the image"),
+              ("attn/target_share", "answer position: share of image attention on the named object"),
+              ("sens/color_rel", "image token: move when recoloured / token norm"),
+              ("sens/shape_rel", "image token: move when reshaped / token norm")]
+    fig, axes = plt.subplots(2, 4, figsize=(22, 9))
     for ax, (key, title) in zip(axes.flat, panels):
         for arm, res in study.items():
             pts = [p for p in res["points"] if key in p]
@@ -205,7 +209,12 @@ def summarize(arms, runs: Path, out: Path) -> None:
         any_priors = next((r["priors"] for r in study.values() if r["priors"]), {})
         if fam in any_priors:
             ax.axhline(any_priors[fam], color="grey", ls="--", lw=1, label="answer prior")
-        ax.set_title(title)
+        if key == "attn/target_share":
+            chance = [p["attn/target_chance"] for r in study.values() for p in r["points"] if "attn/target_chance" in p]
+            if chance:
+                ax.axhline(chance[0], color="grey", ls="--", lw=1, label="chance (1 / image tokens)")
+                ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("training samples seen")
         ax.grid(alpha=0.3)
         if key.startswith("acc/"):

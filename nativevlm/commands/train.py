@@ -15,23 +15,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def training_hooks(cfg) -> list:
-    """The measurements a recipe asks for: learning curves (and their diagnostics) when `curves.data` is set."""
-    if not cfg.curves.data:
-        return []
-    from ..eval.curves import LearningCurves
-
-    return [LearningCurves(cfg)]
-
-
 def run(args) -> int:
+    from ..eval.curves import hooks_for
     from ..train import distributed
     from ..train.recipe import load_recipe
     from ..train.trainer import train
 
     cfg = load_recipe(args.recipe, args.overrides)
     try:
-        train(cfg, args.out, resume=args.resume, max_steps=args.max_steps, hooks=training_hooks(cfg))
+        train(cfg, args.out, resume=args.resume, max_steps=args.max_steps, hooks=hooks_for(cfg))
     finally:
         distributed.teardown()
     return 0

@@ -105,6 +105,12 @@ class LearningCurves:
         plot_curves(out_dir / "metrics.jsonl", out_dir / "curves.png", self.priors, self.kinds)
 
 
+def hooks_for(cfg, log=print) -> list:
+    """The training hooks a recipe asks for: learning curves (and their diagnostics) when `curves.data` is
+    set. `nativevlm train`, the quickstart and the study runner attach these."""
+    return [LearningCurves(cfg, log)] if cfg.curves.data else []
+
+
 def _scenes_beside(qa_path: str) -> dict[str, dict]:
     """The world's ground truth for a `<split>.json` QA file (`<split>_scenes.jsonl` beside it), by scene id;
     empty for other datasets."""
