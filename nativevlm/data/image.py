@@ -16,10 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..config import ConnectorConfig, VisionConfig
-
-
-class ImageError(ValueError):
-    """An image file exists but can't be opened or decoded; the message names the file."""
+from ..errors import ImageError
 
 
 def fit_size(
@@ -108,7 +105,9 @@ def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 class ImageProcessor:
     """Path or PIL image -> normalised tensor at its native-resolution size on the `factor` grid.
-    `fixed_size` (square side) replaces native resolution for the fixed-input ViT baseline."""
+    `fixed_size` (square side) replaces native resolution for the fixed-input ViT baseline. `downsample` is
+    the default compression rate images are tokenised at (default: factor / patch_size); `factor` is the
+    cell of the coarsest rate the model has, so an image can be tokenised at any of them."""
 
     def __init__(
         self,
@@ -117,11 +116,13 @@ class ImageProcessor:
         min_patches: int = 16,
         max_patches: int = 4096,
         fixed_size: Optional[int] = None,
+        downsample: Optional[int] = None,
     ):
         if fixed_size is not None and fixed_size % factor:
             raise ValueError(f"fixed_size {fixed_size} must be a multiple of {factor}")
         self.patch_size = patch_size
         self.factor = factor
+        self.downsample = downsample or factor // patch_size
         self.min_patches = min_patches
         self.max_patches = max_patches
         self.fixed_size = fixed_size
@@ -130,7 +131,8 @@ class ImageProcessor:
     def from_config(cls, vision: VisionConfig, connector: ConnectorConfig) -> "ImageProcessor":
         return cls(
             patch_size=vision.patch_size,
-            factor=vision.patch_size * connector.downsample,
+            factor=vision.patch_size * max(connector.downsample, connector.extra_downsample),
+            downsample=connector.downsample,
             min_patches=vision.min_patches,
             max_patches=vision.max_patches,
             fixed_size=vision.image_size if vision.arch == "vit" else None,

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import LanguageConfig, VisionConfig
+from ..errors import CheckpointError
 from .language import LanguageModel
 from .vision import VisionEncoder
 
@@ -29,10 +30,6 @@ KeyMap = dict[str, list[tuple[str, int]]]
 
 LM_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded; the message names the file (and field or tensor) at fault."""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from ...errors import CurationError
+
 IMAGE_MARKER = "<image>"
 HUMAN_ROLES = ("human", "user")
 ANSWER_ROLES = ("gpt", "assistant")
-
-
-class CurationError(ValueError):
-    """Input a user gave is unusable (or, under --strict, imperfect); the message names file and record."""
 
 
 @dataclass
