@@ -14,7 +14,8 @@ from nativevlm.config import ConfigError
 from nativevlm.data.tokenizer import Tokenizer
 from nativevlm.train import checkpoint
 from nativevlm.train.data import MixtureSampler
-from nativevlm.train.export import build_model, load_pretrained
+from nativevlm.model.loading import load_pretrained
+from nativevlm.train.export import build_model
 from nativevlm.train.lora import add_lora, merge_lora
 from nativevlm.train.recipe import load_recipe
 from nativevlm.train.schedule import lr_at

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from .image import ImageError, load_image
+from ..errors import DataError, ImageError
+from .image import load_image
 from .sample import IMAGE_MARKER, Sample
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -27,10 +28,6 @@ EMPTY_CONVERSATION = "empty conversation"
 MARKER_MISMATCH = "image marker count mismatch"
 MISSING_IMAGE = "missing image"
 CORRUPT_IMAGE = "corrupt image"
-
-
-class DataError(ValueError):
-    """A dataset file or record is unusable; the message names the file, the line or record, and why."""
 
 
 class _Skip(Exception):

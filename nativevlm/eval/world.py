@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..data.collate import encode_sample
+from ..data.collate import encode_sample, prompt_batch
 from ..data.sample import Sample
 from ..infer.generate import generate
 
@@ -78,15 +78,8 @@ def evaluate_qa(model, tokenizer, image_processor, samples: Sequence[Sample], ba
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         encoded = [encode_sample(prompt_of(s), tokenizer, image_processor, add_generation_prompt=True) for s in chunk]
-        width = max(len(e.input_ids) for e in encoded)
-        ids = torch.full((len(chunk), width), tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.bool)
-        for i, e in enumerate(encoded):  # left padding: every prompt ends where generation starts
-            ids[i, width - len(e.input_ids):] = torch.tensor(e.input_ids)
-            mask[i, width - len(e.input_ids):] = True
-        pixels = [p.to(device) for e in encoded for p in e.pixel_values]
-        out = generate(model, ids.to(device), attention_mask=mask.to(device), pixel_values=pixels or None,
-                       max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id)
+        batch = prompt_batch(encoded, tokenizer.pad_id).to(device)
+        out = generate(model, batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id)
         for s, row in zip(chunk, out.tolist()):
             pred = tokenizer.decode([t for t in row if t != tokenizer.eos_id])
             ref = reference_answer(s)

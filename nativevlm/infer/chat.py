@@ -6,9 +6,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..data.collate import encode_sample
+from ..data.collate import encode_sample, prompt_batch
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample
+from ..model.vlm import NativeVLM
 from .generate import generate
 
 
@@ -22,11 +23,9 @@ def ask(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tok
     processor = processor or (ImageProcessor.from_config(model.config.vision, model.config.connector)
                               if images else None)
     enc = encode_sample(sample, tokenizer, processor, add_generation_prompt=True)
-    device = next(model.parameters()).device
-    ids = torch.tensor([enc.input_ids], device=device)
-    extra = {"pixel_values": [p.to(device) for p in enc.pixel_values]} if enc.pixel_values else {}
-    out = generate(model, ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
-                   temperature=temperature, **extra)
+    batch = prompt_batch([enc], tokenizer.pad_id).to(next(model.parameters()).device)
+    out = generate(model, batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
+                   temperature=temperature)
     return tokenizer.decode([t for t in out[0].tolist() if t != tokenizer.eos_id]).strip()
 
 
@@ -48,12 +47,19 @@ def answer_logprob(model, tokenizer, image: str, prompt: str, answer: str,
     return -float(out.loss_sum)  # the training loss with unit weights is the summed answer NLL
 
 
-def model_logprob_fn(model_dir: str):
-    """`logprob_fn(image_path, prompt, answer)` backed by a trained NativeVLM folder (with its tokenizer)."""
+def load_model_and_tokenizer(model_dir, tokenizer_path=None):
+    """A trained model folder and its tokenizer (stored in the folder unless `tokenizer_path` says where),
+    the tokenizer given the model's image tokens."""
     from ..data.tokenizer import Tokenizer
-    from ..train.export import load_pretrained
+    from ..model.loading import load_pretrained
 
     model = load_pretrained(model_dir)
-    tokenizer = Tokenizer.load(model_dir)
+    special = model.config.special_tokens if isinstance(model, NativeVLM) else None
+    return model, Tokenizer.load(tokenizer_path or model_dir, special_tokens=special)
+
+
+def model_logprob_fn(model_dir: str):
+    """`logprob_fn(image_path, prompt, answer)` backed by a trained NativeVLM folder (with its tokenizer)."""
+    model, tokenizer = load_model_and_tokenizer(model_dir)
     processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
     return lambda image, prompt, answer: answer_logprob(model, tokenizer, str(image), prompt, answer, processor)
