@@ -92,6 +92,16 @@ def load_image(path: Union[str, Path]) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {e}") from None
 
 
+def verify_image(path: Union[str, Path]) -> None:
+    """Check that `path` is an image file with an intact structure (header, chunk checksums) without
+    decoding its pixels: the cheap check a dataset reader runs before the collator decodes it once."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+
+
 def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """Resize to `size` = (width, height) with bicubic filtering and normalise to [-1, 1]
     (mean 0.5, std 0.5): a float32 tensor [3, height, width]."""
