@@ -41,4 +41,7 @@ class SampleDropped(UserError):
 
 def one_line(error: Exception) -> str:
     """An error's message on one line (a multi-line message's lines joined by '; ')."""
-    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = ""
+    for line in (line.strip() for line in str(error).splitlines() if line.strip()):
+        text += (" " if text.endswith(":") else "; ") + line if text else line
+    return text

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import DataError
+
 
 def register(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a BPE tokenizer")
@@ -21,8 +23,6 @@ def register(sub) -> None:
 
 
 def _parse(text: str, where: str):
-    from ..errors import DataError
-
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -36,14 +36,18 @@ def corpus_texts(path: Path) -> Iterator[str]:
     from ..data.formats import RecordError, parse_record
     from ..data.sample import IMAGE_MARKER
 
-    if path.suffix not in (".json", ".jsonl"):
-        with path.open(encoding="utf-8") as f:
-            yield from (line.rstrip("\n") for line in f if line.strip())
-        return
+    try:
+        if path.suffix not in (".json", ".jsonl"):
+            with path.open(encoding="utf-8") as f:  # streamed: text corpora can be large
+                yield from (line.rstrip("\n") for line in f if line.strip())
+            return
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"corpus {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.suffix == ".json":
-        records = _parse(path.read_text(encoding="utf-8"), str(path))
+        records = _parse(text, str(path))
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text.splitlines()
         records = [_parse(line, f"{path} line {i}") for i, line in enumerate(lines, 1) if line.strip()]
     for record in records if isinstance(records, list) else []:
         try:
