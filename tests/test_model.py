@@ -338,3 +338,33 @@ def test_modality_route_gradients_match_dense_computation():
     ref_grads = torch.autograd.grad(ref, (x, wt, wi), g)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_models_own_copies_of_their_configs():
+    """Growing the vocabulary, adding experts or building a VLM around an LM never edits a config object the
+    caller holds (they were shared and mutated: from_language_model edited the LM's moe config)."""
+    lm_cfg, moe_cfg = tiny_lm_config(), MoEConfig()
+    lm = LanguageModel(lm_cfg, moe_cfg)
+    lm.resize_token_embeddings(140)
+    lm.add_visual_experts(per_modality_norms=True)
+    assert (lm_cfg.vocab_size, moe_cfg.modality_experts, moe_cfg.per_modality_norms) == (128, False, False)
+    assert (lm.config.vocab_size, lm.moe_config.modality_experts) == (140, True)
+    plain = LanguageModel(tiny_lm_config())
+    vlm = NativeVLM.from_language_model(plain, vision=tiny_vision(), image_token_ids={"image_token_id": 150})
+    assert plain.config.vocab_size == 128 and not plain.moe_config.modality_experts
+    assert vlm.config.language is vlm.language.config and vlm.config.language.vocab_size == 151
+    cfg = ModelConfig(vision=tiny_vision(), language=tiny_lm_config(), image_token_id=IMG)
+    model = NativeVLM(cfg)
+    model.language.resize_token_embeddings(200)
+    assert cfg.language.vocab_size == 128 and model.config.language.vocab_size == 200
+
+
+def test_encode_images_runs_the_connector_once_per_size_group():
+    vlm = tiny_vlm()
+    calls = []
+    vlm.connector.mlp1.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    images = [torch.randn(3, 64, 32), torch.randn(3, 32, 64), torch.randn(3, 64, 32)]
+    together = vlm.encode_images(images)
+    assert sorted(calls) == [1, 2]  # two sizes: one call of 2 images, one of 1
+    for img, feats in zip(images, together):
+        torch.testing.assert_close(vlm.encode_images([img])[0], feats, atol=1e-5, rtol=1e-5)
