@@ -145,7 +145,8 @@ class _Reader:
             if not any(m["content"].strip() for m in messages):
                 raise RecordError(EMPTY_CONVERSATION, "conversation is empty")
             if sample.n_markers() != len(refs):
-                raise RecordError(MARKER_MISMATCH, f"{sample.n_markers()} {IMAGE_MARKER} markers but {len(refs)} images")
+                raise RecordError(MARKER_MISMATCH,
+                                  f"{sample.n_markers()} {IMAGE_MARKER} markers but {len(refs)} images")
             sample.images = [self.image(p) for p in refs]
         except RecordError as skip:
             message = f"{self.path} {where}: {skip.message}"

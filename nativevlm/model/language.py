@@ -182,9 +182,10 @@ class LanguageModel(nn.Module):
             new[old:] = w.mean(0, keepdim=True)
             return new
 
-        self.embed_tokens = nn.Embedding(vocab_size, self.config.hidden_size, _weight=grown(self.embed_tokens.weight.data))
+        d = self.config.hidden_size
+        self.embed_tokens = nn.Embedding(vocab_size, d, _weight=grown(self.embed_tokens.weight.data))
         if self.lm_head is not None:
-            self.lm_head = nn.Linear(self.config.hidden_size, vocab_size, bias=False)
+            self.lm_head = nn.Linear(d, vocab_size, bias=False)
             self.lm_head.weight.data = grown(self.lm_head.weight.data)
         self.config.vocab_size = vocab_size
 
