@@ -19,7 +19,6 @@ from typing import Any, Iterable, Optional
 from ...errors import CurationError
 from ..formats import RecordError
 from ..formats import parse_record as parse_messages
-from ..sample import IMAGE_MARKER
 
 
 @dataclass
