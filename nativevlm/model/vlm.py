@@ -68,8 +68,7 @@ class NativeVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device=None) -> "NativeVLM":
-        from safetensors.torch import load_file
-
+        """A folder written by `save_pretrained`; `device="meta"` reads the structure only (no tensor data)."""
         path = Path(path)
         cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
         for f in (cfg_file, weights):
