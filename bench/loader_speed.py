@@ -51,12 +51,11 @@ def main():
         load_s = time.perf_counter() - t0
 
         opt = torch.optim.AdamW(vlm.parameters(), lr=1e-3)
-        keys = ("input_ids", "pixel_values", "attention_mask", "position_ids", "targets", "loss_weights")
-        vlm(**{k: batches[0][k] for k in keys}).loss.backward()  # warm-up
+        vlm(batches[0]).loss.backward()  # warm-up
         opt.zero_grad()
         t0 = time.perf_counter()
         for b in batches:
-            vlm(**{k: b[k] for k in keys}).loss.backward()
+            vlm(b).loss.backward()
             opt.step()
             opt.zero_grad()
         step_s = time.perf_counter() - t0

@@ -1,12 +1,13 @@
 """The `nativevlm` command. Each subcommand lives in `nativevlm/commands/<name>.py`, which registers its
-parser and calls into the library; heavy imports happen inside the handlers so `--help` stays fast."""
+parser and calls into the library; heavy imports happen inside the handlers so `--help` stays fast. An error
+a user caused (`errors.UserError`, or a missing file) is printed as one line and exits 2, for every
+command."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .config import ConfigError
-from .data.formats import DataError
+from .errors import UserError, one_line
 
 SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "chat", "serve", "ui", "quickstart", "eval",
                "study")
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, DataError, FileNotFoundError, ConnectionError) as e:
-        print(f"nativevlm {args.command}: error: {e}", file=sys.stderr)
+    except (UserError, FileNotFoundError, ConnectionError) as e:
+        print(f"nativevlm {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

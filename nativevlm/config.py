@@ -16,9 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value a user wrote is wrong; the message names the field and what to do."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -101,14 +99,13 @@ class MoEConfig:
 @dataclass
 class SpecialTokens:
     """Image framing tokens (NaViL): each image is <img_start> then, for each row of image tokens,
-    that row's <img> placeholders and an <img_eol>, then <img_end>. Multi-scale images separate scales
-    with <img_eos>."""
+    that row's <img> placeholders and an <img_eol>, then <img_end>. The tokenizer a model is used with
+    takes them from the model's config (`Tokenizer.load(..., special_tokens=...)`)."""
 
     image: str = "<img>"
     image_start: str = "<img_start>"
     image_end: str = "<img_end>"
     image_eol: str = "<img_eol>"
-    image_eos: str = "<img_eos>"
 
 
 @dataclass
@@ -123,7 +120,6 @@ class ModelConfig:
     image_start_id: int = -1
     image_end_id: int = -1
     image_eol_id: int = -1
-    image_eos_id: int = -1
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     from .data.formats import read_samples
     from .data.image import ImageProcessor
     from .eval.world import evaluate_qa
-    from .train.export import load_pretrained
+    from .model.loading import load_pretrained
     from .train.trainer import train
 
     out = Path(out)

@@ -113,7 +113,7 @@ def test_truncation_keeps_image_blocks_whole(tok, proc, samples):
 
     collate = Collator(tok, proc, max_length=image_end + 2)
     batch = collate([samples[0], samples[0]])
-    assert batch["input_ids"].shape == (0, 0) and batch["n_samples"] == 0 and batch["pixel_values"] == []
+    assert batch.input_ids.shape == (0, 0) and batch.n_samples == 0 and batch.pixel_values == []
     collate.max_length = 8
     collate([samples[0]])
     assert collate.dropped == {"answer truncated": 2, "images too long": 1}
@@ -122,14 +122,14 @@ def test_truncation_keeps_image_blocks_whole(tok, proc, samples):
 def test_padded_batch(tok, proc, samples):
     batch = Collator(tok, proc, max_length=256)(samples)
     lengths = [len(encode_sample(s, tok, proc)) for s in samples]
-    B, T = batch["input_ids"].shape
-    assert (B, T) == (len(samples), max(lengths)) and batch["document_ids"] is None
-    assert batch["attention_mask"].sum(1).tolist() == lengths
-    assert (batch["input_ids"][~batch["attention_mask"]] == tok.pad_id).all()
-    assert batch["position_ids"][0, :lengths[0]].tolist() == list(range(lengths[0]))
-    assert torch.equal(batch["loss_weights"], (batch["targets"] != IGNORE).float())
-    assert [tuple(p.shape) for p in batch["pixel_values"]] == [(3, 16, 24), (3, 16, 24), (3, 24, 8), (3, 16, 16)]
-    assert batch["n_images"] == 4 and batch["n_loss_tokens"] == int((batch["targets"] != IGNORE).sum())
+    B, T = batch.input_ids.shape
+    assert (B, T) == (len(samples), max(lengths)) and batch.document_ids is None
+    assert batch.attention_mask.sum(1).tolist() == lengths
+    assert (batch.input_ids[~batch.attention_mask] == tok.pad_id).all()
+    assert batch.position_ids[0, :lengths[0]].tolist() == list(range(lengths[0]))
+    assert torch.equal(batch.loss_weights, (batch.targets != IGNORE).float())
+    assert [tuple(p.shape) for p in batch.pixel_values] == [(3, 16, 24), (3, 16, 24), (3, 24, 8), (3, 16, 16)]
+    assert batch.n_images == 4 and batch.n_loss_tokens == int((batch.targets != IGNORE).sum())
 
 
 def pack_length(tok, proc, samples):
@@ -142,18 +142,18 @@ def test_packed_batch_layout(tok, proc, samples):
     lengths = [len(encode_sample(s, tok, proc)) for s in samples]
     max_length = pack_length(tok, proc, samples)
     batch = Collator(tok, proc, max_length=max_length, pack=True)(samples)
-    B, T = batch["input_ids"].shape
+    B, T = batch.input_ids.shape
     assert B < len(samples) and T <= max_length
-    assert batch["attention_mask"].sum() == sum(lengths)
-    docs = batch["document_ids"]
-    assert torch.equal(batch["attention_mask"], docs >= 0)
+    assert batch.attention_mask.sum() == sum(lengths)
+    docs = batch.document_ids
+    assert torch.equal(batch.attention_mask, docs >= 0)
     for b in range(B):
         for d in range(int(docs[b].max()) + 1):
             where = (docs[b] == d).nonzero().flatten()
-            assert batch["position_ids"][b, where].tolist() == list(range(len(where)))
+            assert batch.position_ids[b, where].tolist() == list(range(len(where)))
     image_ids = tok.image_token_ids()
-    starts = (batch["input_ids"] == image_ids["image_start_id"]).nonzero().tolist()  # row-major order
-    assert len(starts) == len(batch["pixel_values"])
+    starts = (batch.input_ids == image_ids["image_start_id"]).nonzero().tolist()  # row-major order
+    assert len(starts) == len(batch.pixel_values)
 
 
 # -- packed == unpacked with a reference model ---------------------------------------------------------
@@ -180,23 +180,23 @@ class TinyCausalLM(torch.nn.Module):
         self.head = torch.nn.Linear(dim, vocab_size)
 
     def loss(self, batch):
-        ids = batch["input_ids"]
-        x = self.embed(ids) + self.position(batch["position_ids"])
+        ids = batch.input_ids
+        x = self.embed(ids) + self.position(batch.position_ids)
         # One feature per factor x factor cell, row-major: the layout the collator's <img> blocks promise.
-        features = [self.vision(F.avg_pool2d(p.double(), self.factor).flatten(1).T) for p in batch["pixel_values"]]
+        features = [self.vision(F.avg_pool2d(p.double(), self.factor).flatten(1).T) for p in batch.pixel_values]
         if features:
             x[ids == self.image_token_id] = torch.cat(features)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        pos = batch["position_ids"]
-        docs = batch["document_ids"]
+        pos = batch.position_ids
+        docs = batch.document_ids
         if docs is None:
-            docs = batch["attention_mask"].long() - 1  # one document per row, padding = -1
+            docs = batch.attention_mask.long() - 1  # one document per row, padding = -1
         T = ids.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         mask = (docs[:, :, None] == docs[:, None, :]) & causal
         h = F.scaled_dot_product_attention(rope(q, pos), rope(k, pos), v, attn_mask=mask)
-        ce = F.cross_entropy(self.head(h + x).flatten(0, 1), batch["targets"].flatten(), reduction="none")
-        w = batch["loss_weights"].flatten().double()
+        ce = F.cross_entropy(self.head(h + x).flatten(0, 1), batch.targets.flatten(), reduction="none")
+        w = batch.loss_weights.flatten().double()
         return (w * ce).sum() / w.sum()
 
 
@@ -207,12 +207,12 @@ def test_packed_and_unpacked_give_the_same_loss(tok, proc, samples, square_avera
     max_length = pack_length(tok, proc, samples)
     padded = Collator(tok, proc, max_length, square_average=square_average)(samples)
     packed = Collator(tok, proc, max_length, pack=True, square_average=square_average)(samples)
-    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]
+    assert packed.input_ids.shape[0] < padded.input_ids.shape[0]
     assert abs(model.loss(padded).item() - model.loss(packed).item()) < 1e-5
     # One row per sample gives the same loss too (the padded batch is not hiding a cross-sample effect).
     singles = [Collator(tok, proc, max_length, square_average=square_average)([s]) for s in samples]
     per_sample = torch.stack([model.loss(b) for b in singles])
-    n = torch.tensor([b["n_loss_tokens"] for b in singles], dtype=torch.float64)
+    n = torch.tensor([b.n_loss_tokens for b in singles], dtype=torch.float64)
     weight = n.sqrt() if square_average else n  # sum of one sample's weights
     assert abs((per_sample * weight).sum() / weight.sum() - model.loss(packed)).item() < 1e-5
 
@@ -220,6 +220,6 @@ def test_packed_and_unpacked_give_the_same_loss(tok, proc, samples, square_avera
 def test_square_average_weights(tok, proc, samples):
     batch = Collator(tok, proc, max_length=256, square_average=True)(samples)
     for b in range(len(samples)):
-        w = batch["loss_weights"][b]
+        w = batch.loss_weights[b]
         n = int((w > 0).sum())
         assert torch.allclose(w[w > 0], torch.full((n,), 1 / math.sqrt(n)))

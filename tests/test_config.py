@@ -46,5 +46,5 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_empty_override_is_the_empty_string():
-    cfg = apply_overrides(ModelConfig(), ["special_tokens.image_eos="])
-    assert cfg.special_tokens.image_eos == ""
+    cfg = apply_overrides(ModelConfig(), ["special_tokens.image_eol="])
+    assert cfg.special_tokens.image_eol == ""

@@ -289,3 +289,39 @@ def test_minilm_matches_transformers():
     ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
     assert torch.allclose(ours, ref, atol=1e-4)
     assert np.allclose(ours.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_reads_openai_messages_jsonl_and_multi_image_records(corpus: Path, tmp_path: Path):
+    """Curation reads records with the dataset reader's parser: OpenAI-messages JSONL (image parts or an
+    `images` list) and multi-image LLaVA records, and writes kept ones back unchanged."""
+    root = corpus.parent
+    a, b = "images/scene_00000.png", "images/scene_00001.png"
+    records = [
+        {"id": "parts", "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"file://{a}"}},
+                                         {"type": "text", "text": "Describe the image."}]},
+            {"role": "assistant", "content": CAPTION}]},
+        {"id": "list", "images": [a, b], "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "<image><image> Are these the same picture?"},
+            {"role": "assistant", "content": "No, they show different shapes."}]},
+        {"id": "llava-multi", "images": [a, b], "conversations": [
+            {"from": "human", "value": "<image>\n<image>\nWhich picture has more shapes?"},
+            {"from": "gpt", "value": "They have the same number of shapes."}]},
+        {"id": "mismatch", "images": [a], "messages": [
+            {"role": "user", "content": "Describe the image."}, {"role": "assistant", "content": CAPTION}]},
+    ]
+    path = root / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    es, bad = load_records(path)
+    assert not bad
+    by_id = {e.id: e for e in es}
+    assert by_id["parts"].images == [(root / a).resolve()]
+    assert by_id["parts"].prompts == ["<image>\nDescribe the image."] and by_id["parts"].answers == [CAPTION]
+    assert by_id["list"].images == by_id["llava-multi"].images == [(root / a).resolve(), (root / b).resolve()]
+    assert by_id["list"].answers == ["No, they show different shapes."]
+    assert run_stage(TextQuality(), records, root) == [None, None, None, "marker_mismatch"]
+    out = tmp_path / "kept.jsonl"
+    result = curate_file(path, out, build_stages(["integrity", "text"]))
+    assert result.drops == {"text/marker_mismatch": 1}
+    assert [json.loads(line) for line in out.read_text().splitlines()] == records[:3]

@@ -1,6 +1,7 @@
 """Dataset readers (LLaVA JSON, chat JSONL), skip-and-count / strict behaviour, and image preprocessing."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,37 @@ def test_to_tensor_and_processor(images):
     assert proc(images / "a.png").shape == (3, 64, 64)  # 40x30 is scaled up to the 16-patch minimum
     vit = ImageProcessor.from_config(VisionConfig(arch="vit", image_size=224), ConnectorConfig())
     assert vit(images / "b.png").shape == (3, 224, 224)
+
+
+def test_images_are_decoded_once_when_read_with_checks_then_collated(tmp_path, images, monkeypatch):
+    """The reader verifies each image's file structure without decoding it; the collator decodes each
+    image once. A file whose pixels fail only at decoding (a truncated JPEG) is a counted drop there."""
+    from PIL import ImageFile
+
+    from nativevlm.data.collate import Collator
+    from nativevlm.data.tokenizer import Tokenizer
+
+    full = Image.new("RGB", (64, 64))
+    full.putdata([(x * 4 % 256, y * 4 % 256, (x * y) % 256) for y in range(64) for x in range(64)])
+    full.save(images / "full.jpg", quality=95)
+    data = (images / "full.jpg").read_bytes()
+    (images / "cut.jpg").write_bytes(data[: len(data) // 2])
+    decoded = []
+    load = ImageFile.ImageFile.load
+    def counting_load(self):  # a file's tiles are decoded on the first load(); later calls are no-ops
+        if self.tile:
+            decoded.append(self.filename)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    path = write_json(tmp_path / "d.json", [
+        {"id": name, "image": f"imgs/{name}", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]}
+        for name in ("a.png", "b.png", "cut.jpg")])
+    samples, report = read_samples(path)
+    assert report.n_skipped == 0 and decoded == []
+    tok = Tokenizer.train(["what colour red"] * 20, vocab_size=300, min_frequency=1)
+    collator = Collator(tok, ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64), max_length=512)
+    batch = collator(samples)
+    assert sorted(Path(f).name for f in decoded) == ["a.png", "b.png", "cut.jpg"]
+    assert batch.n_samples == 2 and collator.dropped == {"corrupt image": 1}

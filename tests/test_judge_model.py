@@ -28,7 +28,7 @@ def test_answer_logprob_is_minus_the_training_loss_sum(train_world, tmp_path):
     processor = ImageProcessor.from_config(vlm.config.vision, vlm.config.connector)
     batch = Collator(tok, processor, max_length=256)([s])
     with torch.no_grad():
-        loss_sum = vlm(batch["input_ids"], pixel_values=batch["pixel_values"], targets=batch["targets"]).loss_sum
+        loss_sum = vlm(batch.input_ids, pixel_values=batch.pixel_values, targets=batch.targets).loss_sum
     score = answer_logprob(vlm, tok, s.images[0], prompt, answer)
     assert abs(score + float(loss_sum)) < 1e-4
     # The folder-backed function (what `nativevlm data curate --judge-model DIR` uses) gives the same score.

@@ -207,7 +207,7 @@ def test_sparse_moe_matches_per_token_reference_and_balance_loss():
     torch.manual_seed(0)
     moe = SparseMoE(dim=8, hidden=16, num_experts=4, top_k=2)
     x = torch.randn(3, 5, 8)
-    y = moe(x)
+    y, _ = moe(x)
     probs = F.softmax(moe.router(x.reshape(-1, 8)), -1)
     ref = torch.zeros(15, 8)
     for i, tok in enumerate(x.reshape(-1, 8)):
@@ -220,8 +220,8 @@ def test_sparse_moe_matches_per_token_reference_and_balance_loss():
     # Known answer: a router that is exactly uniform gives balance loss 1 whatever the token split.
     with torch.no_grad():
         moe.router.weight.zero_()
-    moe(x)
-    torch.testing.assert_close(moe.last_aux_loss, torch.tensor(1.0))
+    _, balance = moe(x)
+    torch.testing.assert_close(balance, torch.tensor(1.0))
 
 
 def test_sparse_moe_language_model_trains_with_aux_loss():
@@ -281,8 +281,45 @@ def test_compressed_connector_path():
                                         image_token_ids={"image_token_id": IMG})
     img = torch.randn(3, 128, 64)
     assert vlm.encode_images([img])[0].shape == (4 * 2, 64)
-    assert vlm.encode_images([img], compressed=True)[0].shape == (2 * 1, 64)
+    assert vlm.encode_images([img], downsample=4)[0].shape == (2 * 1, 64)
     assert dataclasses.asdict(vlm.config)["connector"]["extra_downsample"] == 4
+
+
+def test_collator_token_count_equals_model_feature_count_at_both_rates(tmp_path):
+    """One function (`connector.token_grid`) sizes an image's token block in the collator and its features in
+    the model; a batch mixes rates per image (the visual resolution router's choice), and the model takes
+    that batch as it is."""
+    from PIL import Image
+
+    from nativevlm.config import ConnectorConfig
+    from nativevlm.data.collate import Collator
+    from nativevlm.data.image import ImageProcessor
+    from nativevlm.data.sample import Sample
+    from nativevlm.data.tokenizer import Tokenizer
+    from nativevlm.model.connector import token_grid
+
+    tok = Tokenizer.train(["a red square", "a blue circle"] * 20, vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    lm = LanguageModel(tiny_lm_config(vocab_size=tok.vocab_size))
+    vlm = NativeVLM.from_language_model(lm, vision=tiny_vision(patch_size=8, min_patches=4, max_patches=256),
+                                        connector=ConnectorConfig(extra_downsample=4),
+                                        image_token_ids=tok.image_token_ids()).eval()
+    proc = ImageProcessor.from_config(vlm.config.vision, vlm.config.connector)
+    assert proc.factor == 8 * 4 and proc.downsample == 2  # sides on the 4x4 cell, so either rate tiles them
+    for i, size in enumerate([(64, 32), (96, 64), (64, 32)]):
+        Image.new("RGB", size, (40 * i, 80, 120)).save(tmp_path / f"{i}.png")
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    samples = [Sample("mixed", [{"role": "user", "content": "<image><image> same?"},
+                                {"role": "assistant", "content": "a red square"}], paths[:2], image_downsample=[2, 4]),
+               Sample("default", [{"role": "user", "content": "<image> what?"},
+                                  {"role": "assistant", "content": "a blue circle"}], paths[2:])]
+    batch = Collator(tok, proc, max_length=512)(samples)
+    assert batch.image_downsample == [2, 4, 2]
+    features = vlm.encode_images(batch.pixel_values, batch.image_downsample)
+    per_image = [token_grid(*p.shape[-2:], 8, r) for p, r in zip(batch.pixel_values, batch.image_downsample)]
+    assert [f.shape[0] for f in features] == [rows * cols for rows, cols in per_image] == [8, 6, 8]
+    assert int((batch.input_ids == vlm.config.image_token_id).sum()) == sum(f.shape[0] for f in features)
+    assert vlm(batch).loss is not None  # embed's slot check passes: the counts agree token for token
 
 
 def test_modality_route_gradients_match_dense_computation():
@@ -301,3 +338,33 @@ def test_modality_route_gradients_match_dense_computation():
     ref_grads = torch.autograd.grad(ref, (x, wt, wi), g)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_models_own_copies_of_their_configs():
+    """Growing the vocabulary, adding experts or building a VLM around an LM never edits a config object the
+    caller holds (they were shared and mutated: from_language_model edited the LM's moe config)."""
+    lm_cfg, moe_cfg = tiny_lm_config(), MoEConfig()
+    lm = LanguageModel(lm_cfg, moe_cfg)
+    lm.resize_token_embeddings(140)
+    lm.add_visual_experts(per_modality_norms=True)
+    assert (lm_cfg.vocab_size, moe_cfg.modality_experts, moe_cfg.per_modality_norms) == (128, False, False)
+    assert (lm.config.vocab_size, lm.moe_config.modality_experts) == (140, True)
+    plain = LanguageModel(tiny_lm_config())
+    vlm = NativeVLM.from_language_model(plain, vision=tiny_vision(), image_token_ids={"image_token_id": 150})
+    assert plain.config.vocab_size == 128 and not plain.moe_config.modality_experts
+    assert vlm.config.language is vlm.language.config and vlm.config.language.vocab_size == 151
+    cfg = ModelConfig(vision=tiny_vision(), language=tiny_lm_config(), image_token_id=IMG)
+    model = NativeVLM(cfg)
+    model.language.resize_token_embeddings(200)
+    assert cfg.language.vocab_size == 128 and model.config.language.vocab_size == 200
+
+
+def test_encode_images_runs_the_connector_once_per_size_group():
+    vlm = tiny_vlm()
+    calls = []
+    vlm.connector.mlp1.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    images = [torch.randn(3, 64, 32), torch.randn(3, 32, 64), torch.randn(3, 64, 32)]
+    together = vlm.encode_images(images)
+    assert sorted(calls) == [1, 2]  # two sizes: one call of 2 images, one of 1
+    for img, feats in zip(images, together):
+        torch.testing.assert_close(vlm.encode_images([img])[0], feats, atol=1e-5, rtol=1e-5)

@@ -13,15 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nativevlm.train.checkpoint import SLEEP_ENV
+import faultkit
 from trainkit import vlm_recipe, write_recipe
 
 
-def start(recipe: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+def start(recipe: Path, out: Path, *extra: str, pause_at: str | None = None) -> subprocess.Popen:
+    """`nativevlm train`; `pause_at` = a checkpoint folder name: sleep 60 s right after its weights are written."""
+    argv = ["train", str(recipe), "--out", str(out), *extra]
+    cmd = (faultkit.command("checkpoint.weights", pause_at, "60", *argv) if pause_at
+           else [sys.executable, "-m", "nativevlm", *argv])
     # One thread per process: faster on a shared 2-core machine, and the same in every run compared.
-    return subprocess.Popen([sys.executable, "-m", "nativevlm", "train", str(recipe), "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -80,7 +83,7 @@ def test_sigkill_at_random_moment_then_resume_is_bit_identical(setup, tmp_path):
 def test_sigkill_while_writing_a_checkpoint_then_resume_is_bit_identical(setup, tmp_path):
     recipe, reference = setup
     out = tmp_path / "run"
-    proc = start(recipe, out, env={SLEEP_ENV: "4:60"})
+    proc = start(recipe, out, pause_at="step-00000004")
     tmp = out / "checkpoints" / ".tmp-step-00000004"
     wait_for(lambda: (tmp / "model.safetensors").exists(), proc)
     proc.kill()

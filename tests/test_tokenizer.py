@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers
 
 from nativevlm.commands import tokenizer as tokenizer_command
-from nativevlm.config import ModelConfig
+from nativevlm.config import ModelConfig, SpecialTokens
 from nativevlm.data.tokenizer import CHAT_TOKENS, PAD, Tokenizer
 
 CORPUS = [f"The {c} {s} is left of the {c2} circle number {i}." for i, (c, s, c2) in enumerate(
@@ -18,7 +18,7 @@ MESSAGES = [
     {"role": "user", "content": "Where is the red square?"},
     {"role": "assistant", "content": "Left of the blue circle."},
 ]
-SPECIALS = [*CHAT_TOKENS, PAD, "<img>", "<img_start>", "<img_end>", "<img_eol>", "<img_eos>"]
+SPECIALS = [*CHAT_TOKENS, PAD, "<img>", "<img_start>", "<img_end>", "<img_eol>"]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,19 @@ def test_train_special_tokens_are_single_ids(tok):
 
 def test_image_token_ids_fill_a_model_config(tok):
     cfg = dataclasses.replace(ModelConfig(), **tok.image_token_ids())
-    assert (cfg.image_token_id, cfg.image_start_id, cfg.image_end_id, cfg.image_eol_id, cfg.image_eos_id) == \
-        (4, 5, 6, 7, 8)
+    assert (cfg.image_token_id, cfg.image_start_id, cfg.image_end_id, cfg.image_eol_id) == (4, 5, 6, 7)
+
+
+def test_tokenizer_takes_the_model_configs_image_tokens(tmp_path, tok):
+    """A model whose config names other image tokens gets a tokenizer with those tokens (added as single
+    special tokens), and its ids fill the config's id fields."""
+    tok.save(tmp_path)
+    special = SpecialTokens(image="<pic>", image_start="<pic_start>", image_end="<pic_end>", image_eol="<pic_eol>")
+    loaded = Tokenizer.load(tmp_path, special_tokens=special)
+    ids = loaded.image_token_ids()
+    assert [loaded.decode([i], skip_special_tokens=False) for i in ids.values()] == \
+        ["<pic>", "<pic_start>", "<pic_end>", "<pic_eol>"]
+    assert loaded.encode("a<pic>b").count(ids["image_token_id"]) == 1
 
 
 def test_chat_template(tok):
@@ -92,7 +103,7 @@ def test_existing_vocabulary_gets_missing_tokens(tmp_path):
     assert (wrapped.pad_id, wrapped.bos_id) == (1, 0)
     assert wrapped.encode("<|im_start|><img>") == [wrapped.token_to_id("<|im_start|>"), wrapped.token_to_id("<img>")]
     assert min(wrapped.image_token_ids().values()) >= len(vocab)
-    assert wrapped.vocab_size == len(vocab) + len(CHAT_TOKENS) + 5
+    assert wrapped.vocab_size == len(vocab) + len(CHAT_TOKENS) + 4  # the four image tokens
 
     tk.save(str(tmp_path / "tokenizer.json"))
     config = {"pad_token": {"content": "</pad>"}, "bos_token": "<s>"}

@@ -10,11 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from nativevlm import LanguageConfig, LanguageModel
 from nativevlm.config import ConfigError
 from nativevlm.data.tokenizer import Tokenizer
+from nativevlm.model.loading import load_pretrained
 from nativevlm.train import checkpoint
 from nativevlm.train.data import MixtureSampler
-from nativevlm.train.export import build_model, load_pretrained
+from nativevlm.train.export import build_model
 from nativevlm.train.lora import add_lora, merge_lora
 from nativevlm.train.recipe import load_recipe
 from nativevlm.train.schedule import lr_at
@@ -191,3 +193,19 @@ def test_a_step_with_every_sample_dropped_is_an_error(train_world, tmp_path):
     cfg = load_recipe(write_recipe(tmp_path / "r.yaml", vlm_recipe(train_world, max_length=4)))
     with pytest.raises(ValueError, match="no target tokens"):
         train(cfg, tmp_path / "run")
+
+
+def test_training_leaves_no_hook_behind(tmp_path, train_world):
+    """keep_graph's forward hook lives for the run only: a second train() in one process doesn't stack a
+    second one on a model it reuses, and the returned model has none."""
+    from nativevlm.train.step import keep_graph
+
+    lm = LanguageModel(LanguageConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                      intermediate_size=64))
+    with keep_graph(lm):
+        assert len(lm.embed_tokens._forward_hooks) == 1
+        assert lm(torch.randint(0, 64, (1, 4))).logits.requires_grad
+    assert len(lm.embed_tokens._forward_hooks) == 0
+    result = train(load_recipe(write_recipe(tmp_path / "r.yaml", lm_recipe(train_world))), tmp_path / "run",
+                   log=lambda *a, **k: None)
+    assert len(result.model.embed_tokens._forward_hooks) == 0

@@ -16,14 +16,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data.tokenizer import Tokenizer
-    from ..infer.chat import ask
-    from ..model.loading import load_pretrained
+    from ..infer.chat import ask, load_model_and_tokenizer
 
     for image in args.image:
         if not Path(image).is_file():
             raise FileNotFoundError(f"image {image} does not exist")
-    model = load_pretrained(args.model)
-    tokenizer = Tokenizer.load(args.tokenizer or args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer)
     print(ask(model, tokenizer, args.question, args.image, args.max_new_tokens, args.temperature))
     return 0

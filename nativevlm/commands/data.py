@@ -9,7 +9,7 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="generate the built-in visual world; curate datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     register_world(dsub)
-    register_curate(dsub)
+    register_curate(dsub, model_judge=_model_judge)
     t = dsub.add_parser("text", help="a text corpus (one document per line) from the conversations of a LLaVA "
                                      ".json / chat .jsonl file: what a small text LM pretrains on")
     t.add_argument("data", nargs="+", help="LLaVA .json or chat-messages .jsonl files (images are not opened)")
@@ -49,3 +49,10 @@ def write_text_corpus(args) -> int:
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{len(lines)} documents -> {args.out}")
     return 0
+
+
+def _model_judge(model_dir: str):
+    """The curation judge's scorer backed by a trained model (built here: data does not import inference)."""
+    from ..infer.chat import model_logprob_fn
+
+    return model_logprob_fn(model_dir)

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import DataError
+
 
 def register(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a BPE tokenizer")
@@ -20,52 +22,44 @@ def register(sub) -> None:
     t.set_defaults(func=train)
 
 
-def _content_texts(content) -> list[str]:
-    """Texts of a message content: a string, or a list of parts whose text parts count."""
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    return []
-
-
 def _parse(text: str, where: str):
-    from ..config import ConfigError
-
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"corpus {where} is not valid JSON: {e}") from None
+        raise DataError(f"corpus {where} is not valid JSON: {e}") from None
 
 
 def corpus_texts(path: Path) -> Iterator[str]:
     """Documents of one corpus file: lines of a text file, or the message texts of a LLaVA .json or chat
-    .jsonl file with `<image>` markers removed (markers become image tokens, never text). Images are not
-    opened."""
+    .jsonl file (read by `formats.parse_record`; records it can't read are skipped) with `<image>` markers
+    removed (markers become image tokens, never text). Images are not opened."""
+    from ..data.formats import RecordError, parse_record
     from ..data.sample import IMAGE_MARKER
 
-    if path.suffix not in (".json", ".jsonl"):
-        with path.open(encoding="utf-8") as f:
-            yield from (line.rstrip("\n") for line in f if line.strip())
-        return
+    try:
+        if path.suffix not in (".json", ".jsonl"):
+            with path.open(encoding="utf-8") as f:  # streamed: text corpora can be large
+                yield from (line.rstrip("\n") for line in f if line.strip())
+            return
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"corpus {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.suffix == ".json":
-        records = _parse(path.read_text(encoding="utf-8"), str(path))
+        records = _parse(text, str(path))
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text.splitlines()
         records = [_parse(line, f"{path} line {i}") for i, line in enumerate(lines, 1) if line.strip()]
     for record in records if isinstance(records, list) else []:
-        if not isinstance(record, dict):
+        try:
+            messages, _ = parse_record(record, implicit_markers=False)
+        except RecordError:
             continue
-        turns = [(t, "value") for t in record.get("conversations", [])]
-        turns += [(m, "content") for m in record.get("messages", [])]
-        for turn, key in turns:
-            texts = _content_texts(turn.get(key)) if isinstance(turn, dict) else []
-            yield from (t.replace(IMAGE_MARKER, "") for t in texts if t)
+        yield from (m["content"].replace(IMAGE_MARKER, "") for m in messages if m["content"])
 
 
 def train(args) -> int:
-    from ..config import ConfigError
     from ..data.tokenizer import Tokenizer
+    from ..errors import ConfigError, UserError
 
     paths = [Path(p) for p in args.corpus]
     for p in paths:
@@ -74,7 +68,7 @@ def train(args) -> int:
     texts = (text for p in paths for text in corpus_texts(p))
     try:
         tok = Tokenizer.train(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency)
-    except ConfigError:
+    except UserError:  # a corpus file's own error, already naming it
         raise
     except ValueError as e:
         raise ConfigError(f"--vocab-size: {e}") from None

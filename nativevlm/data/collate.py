@@ -1,10 +1,11 @@
 """Samples -> model batches: chat template, image token blocks, loss targets, padding or packing.
 
 Layout (NaViL): each `<image>` marker becomes `<img_start>`, then for each of `rows` rows `cols` x `<img>`
-and an `<img_eol>`, then `<img_end>`, where an image tensor [3, H, W] gives rows = H // factor and
-cols = W // factor (factor = patch_size * downsample: one token per pixel-shuffled patch group). The model
-writes the encoder's features, row-major, into the `<img>` positions with one masked assignment, so the
-sequence length is known here, before any vision compute.
+and an `<img_eol>`, then `<img_end>`, where (rows, cols) = `connector.token_grid` of the image tensor's size
+at its compression rate (the model's `downsample`, or a per-image rate from `Sample.image_downsample`): the
+same function the model shapes its features with. The model writes the encoder's features, row-major, into
+the `<img>` positions with one masked assignment, so the sequence length is known here, before any vision
+compute.
 
 Targets are pre-shifted: `targets[t]` is the token to predict at position t (`input_ids[t + 1]` when that is
 an assistant token, else -100). The model never shifts, so a packed row can't leak a prediction across a
@@ -19,6 +20,9 @@ from typing import Optional
 
 import torch
 
+from ..errors import ImageError, SampleDropped
+from ..model.batch import Batch
+from ..model.connector import token_grid
 from .image import ImageProcessor
 from .sample import IMAGE_MARKER, Sample
 from .tokenizer import IM_END, IM_START, Tokenizer
@@ -26,30 +30,23 @@ from .tokenizer import IM_END, IM_START, Tokenizer
 IGNORE = -100
 
 
-class SampleDropped(ValueError):
-    """A sample can't be encoded within `max_length`; `reason` is the short form the Collator counts."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
 @dataclass
 class EncodedSample:
-    """One tokenised sample. `pixel_values` are in the order of the image blocks in `input_ids`."""
+    """One tokenised sample. `pixel_values` are in the order of the image blocks in `input_ids`, each
+    tokenised at the compression rate in `image_downsample`."""
 
     input_ids: list[int]
     targets: list[int]
     pixel_values: list[torch.Tensor] = field(default_factory=list)
+    image_downsample: list[int] = field(default_factory=list)
     n_loss_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def image_block(pixels: torch.Tensor, factor: int, ids: dict[str, int]) -> list[int]:
-    """The token block standing for one image tensor [3, H, W]."""
-    rows, cols = pixels.shape[-2] // factor, pixels.shape[-1] // factor
+def image_block(rows: int, cols: int, ids: dict[str, int]) -> list[int]:
+    """The token block standing for an image of rows x cols tokens."""
     row = [ids["image_token_id"]] * cols + [ids["image_eol_id"]]
     return [ids["image_start_id"], *row * rows, ids["image_end_id"]]
 
@@ -75,6 +72,9 @@ def encode_sample(
     is_answer: list[bool] = []
     pixel_values: list[torch.Tensor] = []
     images_end = 0  # where the last image block ends: the shortest prefix keeping every image
+    rates = list(sample.image_downsample) or [image_processor.downsample for _ in sample.images]
+    if len(rates) != len(sample.images):
+        raise ValueError(f"sample {sample.id}: {len(rates)} compression rates for {len(sample.images)} images")
 
     def add(tokens: list[int], answer: bool) -> None:
         ids.extend(tokens)
@@ -90,7 +90,9 @@ def encode_sample(
                 if path is None:
                     raise ValueError(f"sample {sample.id}: more {IMAGE_MARKER} markers than images")
                 pixel_values.append(image_processor(path))
-                add(image_block(pixel_values[-1], image_processor.factor, image_ids), False)
+                rows, cols = token_grid(*pixel_values[-1].shape[-2:], image_processor.patch_size,
+                                        rates[len(pixel_values) - 1])
+                add(image_block(rows, cols, image_ids), False)
                 images_end = len(ids)
             if piece:
                 add(tokenizer.encode(piece), answer)
@@ -114,7 +116,7 @@ def encode_sample(
             )
     targets = [nxt if answer else IGNORE for nxt, answer in zip(ids[1:], is_answer[1:])] + [IGNORE]
     n_loss = sum(t != IGNORE for t in targets)
-    return EncodedSample(ids, targets, pixel_values, n_loss)
+    return EncodedSample(ids, targets, pixel_values, rates[:len(pixel_values)], n_loss)
 
 
 def pack_first_fit(samples: list[EncodedSample], max_length: int) -> list[list[EncodedSample]]:
@@ -135,8 +137,8 @@ def pack_first_fit(samples: list[EncodedSample], max_length: int) -> list[list[E
 
 
 class Collator:
-    """List of Samples -> batch dict (see `__call__`). Samples that can't fit `max_length` are dropped
-    and counted in `self.dropped` (reason -> count) rather than failing the step.
+    """List of Samples -> `Batch`. Samples that can't fit `max_length`, or whose image turns out corrupt
+    when decoded, are dropped and counted in `self.dropped` (reason -> count) rather than failing the step.
 
     `pack=True` packs whole samples into rows of at most `max_length` tokens (first-fit, so the number of
     rows varies); positions restart at 0 for each document and `document_ids` tell the model where the
@@ -167,16 +169,12 @@ class Collator:
                 encoded.append(encode_sample(s, self.tokenizer, self.image_processor, self.max_length))
             except SampleDropped as e:
                 self.dropped[e.reason] += 1
+            except ImageError:  # the reader checked the file's structure; decoding happens once, here
+                self.dropped["corrupt image"] += 1
         return encoded
 
-    def __call__(self, samples: list[Sample]) -> dict:
-        """Returns (B = rows, T = longest row; B = 0 when every sample was dropped):
-        input_ids [B, T] long, right-padded with pad_id; targets [B, T] long, pre-shifted, -100 = no loss;
-        loss_weights [B, T] float32, 0 where no target (loss = sum(w * ce) / sum(w));
-        attention_mask [B, T] bool, True = real token; position_ids [B, T] long;
-        document_ids [B, T] long (index of the document within its row, -1 = padding) or None unpacked;
-        pixel_values: list of [3, H, W] tensors in order of appearance over the flattened batch;
-        n_samples, n_images, n_loss_tokens: ints for logging and throughput."""
+    def __call__(self, samples: list[Sample]) -> Batch:
+        """Rows right-padded with pad_id (B = rows, T = longest row; see `Batch` for each field)."""
         encoded = self.encode(samples)
         rows = pack_first_fit(encoded, self.max_length) if self.pack else [[e] for e in encoded]
         B, T = len(rows), max((sum(len(d) for d in row) for row in rows), default=0)
@@ -186,6 +184,7 @@ class Collator:
         position_ids = torch.zeros(B, T, dtype=torch.long)
         document_ids = torch.full((B, T), -1, dtype=torch.long)
         pixel_values: list[torch.Tensor] = []
+        image_downsample: list[int] = []
         for b, row in enumerate(rows):
             start = 0
             for d, doc in enumerate(row):
@@ -197,16 +196,22 @@ class Collator:
                 position_ids[b, start:end] = torch.arange(len(doc))
                 document_ids[b, start:end] = d
                 pixel_values.extend(doc.pixel_values)
+                image_downsample.extend(doc.image_downsample)
                 start = end
-        return {
-            "input_ids": input_ids,
-            "targets": targets,
-            "loss_weights": loss_weights,
-            "attention_mask": document_ids >= 0,
-            "position_ids": position_ids,
-            "document_ids": document_ids if self.pack else None,
-            "pixel_values": pixel_values,
-            "n_samples": len(encoded),
-            "n_images": len(pixel_values),
-            "n_loss_tokens": sum(e.n_loss_tokens for e in encoded),
-        }
+        return Batch(input_ids=input_ids, targets=targets, loss_weights=loss_weights,
+                     attention_mask=document_ids >= 0, position_ids=position_ids,
+                     document_ids=document_ids if self.pack else None, pixel_values=pixel_values,
+                     image_downsample=image_downsample, n_samples=len(encoded),
+                     n_loss_tokens=sum(e.n_loss_tokens for e in encoded))
+
+
+def prompt_batch(encoded: list[EncodedSample], pad_id: int) -> Batch:
+    """Generation prompts, left-padded so every row ends where generation starts."""
+    width = max(len(e.input_ids) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(encoded), width, dtype=torch.bool)
+    for i, e in enumerate(encoded):
+        ids[i, width - len(e.input_ids):] = torch.tensor(e.input_ids)
+        mask[i, width - len(e.input_ids):] = True
+    return Batch(input_ids=ids, attention_mask=mask, pixel_values=[p for e in encoded for p in e.pixel_values],
+                 image_downsample=[r for e in encoded for r in e.image_downsample], n_samples=len(encoded))

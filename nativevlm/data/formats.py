@@ -1,5 +1,8 @@
 """Readers and writers for conversation datasets: LLaVA conversation JSON and OpenAI chat-messages JSONL.
 
+`parse_record` is the one reader of a record (either form) into messages and image references; the dataset
+reader, curation and the tokenizer command all use it.
+
 Real datasets always hold some bad records. A reader that stops at the first one makes a million-record
 file unusable, and one that silently drops them hides data loss, so by default bad records are skipped and
 counted in a `ReadReport` (how many for each reason, and the first few with file and line); `strict=True`
@@ -14,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from .image import ImageError, load_image
+from ..errors import DataError, ImageError
+from .image import verify_image
 from .sample import IMAGE_MARKER, Sample
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -29,12 +33,8 @@ MISSING_IMAGE = "missing image"
 CORRUPT_IMAGE = "corrupt image"
 
 
-class DataError(ValueError):
-    """A dataset file or record is unusable; the message names the file, the line or record, and why."""
-
-
-class _Skip(Exception):
-    """Internal: the current record is bad for `reason`."""
+class RecordError(Exception):
+    """A record that can't be read, for `reason` (one of the skip reasons above); `message` says why."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -74,6 +74,20 @@ class ReadReport:
         return "\n".join(lines)
 
 
+def parse_record(raw, implicit_markers: bool = True) -> tuple[list[dict], list[str]]:
+    """(messages, image references as written) of one record: LLaVA (`conversations`, `image` and/or
+    `images`) or OpenAI chat messages (`messages`, content a string or text / image parts). Markers are
+    not counted here. With `implicit_markers`, a LLaVA record with images but no `<image>` marker gets one
+    per image before its first question (the LLaVA convention). Raises RecordError."""
+    if not isinstance(raw, dict):
+        raise RecordError(BAD_RECORD, f"expected a JSON object, got {type(raw).__name__}")
+    if "conversations" in raw:
+        return _llava_record(raw, implicit_markers)
+    if "messages" in raw:
+        return _chat_record(raw)
+    raise RecordError(BAD_RECORD, "record has neither 'conversations' (LLaVA) nor 'messages' (chat)")
+
+
 def read_samples(
     path: Union[str, Path],
     image_root: Union[str, Path, None] = None,
@@ -83,7 +97,9 @@ def read_samples(
     """Read a LLaVA JSON file (a list of records) or a JSONL file (one record per line); each record may
     be in either LLaVA (`conversations`) or chat-messages (`messages`) form. Relative image paths resolve
     against `image_root` (default: the data file's folder). `check_images` fully decodes every image once
-    so missing and corrupt files are found here, not mid-training; turn it off only for trusted data."""
+    `check_images` opens each image and verifies its file structure (a missing, truncated or non-image
+    file is skipped here, not met mid-training) without decoding its pixels: the collator decodes each
+    image once, and counts a sample whose pixels still fail to decode as dropped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -114,7 +130,7 @@ class _Reader:
         self.path, self.root, self.report = path, root, report
         self.strict, self.check_images = strict, check_images
         self.samples: list[Sample] = []
-        self.image_ok: dict[str, Optional[_Skip]] = {}  # records often share images: check each once
+        self.image_ok: dict[str, Optional[RecordError]] = {}  # records often share images: check each once
 
     def record(self, raw: Union[str, dict], where: str, source: str) -> None:
         self.report.n_records += 1
@@ -123,26 +139,24 @@ class _Reader:
                 try:
                     raw = json.loads(raw)
                 except json.JSONDecodeError as e:
-                    raise _Skip(MALFORMED_JSON, f"malformed JSON: {e}") from None
-            if not isinstance(raw, dict):
-                raise _Skip(BAD_RECORD, f"expected a JSON object, got {type(raw).__name__}")
-            if "conversations" in raw:
-                messages, images = _llava_record(raw)
-            elif "messages" in raw:
-                messages, images = _chat_record(raw)
-            else:
-                raise _Skip(BAD_RECORD, "record has neither 'conversations' (LLaVA) nor 'messages' (chat)")
-            images = [self.image(p) for p in images]
-        except _Skip as skip:
+                    raise RecordError(MALFORMED_JSON, f"malformed JSON: {e}") from None
+            messages, refs = parse_record(raw)
+            sample = Sample(id=str(raw.get("id", f"{self.path.stem}-{where.split()[-1]}")), messages=messages)
+            if not any(m["content"].strip() for m in messages):
+                raise RecordError(EMPTY_CONVERSATION, "conversation is empty")
+            if sample.n_markers() != len(refs):
+                raise RecordError(MARKER_MISMATCH,
+                                  f"{sample.n_markers()} {IMAGE_MARKER} markers but {len(refs)} images")
+            sample.images = [self.image(p) for p in refs]
+        except RecordError as skip:
             message = f"{self.path} {where}: {skip.message}"
             if self.strict:
                 raise DataError(message) from None
             self.report.add_skip(skip.reason, message)
             return
-        meta = dict(raw["meta"]) if isinstance(raw.get("meta"), dict) else {}
-        meta["source"] = source
-        sample_id = str(raw.get("id", f"{self.path.stem}-{where.split()[-1]}"))
-        self.samples.append(Sample(id=sample_id, messages=messages, images=images, meta=meta))
+        sample.meta = dict(raw["meta"]) if isinstance(raw.get("meta"), dict) else {}
+        sample.meta["source"] = source
+        self.samples.append(sample)
         self.report.n_samples += 1
 
     def image(self, ref: str) -> str:
@@ -151,40 +165,32 @@ class _Reader:
             self.image_ok[path] = self._check(path)
         problem = self.image_ok[path]
         if problem is not None:
-            raise _Skip(problem.reason, problem.message)
+            raise RecordError(problem.reason, problem.message)
         return path
 
-    def _check(self, path: str) -> Optional[_Skip]:
+    def _check(self, path: str) -> Optional[RecordError]:
         if not os.path.isfile(path):
-            return _Skip(MISSING_IMAGE, f"image file {path} does not exist")
+            return RecordError(MISSING_IMAGE, f"image file {path} does not exist")
         if self.check_images:
             try:
-                load_image(path)
+                verify_image(path)
             except ImageError as e:
-                return _Skip(CORRUPT_IMAGE, str(e))
+                return RecordError(CORRUPT_IMAGE, str(e))
         return None
 
 
 def _image_list(value, key: str) -> list[str]:
     refs = [value] if isinstance(value, str) else value
     if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
-        raise _Skip(BAD_RECORD, f"'{key}' must be a path or a list of paths, got {value!r}")
+        raise RecordError(BAD_RECORD, f"'{key}' must be a path or a list of paths, got {value!r}")
     return refs
 
 
-def _check_markers(messages: list[dict], images: list[str]) -> None:
-    if not any(m["content"].strip() for m in messages):
-        raise _Skip(EMPTY_CONVERSATION, "conversation is empty")
-    n_markers = sum(m["content"].count(IMAGE_MARKER) for m in messages)
-    if n_markers != len(images):
-        raise _Skip(MARKER_MISMATCH, f"{n_markers} {IMAGE_MARKER} markers but {len(images)} images")
-
-
-def _llava_record(raw: dict) -> tuple[list[dict], list[str]]:
+def _llava_record(raw: dict, implicit_markers: bool) -> tuple[list[dict], list[str]]:
     """LLaVA: `{id, image | images, conversations: [{from: human|gpt|system, value}]}`."""
     turns = raw["conversations"]
     if not isinstance(turns, list) or not turns:
-        raise _Skip(EMPTY_CONVERSATION, "'conversations' is empty")
+        raise RecordError(EMPTY_CONVERSATION, "'conversations' is empty")
     images: list[str] = []
     for key in ("image", "images"):
         if raw.get(key) is not None:
@@ -192,17 +198,16 @@ def _llava_record(raw: dict) -> tuple[list[dict], list[str]]:
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise _Skip(BAD_RECORD, f"turn {i} must be an object with a string 'value'")
+            raise RecordError(BAD_RECORD, f"turn {i} must be an object with a string 'value'")
         role = LLAVA_ROLES.get(turn.get("from"))
         if role is None:
-            raise _Skip(BAD_RECORD, f"turn {i} has unknown 'from' {turn.get('from')!r} (human, gpt or system)")
+            raise RecordError(BAD_RECORD, f"turn {i} has unknown 'from' {turn.get('from')!r} (human, gpt or system)")
         messages.append({"role": role, "content": turn["value"]})
     # LLaVA convention: an image record without markers means the images precede the first question.
-    if images and not any(IMAGE_MARKER in m["content"] for m in messages):
+    if implicit_markers and images and not any(IMAGE_MARKER in m["content"] for m in messages):
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is not None:
             first_user["content"] = f"{IMAGE_MARKER}\n" * len(images) + first_user["content"]
-    _check_markers(messages, images)
     return messages, images
 
 
@@ -213,11 +218,11 @@ def _part_image(part: dict) -> str:
     if isinstance(value, dict):
         value = value.get("url", value.get("path"))
     if not isinstance(value, str) or not value:
-        raise _Skip(BAD_RECORD, f"{part['type']} part has no path: {part!r}")
+        raise RecordError(BAD_RECORD, f"{part['type']} part has no path: {part!r}")
     if value.startswith("file://"):
         value = value[len("file://"):]
     elif "://" in value or value.startswith("data:"):
-        raise _Skip(BAD_RECORD, f"only local image files are supported, got {value[:60]!r}")
+        raise RecordError(BAD_RECORD, f"only local image files are supported, got {value[:60]!r}")
     return value
 
 
@@ -227,12 +232,12 @@ def _chat_record(raw: dict) -> tuple[list[dict], list[str]]:
     newlines."""
     turns = raw["messages"]
     if not isinstance(turns, list) or not turns:
-        raise _Skip(EMPTY_CONVERSATION, "'messages' is empty")
+        raise RecordError(EMPTY_CONVERSATION, "'messages' is empty")
     inline: list[str] = []
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get("role") not in CHAT_ROLES:
-            raise _Skip(BAD_RECORD, f"message {i} needs a role of {', '.join(CHAT_ROLES)}")
+            raise RecordError(BAD_RECORD, f"message {i} needs a role of {', '.join(CHAT_ROLES)}")
         content = turn.get("content")
         if isinstance(content, list):
             pieces = []
@@ -244,17 +249,15 @@ def _chat_record(raw: dict) -> tuple[list[dict], list[str]]:
                     inline.append(_part_image(part))
                     pieces.append(IMAGE_MARKER)
                 else:
-                    raise _Skip(BAD_RECORD, f"message {i} has an unsupported content part {part!r}")
+                    raise RecordError(BAD_RECORD, f"message {i} has an unsupported content part {part!r}")
             content = "\n".join(pieces)
         if not isinstance(content, str):
-            raise _Skip(BAD_RECORD, f"message {i} content must be a string or a list of parts")
+            raise RecordError(BAD_RECORD, f"message {i} content must be a string or a list of parts")
         messages.append({"role": turn["role"], "content": content})
     images = _image_list(raw["images"], "images") if raw.get("images") is not None else []
     if inline and images:
-        raise _Skip(BAD_RECORD, "images given both as content parts and in 'images'")
-    images = inline or images
-    _check_markers(messages, images)
-    return messages, images
+        raise RecordError(BAD_RECORD, "images given both as content parts and in 'images'")
+    return messages, inline or images
 
 
 def write_llava(samples: list[Sample], path: Union[str, Path]) -> None:

@@ -17,10 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..config import ConnectorConfig, VisionConfig
-
-
-class ImageError(ValueError):
-    """An image file exists but can't be opened or decoded; the message names the file."""
+from ..errors import ImageError
 
 
 def fit_size(
@@ -99,6 +96,16 @@ def load_image(path: Union[str, Path, bytes]) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {e}") from None
 
 
+def verify_image(path: Union[str, Path]) -> None:
+    """Check that `path` is an image file with an intact structure (header, chunk checksums) without
+    decoding its pixels: the cheap check a dataset reader runs before the collator decodes it once."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+
+
 def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """Resize to `size` = (width, height) with bicubic filtering and normalise to [-1, 1]
     (mean 0.5, std 0.5): a float32 tensor [3, height, width]."""
@@ -112,7 +119,9 @@ def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 class ImageProcessor:
     """Path or PIL image -> normalised tensor at its native-resolution size on the `factor` grid.
-    `fixed_size` (square side) replaces native resolution for the fixed-input ViT baseline."""
+    `fixed_size` (square side) replaces native resolution for the fixed-input ViT baseline. `downsample` is
+    the default compression rate images are tokenised at (default: factor / patch_size); `factor` is the
+    cell of the coarsest rate the model has, so an image can be tokenised at any of them."""
 
     def __init__(
         self,
@@ -121,11 +130,13 @@ class ImageProcessor:
         min_patches: int = 16,
         max_patches: int = 4096,
         fixed_size: Optional[int] = None,
+        downsample: Optional[int] = None,
     ):
         if fixed_size is not None and fixed_size % factor:
             raise ValueError(f"fixed_size {fixed_size} must be a multiple of {factor}")
         self.patch_size = patch_size
         self.factor = factor
+        self.downsample = downsample or factor // patch_size
         self.min_patches = min_patches
         self.max_patches = max_patches
         self.fixed_size = fixed_size
@@ -134,7 +145,8 @@ class ImageProcessor:
     def from_config(cls, vision: VisionConfig, connector: ConnectorConfig) -> "ImageProcessor":
         return cls(
             patch_size=vision.patch_size,
-            factor=vision.patch_size * connector.downsample,
+            factor=vision.patch_size * max(connector.downsample, connector.extra_downsample),
+            downsample=connector.downsample,
             min_patches=vision.min_patches,
             max_patches=vision.max_patches,
             fixed_size=vision.image_size if vision.arch == "vit" else None,

@@ -35,7 +35,6 @@ IMAGE_TOKEN_FIELDS = {
     "image_start_id": "image_start",
     "image_end_id": "image_end",
     "image_eol_id": "image_eol",
-    "image_eos_id": "image_eos",
 }
 
 
@@ -98,15 +97,16 @@ class Tokenizer:
         return cls(tk)
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "Tokenizer":
+    def load(cls, path: Union[str, Path], special_tokens: Optional[SpecialTokens] = None) -> "Tokenizer":
         """Load a `tokenizer.json` file, or a folder holding one (with its tokenizer_config.json, if any,
-        naming the pad and BOS tokens), or the tokenizer embedded in a `.gguf` model file."""
+        naming the pad and BOS tokens), or the tokenizer embedded in a `.gguf` model file. `special_tokens`
+        are the image tokens of the model it serves (its `ModelConfig.special_tokens`; default: ours)."""
         path = Path(path)
         if path.suffix == ".gguf":
             from .gguf_tokenizer import load_gguf_tokenizer
 
             tk, names = load_gguf_tokenizer(path)
-            return cls(tk, **names)
+            return cls(tk, **names, special_tokens=special_tokens)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no tokenizer at {path}: expected tokenizer.json or a folder holding one")
@@ -116,6 +116,7 @@ class Tokenizer:
             HFTokenizer.from_file(str(file)),
             pad_token=_token_content(config.get("pad_token")),
             bos_token=_token_content(config.get("bos_token")),
+            special_tokens=special_tokens,
         )
 
     def save(self, directory: Union[str, Path]) -> None:

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..data.collate import encode_sample
+from ..data.collate import encode_sample, prompt_batch
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample
 from ..infer.generate import generate
@@ -20,15 +20,8 @@ def generate_answers(model, tokenizer, image_processor, samples: Sequence[Sample
     model.eval()
     device = device or next(model.parameters()).device
     encoded = [encode_sample(s, tokenizer, image_processor, add_generation_prompt=True) for s in samples]
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(samples), width), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(samples), width, dtype=torch.bool)
-    for i, e in enumerate(encoded):  # left padding: every prompt ends where generation starts
-        ids[i, width - len(e.input_ids):] = torch.tensor(e.input_ids)
-        mask[i, width - len(e.input_ids):] = True
-    pixels = [p.to(device) for e in encoded for p in e.pixel_values]
-    out = generate(model, ids.to(device), attention_mask=mask.to(device), pixel_values=pixels or None,
-                   max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id)
+    batch = prompt_batch(encoded, tokenizer.pad_id).to(device)  # left padded: prompts end where answers start
+    out = generate(model, batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id)
     return [tokenizer.decode([t for t in row if t != tokenizer.eos_id]).strip() for row in out.tolist()]
 
 

@@ -9,6 +9,7 @@ import torch
 from ..data.collate import EncodedSample, encode_sample
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample
+from ..model.vlm import NativeVLM
 from .engine import Engine, Request, SamplingParams
 
 
@@ -49,12 +50,19 @@ def answer_logprob(model, tokenizer, image: str, prompt: str, answer: str,
     return -float(out.loss_sum)  # the training loss with unit weights is the summed answer NLL
 
 
-def model_logprob_fn(model_dir: str):
-    """`logprob_fn(image_path, prompt, answer)` backed by a trained NativeVLM folder (with its tokenizer)."""
+def load_model_and_tokenizer(model_dir, tokenizer_path=None):
+    """A trained model folder and its tokenizer (stored in the folder unless `tokenizer_path` says where),
+    the tokenizer given the model's image tokens."""
     from ..data.tokenizer import Tokenizer
     from ..model.loading import load_pretrained
 
     model = load_pretrained(model_dir)
-    tokenizer = Tokenizer.load(model_dir)
+    special = model.config.special_tokens if isinstance(model, NativeVLM) else None
+    return model, Tokenizer.load(tokenizer_path or model_dir, special_tokens=special)
+
+
+def model_logprob_fn(model_dir: str):
+    """`logprob_fn(image_path, prompt, answer)` backed by a trained NativeVLM folder (with its tokenizer)."""
+    model, tokenizer = load_model_and_tokenizer(model_dir)
     processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
     return lambda image, prompt, answer: answer_logprob(model, tokenizer, str(image), prompt, answer, processor)

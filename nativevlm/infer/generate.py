@@ -6,9 +6,11 @@ KV cache and each step feeds one token; without it every step re-runs the whole 
 the cached path is tested against)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
+
+from ..model.batch import Batch
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
@@ -27,7 +29,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 @torch.no_grad()
 def generate(
     model,
-    input_ids: torch.Tensor,
+    input_ids: Union[torch.Tensor, Batch],
     attention_mask: Optional[torch.Tensor] = None,
     pixel_values: Optional[Sequence[torch.Tensor]] = None,
     max_new_tokens: int = 32,
@@ -37,13 +39,19 @@ def generate(
     use_cache: bool = True,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Returns the new tokens [B, <= max_new_tokens]; rows that finished are filled with eos."""
+    """Returns the new tokens [B, <= max_new_tokens]; rows that finished are filled with eos. `input_ids`
+    may be a prompt `Batch` (`data.collate.prompt_batch`), which brings its mask, images and their rates."""
+    image_downsample = None
+    if isinstance(input_ids, Batch):
+        batch = input_ids
+        input_ids, attention_mask = batch.input_ids, batch.attention_mask
+        pixel_values, image_downsample = batch.pixel_values or None, batch.image_downsample or None
     b, t = input_ids.shape
     device = input_ids.device
     if attention_mask is None:
         attention_mask = torch.ones(b, t, dtype=torch.bool, device=device)
     attention_mask = attention_mask.bool()
-    extra = {"pixel_values": pixel_values} if pixel_values is not None else {}
+    extra = {"pixel_values": pixel_values, "image_downsample": image_downsample} if pixel_values is not None else {}
     cache = model.new_kv_cache(b, t + max_new_tokens) if use_cache else None
     seq, mask = input_ids, attention_mask
     done = torch.zeros(b, dtype=torch.bool, device=device)

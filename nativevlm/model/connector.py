@@ -2,7 +2,10 @@
 f*f times the width) then an MLP (LayerNorm -> Linear -> GELU -> Linear, as in InternVL).
 
 `mlp1` is the 2x2 path (1/4 of the patches as tokens). With `extra_downsample=4` a second path `mlp2`
-gives 1/16 (InternVL3.5's compressed rate, used by the visual resolution router)."""
+gives 1/16 (InternVL3.5's compressed rate, which the visual resolution router picks per image).
+
+`token_grid` is the one statement of how many image tokens an image becomes: the collator sizes each image's
+token block with it and the model shapes the connector's output with it."""
 from __future__ import annotations
 
 import torch
@@ -11,12 +14,20 @@ import torch.nn as nn
 from ..config import ConnectorConfig
 
 
+def token_grid(height_px: int, width_px: int, patch_size: int, downsample: int) -> tuple[int, int]:
+    """(rows, cols) of image tokens for an image of this size at compression rate `downsample` (each token is
+    one downsample x downsample block of patch_size-pixel patches)."""
+    cell = patch_size * downsample
+    if height_px % cell or width_px % cell:
+        raise ValueError(f"image {width_px}x{height_px} is not a multiple of patch_size * downsample = {cell} "
+                         "pixels; preprocess images with nativevlm.data.image.ImageProcessor")
+    return height_px // cell, width_px // cell
+
+
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
     """[B, h, w, D] -> [B, h/f, w/f, f*f*D]: each f x f block of neighbouring patches becomes one token."""
     b, h, w, d = x.shape
-    if h % factor or w % factor:
-        raise ValueError(f"feature grid {h}x{w} is not divisible by the shuffle factor {factor}; image sides "
-                         f"must be multiples of patch_size * {factor}")
+    assert h % factor == 0 and w % factor == 0, f"feature grid {h}x{w} is not divisible by {factor}"
     x = x.view(b, h // factor, factor, w // factor, factor, d).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, h // factor, w // factor, factor * factor * d)
 
@@ -46,11 +57,17 @@ class Connector(nn.Module):
         logits = self.cell_head(torch.nn.functional.rms_norm(tokens, tokens.shape[-1:]))
         return torch.nn.functional.cross_entropy(logits.float(), targets)
 
-    def forward(self, features: torch.Tensor, compressed: bool = False) -> torch.Tensor:
-        """features [B, h, w, D] -> tokens [B, h/f, w/f, llm_dim] (f = downsample, or extra_downsample
-        when `compressed`)."""
-        if compressed:
-            if self.mlp2 is None:
-                raise ValueError("this connector has no compressed path; set connector.extra_downsample=4")
-            return self.mlp2(pixel_shuffle(features, self.config.extra_downsample))
-        return self.mlp1(pixel_shuffle(features, self.config.downsample))
+    @property
+    def rates(self) -> tuple[int, ...]:
+        """The compression rates this connector has a path for."""
+        return (self.config.downsample,) + ((self.config.extra_downsample,) if self.mlp2 is not None else ())
+
+    def forward(self, features: torch.Tensor, downsample: int) -> torch.Tensor:
+        """features [B, h, w, D] -> tokens [B, h/f, w/f, llm_dim] at rate f = `downsample` (the connector's
+        `downsample`, or its `extra_downsample` for the compressed path)."""
+        if downsample == self.config.downsample:
+            return self.mlp1(pixel_shuffle(features, downsample))
+        if self.mlp2 is not None and downsample == self.config.extra_downsample:
+            return self.mlp2(pixel_shuffle(features, downsample))
+        raise ValueError(f"this connector has no path for downsample {downsample} (it has {self.rates}); "
+                         "set connector.extra_downsample=4 for the compressed rate")

@@ -103,9 +103,9 @@ class SparseMoE(nn.Module):
         self.down = nn.Parameter(torch.empty(num_experts, hidden, dim))
         nn.init.normal_(self.gate_up, std=0.02)
         nn.init.normal_(self.down, std=0.02)
-        self.last_aux_loss: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (output shaped like x, the balance loss of this call)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         probs = F.softmax(self.router(flat).float(), dim=-1)
@@ -126,8 +126,7 @@ class SparseMoE(nn.Module):
             gate, up = (flat[tokens] @ self.gate_up[e]).chunk(2, dim=-1)
             y = (F.silu(gate) * up) @ self.down[e]
             out.index_add_(0, tokens, y * weights.reshape(-1)[slots, None])
-        self.last_aux_loss = self._balance_loss(probs, counts)
-        return out.view(shape)
+        return out.view(shape), self._balance_loss(probs, counts)
 
     def _balance_loss(self, probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         frac = counts.float()

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import LanguageConfig, VisionConfig
+from ..errors import CheckpointError
 from .language import LanguageModel
 from .vision import VisionEncoder
 
@@ -31,10 +32,6 @@ LM_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded; the message names the file (and field or tensor) at fault."""
-
-
 # ---------------------------------------------------------------------------------------------------
 # Public API
 
@@ -46,7 +43,7 @@ def load_language_model(path: PathLike, dtype: torch.dtype = torch.float32) -> L
         cfg, tensors = _read_gguf_language_model(path)
     else:
         cfg = language_config_from_hf(_read_config(path), path / "config.json")
-        tensors = _read_folder_tensors(path, _hf_language_keys(cfg))
+        tensors = _read_folder_tensors(path, _language_keys(cfg, "hf"))
     return _assemble(LanguageModel, cfg, tensors, dtype)
 
 
@@ -74,7 +71,7 @@ def save_language_model(lm: LanguageModel, directory: PathLike) -> None:
     hf_config = language_config_to_hf(cfg, lm.embed_tokens.weight.dtype)
     state = lm.state_dict()
     tensors = {}
-    for ours, sources in _hf_language_keys(cfg).items():
+    for ours, sources in _language_keys(cfg, "hf").items():
         parts = state[ours].split([rows for _, rows in sources], dim=0)
         tensors.update({name: part.contiguous() for (name, _), part in zip(sources, parts)})
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -251,29 +248,48 @@ def vision_config_from_hf(cfg: dict, source: Path) -> VisionConfig:
 # Key maps
 
 
-def _hf_language_keys(cfg: LanguageConfig) -> KeyMap:
+# Our parameter name -> its sources as (Hugging Face name, llama.cpp GGUF name, rows); several sources are
+# concatenated into one fused tensor of ours. Per-layer names are relative to the layer's prefix.
+_LM_KEYS = {
+    "embed_tokens.weight": [("model.embed_tokens.weight", "token_embd.weight", "vocab")],
+    "norm.weight": [("model.norm.weight", "output_norm.weight", "d")],
+    "lm_head.weight": [("lm_head.weight", "output.weight", "vocab")],
+}
+_LM_LAYER_KEYS = {
+    "attn.qkv_proj.weight": [("self_attn.q_proj.weight", "attn_q.weight", "q"),
+                             ("self_attn.k_proj.weight", "attn_k.weight", "kv"),
+                             ("self_attn.v_proj.weight", "attn_v.weight", "kv")],
+    "attn.qkv_proj.bias": [("self_attn.q_proj.bias", "attn_q.bias", "q"),
+                           ("self_attn.k_proj.bias", "attn_k.bias", "kv"),
+                           ("self_attn.v_proj.bias", "attn_v.bias", "kv")],
+    "attn.o_proj.weight": [("self_attn.o_proj.weight", "attn_output.weight", "d")],
+    "attn.q_norm.weight": [("self_attn.q_norm.weight", "attn_q_norm.weight", "head")],
+    "attn.k_norm.weight": [("self_attn.k_norm.weight", "attn_k_norm.weight", "head")],
+    "input_norm.weight": [("input_layernorm.weight", "attn_norm.weight", "d")],
+    "post_attn_norm.weight": [("post_attention_layernorm.weight", "ffn_norm.weight", "d")],
+    "mlp.gate_up_proj.weight": [("mlp.gate_proj.weight", "ffn_gate.weight", "inter"),
+                                ("mlp.up_proj.weight", "ffn_up.weight", "inter")],
+    "mlp.down_proj.weight": [("mlp.down_proj.weight", "ffn_down.weight", "d")],
+}
+
+
+def _language_keys(cfg: LanguageConfig, source: str) -> KeyMap:
+    """The key map of a language model with config `cfg` for `source` "hf" (safetensors) or "gguf"."""
+    column = {"hf": 0, "gguf": 1}[source]
     hd = cfg.resolved_head_dim
-    q_rows, kv_rows, d, inter = cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.hidden_size, cfg.intermediate_size
-    keys: KeyMap = {
-        "embed_tokens.weight": [("model.embed_tokens.weight", cfg.vocab_size)],
-        "norm.weight": [("model.norm.weight", d)],
-    }
-    if not cfg.tie_word_embeddings:
-        keys["lm_head.weight"] = [("lm_head.weight", cfg.vocab_size)]
+    rows = {"vocab": cfg.vocab_size, "d": cfg.hidden_size, "q": cfg.num_heads * hd, "kv": cfg.num_kv_heads * hd,
+            "head": hd, "inter": cfg.intermediate_size}
+    absent = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    absent |= set() if cfg.qkv_bias else {"attn.qkv_proj.bias"}
+    absent |= set() if cfg.qk_norm else {"attn.q_norm.weight", "attn.k_norm.weight"}
+
+    def entries(table: dict, ours_prefix: str, src_prefix: str) -> KeyMap:
+        return {ours_prefix + ours: [(src_prefix + names[column], rows[names[2]]) for names in sources]
+                for ours, sources in table.items() if ours not in absent}
+
+    keys = entries(_LM_KEYS, "", "")
     for i in range(cfg.num_layers):
-        hf, ours = f"model.layers.{i}.", f"layers.{i}."
-        qkv = [("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)]
-        keys[ours + "attn.qkv_proj.weight"] = [(f"{hf}self_attn.{p}.weight", r) for p, r in qkv]
-        if cfg.qkv_bias:
-            keys[ours + "attn.qkv_proj.bias"] = [(f"{hf}self_attn.{p}.bias", r) for p, r in qkv]
-        keys[ours + "attn.o_proj.weight"] = [(hf + "self_attn.o_proj.weight", d)]
-        if cfg.qk_norm:
-            keys[ours + "attn.q_norm.weight"] = [(hf + "self_attn.q_norm.weight", hd)]
-            keys[ours + "attn.k_norm.weight"] = [(hf + "self_attn.k_norm.weight", hd)]
-        keys[ours + "input_norm.weight"] = [(hf + "input_layernorm.weight", d)]
-        keys[ours + "post_attn_norm.weight"] = [(hf + "post_attention_layernorm.weight", d)]
-        keys[ours + "mlp.gate_up_proj.weight"] = [(hf + "mlp.gate_proj.weight", inter), (hf + "mlp.up_proj.weight", inter)]
-        keys[ours + "mlp.down_proj.weight"] = [(hf + "mlp.down_proj.weight", d)]
+        keys.update(entries(_LM_LAYER_KEYS, f"layers.{i}.", (f"model.layers.{i}.", f"blk.{i}.")[column]))
     return keys
 
 
@@ -305,33 +321,6 @@ def _siglip_keys(cfg: VisionConfig, prefix: str) -> KeyMap:
             keys[f"{ours}norm2.{p}"] = [(f"{hf}layer_norm2.{p}", d)]
             keys[f"{ours}mlp.fc1.{p}"] = [(f"{hf}mlp.fc1.{p}", inter)]
             keys[f"{ours}mlp.fc2.{p}"] = [(f"{hf}mlp.fc2.{p}", d)]
-    return keys
-
-
-def _gguf_language_keys(cfg: LanguageConfig) -> KeyMap:
-    """llama.cpp tensor names (`gguf.constants.TENSOR_NAMES`) for the same parameters."""
-    hd = cfg.resolved_head_dim
-    q_rows, kv_rows, d, inter = cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.hidden_size, cfg.intermediate_size
-    keys: KeyMap = {
-        "embed_tokens.weight": [("token_embd.weight", cfg.vocab_size)],
-        "norm.weight": [("output_norm.weight", d)],
-    }
-    if not cfg.tie_word_embeddings:
-        keys["lm_head.weight"] = [("output.weight", cfg.vocab_size)]
-    for i in range(cfg.num_layers):
-        g, ours = f"blk.{i}.", f"layers.{i}."
-        qkv = [("attn_q", q_rows), ("attn_k", kv_rows), ("attn_v", kv_rows)]
-        keys[ours + "attn.qkv_proj.weight"] = [(f"{g}{p}.weight", r) for p, r in qkv]
-        if cfg.qkv_bias:
-            keys[ours + "attn.qkv_proj.bias"] = [(f"{g}{p}.bias", r) for p, r in qkv]
-        keys[ours + "attn.o_proj.weight"] = [(g + "attn_output.weight", d)]
-        if cfg.qk_norm:
-            keys[ours + "attn.q_norm.weight"] = [(g + "attn_q_norm.weight", hd)]
-            keys[ours + "attn.k_norm.weight"] = [(g + "attn_k_norm.weight", hd)]
-        keys[ours + "input_norm.weight"] = [(g + "attn_norm.weight", d)]
-        keys[ours + "post_attn_norm.weight"] = [(g + "ffn_norm.weight", d)]
-        keys[ours + "mlp.gate_up_proj.weight"] = [(g + "ffn_gate.weight", inter), (g + "ffn_up.weight", inter)]
-        keys[ours + "mlp.down_proj.weight"] = [(g + "ffn_down.weight", d)]
     return keys
 
 
@@ -485,7 +474,7 @@ def _read_gguf_language_model(path: Path) -> tuple[LanguageConfig, dict[str, tor
     reader = _gguf_reader(path)
     by_name = {t.name: t for t in reader.tensors}
     cfg = _gguf_language_config(reader, path, by_name)
-    keys = _gguf_language_keys(cfg)
+    keys = _language_keys(cfg, "gguf")
     used = {name for sources in keys.values() for name, _ in sources}
     extra = sorted(set(by_name) - used)
     if extra:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import LanguageConfig, MoEConfig
+from .batch import Batch
 from .experts import ModalityRoute, SparseMoE, route_apply
 from .layers import (AttentionInputs, KVCache, RMSNorm, SwiGLU, apply_rope, attention, build_causal_mask,
                      init_weights, rope_cos_sin)
@@ -33,7 +34,6 @@ class ModelOutput:
     weight_sum: Optional[torch.Tensor] = None
     aux_loss: Optional[torch.Tensor] = None
     cell_loss: Optional[torch.Tensor] = None  # NativeVLM with cell targets: the image tokens' class loss
-    hidden_states: Optional[torch.Tensor] = None
 
 
 class AttentionProjections(nn.Module):
@@ -90,6 +90,7 @@ class DecoderLayer(nn.Module):
             self.visual_post_attn_norm = copy.deepcopy(self.post_attn_norm)
 
     def forward(self, x: torch.Tensor, ai: AttentionInputs, layer_idx: int, route: Optional[ModalityRoute]):
+        """-> (x, the sparse MoE balance loss of this layer's FFNs or None)."""
         b, t, _ = x.shape
         vin = self.visual_input_norm or self.input_norm
         vpost = self.visual_post_attn_norm or self.post_attn_norm
@@ -109,17 +110,21 @@ class DecoderLayer(nn.Module):
         y = attention(q, k, v, ai.mask, ai.causal).transpose(1, 2).reshape(b, t, nh * hd)
         x = x + route_apply(y, route, self.attn.o_proj, vattn.o_proj if vattn is not None else None)
 
-        vmlp = self.visual_mlp
-        x = x + route_apply(
-            x, route, lambda h: self.mlp(self.post_attn_norm(h)),
-            (lambda h: vmlp(vpost(h))) if vmlp is not None else None,
-        )
-        return x
+        aux: list[torch.Tensor] = []
 
-    def aux_loss(self) -> Optional[torch.Tensor]:
-        losses = [m.last_aux_loss for m in (self.mlp, self.visual_mlp)
-                  if isinstance(m, SparseMoE) and m.last_aux_loss is not None]
-        return sum(losses) if losses else None
+        def ffn(mlp: nn.Module, norm: nn.Module):
+            def run(h: torch.Tensor) -> torch.Tensor:
+                if isinstance(mlp, SparseMoE):
+                    y, balance = mlp(norm(h))
+                    aux.append(balance)
+                    return y
+                return mlp(norm(h))
+            return run
+
+        vmlp = self.visual_mlp
+        x = x + route_apply(x, route, ffn(self.mlp, self.post_attn_norm),
+                            ffn(vmlp, vpost) if vmlp is not None else None)
+        return x, (sum(aux) if aux else None)
 
 
 class LanguageModel(nn.Module):
@@ -133,9 +138,12 @@ class LanguageModel(nn.Module):
     """
 
     def __init__(self, config: LanguageConfig, moe: Optional[MoEConfig] = None):
+        """The model owns copies of `config` and `moe`: growing the vocabulary or adding experts changes
+        its own, never the caller's."""
         super().__init__()
-        self.config = config
-        self.moe_config = moe or MoEConfig()
+        self.config = copy.deepcopy(config)
+        self.moe_config = copy.deepcopy(moe) if moe is not None else MoEConfig()
+        config = self.config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, self.moe_config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
@@ -153,7 +161,11 @@ class LanguageModel(nn.Module):
 
         return load_language_model(path, dtype=dtype)
 
-    def add_visual_experts(self) -> None:
+    def add_visual_experts(self, per_modality_norms: Optional[bool] = None) -> None:
+        """Visual experts in every layer, copies of the text weights (`per_modality_norms`: the norms too;
+        default: as the MoE config says)."""
+        if per_modality_norms is not None:
+            self.moe_config.per_modality_norms = per_modality_norms
         self.moe_config.modality_experts = True
         for layer in self.layers:
             if layer.visual_attn is None:
@@ -165,19 +177,27 @@ class LanguageModel(nn.Module):
         old = self.config.vocab_size
         if vocab_size <= old:
             return
-        emb = self.embed_tokens.weight.data
-        new = emb.new_empty(vocab_size, emb.shape[1])
-        new[:old] = emb
-        new[old:] = emb.mean(0, keepdim=True)
-        self.embed_tokens = nn.Embedding(vocab_size, emb.shape[1], _weight=new)
+
+        def grown(w: torch.Tensor) -> torch.Tensor:
+            new = w.new_empty(vocab_size, w.shape[1])
+            new[:old] = w
+            new[old:] = w.mean(0, keepdim=True)
+            return new
+
+        d = self.config.hidden_size
+        self.embed_tokens = nn.Embedding(vocab_size, d, _weight=grown(self.embed_tokens.weight.data))
         if self.lm_head is not None:
-            w = self.lm_head.weight.data
-            head = w.new_empty(vocab_size, w.shape[1])
-            head[:old] = w
-            head[old:] = w.mean(0, keepdim=True)
-            self.lm_head = nn.Linear(w.shape[1], vocab_size, bias=False)
-            self.lm_head.weight.data = head
+            self.lm_head = nn.Linear(d, vocab_size, bias=False)
+            self.lm_head.weight.data = grown(self.lm_head.weight.data)
         self.config.vocab_size = vocab_size
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part: language (text), visual experts."""
+        counts = {"language": 0, "visual_experts": 0}
+        for name, p in self.named_parameters():
+            counts["visual_experts" if ".visual_" in name else "language"] += p.numel()
+        counts["total"] = sum(counts.values())
+        return counts
 
     # -- forward --------------------------------------------------------------------------------------
 
@@ -187,7 +207,7 @@ class LanguageModel(nn.Module):
 
     def forward(
         self,
-        input_ids: Optional[torch.Tensor] = None,
+        input_ids: Union[torch.Tensor, Batch, None] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
@@ -196,9 +216,11 @@ class LanguageModel(nn.Module):
         image_mask: Optional[torch.Tensor] = None,
         targets: Optional[torch.Tensor] = None,
         loss_weights: Optional[torch.Tensor] = None,
-        return_hidden: bool = False,
         logits_to_keep: int = 0,
     ) -> ModelOutput:
+        """`lm(batch)` with a collated text `Batch`, or the tensors one by one."""
+        if isinstance(input_ids, Batch):
+            return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t = x.shape[:2]
         past = kv_cache.length if kv_cache is not None else 0
@@ -211,15 +233,14 @@ class LanguageModel(nn.Module):
 
         aux = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, ai, i, route)
-            la = layer.aux_loss()
+            x, la = layer(x, ai, i, route)
             if la is not None:
                 aux = la if aux is None else aux + la
         if kv_cache is not None:
             kv_cache.advance(t)
         x = self.norm(x)
 
-        out = ModelOutput(hidden_states=x if return_hidden else None)
+        out = ModelOutput()
         if aux is not None:
             out.aux_loss = aux * self.moe_config.aux_loss_coef
         if targets is None:

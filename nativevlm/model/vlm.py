@@ -6,18 +6,20 @@ so that the encoder can run in another process (decoupled serving) and features 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import os
-import shutil
-import tempfile
+from collections import defaultdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from ..config import ConfigError, ConnectorConfig, ModelConfig, VisionConfig, from_dict, to_dict
-from .connector import Connector
+from ..config import ConnectorConfig, ModelConfig, SpecialTokens, VisionConfig, from_dict, to_dict
+from ..errors import CheckpointError
+from ..utils.atomic import atomic_dir
+from .batch import Batch
+from .connector import Connector, token_grid
 from .language import LanguageModel, ModelOutput
 from .layers import KVCache
 from .vision import VisionEncoder
@@ -28,11 +30,15 @@ WEIGHTS_NAME = "model.safetensors"
 
 class NativeVLM(nn.Module):
     def __init__(self, config: ModelConfig, language: Optional[LanguageModel] = None):
+        """The model owns a copy of `config` (and its parts share that copy): changing it later, or the
+        model changing its own (a vocabulary grown, experts added), never touches the caller's."""
         super().__init__()
-        self.config = config
+        config = copy.deepcopy(config)
         self.vision = VisionEncoder(config.vision)
         self.connector = Connector(config.vision.hidden_size, config.language.hidden_size, config.connector)
         self.language = language if language is not None else LanguageModel(config.language, config.moe)
+        self.config = dataclasses.replace(config, vision=self.vision.config, connector=self.connector.config,
+                                          language=self.language.config, moe=self.language.moe_config)
 
     # -- construction ---------------------------------------------------------------------------------
 
@@ -45,24 +51,24 @@ class NativeVLM(nn.Module):
         modality_experts: bool = True,
         per_modality_norms: bool = False,
         image_token_ids: Optional[dict] = None,
+        special_tokens: Optional[SpecialTokens] = None,
     ) -> "NativeVLM":
         """A native VLM around a (pretrained) LM: a new encoder and connector; with `modality_experts` the
         visual experts start as copies of the LM's text weights. `image_token_ids` maps the ModelConfig id
         fields (image_token_id, image_start_id, ...) to ids; ids beyond the LM's vocabulary grow it."""
-        language = copy.deepcopy(lm)
+        language = copy.deepcopy(lm)  # the copy owns copies of lm's configs: lm is left as it was
         ids = image_token_ids or {}
         language.resize_token_embeddings(max([language.config.vocab_size - 1, *ids.values()]) + 1)
         if modality_experts:
-            language.moe_config.per_modality_norms = per_modality_norms
-            language.add_visual_experts()
+            language.add_visual_experts(per_modality_norms)
         config = ModelConfig(vision=vision or VisionConfig(), connector=connector or ConnectorConfig(),
-                             language=language.config, moe=language.moe_config, **ids)
+                             language=language.config, moe=language.moe_config,
+                             special_tokens=special_tokens or SpecialTokens(), **ids)
         return cls(config, language=language)
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype = torch.float32, device=None) -> "NativeVLM":
-        from safetensors.torch import load_file
-
+        """A folder written by `save_pretrained`; `device="meta"` reads the structure only (no tensor data)."""
         path = Path(path)
         cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
         for f in (cfg_file, weights):
@@ -70,55 +76,58 @@ class NativeVLM(nn.Module):
                 raise FileNotFoundError(f"{f} not found: a NativeVLM folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                                         "(written by save_pretrained)")
         try:
-            config = from_dict(ModelConfig, json.loads(cfg_file.read_text()))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{cfg_file} is not valid JSON: {e}") from None
+            data = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
+        if isinstance(data, dict):  # written before the unused <img_eos> token was dropped
+            data.pop("image_eos_id", None)
+            if isinstance(data.get("special_tokens"), dict):
+                data["special_tokens"].pop("image_eos", None)
+        config = from_dict(ModelConfig, data)
         with torch.device("meta"):
             model = cls(config)
-        meta = str(device) == "meta"  # structure only (e.g. `nativevlm info`): read the header, not the data
-        try:
-            state = _read_header(weights) if meta else load_file(str(weights), device=str(device or "cpu"))
-        except Exception as e:  # safetensors raises several exception types for corrupt files
-            raise ValueError(f"{weights} could not be read as safetensors ({e}); the file is corrupt or "
-                             "truncated: re-export it with save_pretrained") from None
-        load_state_strict(model, state, weights)
-        return model if meta else model.to(dtype)
+        load_state_strict(model, read_weights(weights, device), weights)
+        return model if str(device) == "meta" else model.to(dtype)
 
     def save_pretrained(self, path) -> None:
-        """Write config.json + model.safetensors atomically (into a temporary folder, then renamed)."""
+        """Write config.json + model.safetensors, replacing `path` atomically (utils.atomic)."""
+        with atomic_dir(path) as tmp:
+            self.write_files(tmp)
+
+    def write_files(self, folder: Path) -> None:
+        """config.json + model.safetensors into `folder` (what `save_pretrained` commits)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            (tmp / CONFIG_NAME).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "library": "nativevlm"})
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "library": "nativevlm"})
 
     # -- forward ---------------------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: Sequence[torch.Tensor], compressed: bool = False) -> list[torch.Tensor]:
-        """The vision half: images -> per-image LLM-width tokens [rows * cols, D] (row-major), which is the
-        order of the <img> placeholders in the text."""
+    def encode_images(self, pixel_values: Sequence[torch.Tensor],
+                      downsample: Union[int, Sequence[int], None] = None) -> list[torch.Tensor]:
+        """The vision half: images -> per-image LLM-width tokens [rows * cols, D] (row-major, rows and cols
+        from `connector.token_grid`), which is the order of the <img> placeholders in the text.
+        `downsample` is the compression rate, one for all images or one per image (default: the
+        connector's `downsample`). The encoder and the connector each run once per group of equal size."""
+        n = len(pixel_values)
+        rates = [self.config.connector.downsample] * n if downsample is None else (
+            [downsample] * n if isinstance(downsample, int) else list(downsample))
+        if len(rates) != n:
+            raise ValueError(f"{len(rates)} compression rates for {n} images")
         grids = self.vision(pixel_values)
-        out = []
-        for g in grids:
-            tokens = self.connector(g.unsqueeze(0), compressed=compressed)[0]
-            out.append(tokens.reshape(-1, tokens.shape[-1]))
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, (img, rate) in enumerate(zip(pixel_values, rates)):
+            groups[(tuple(img.shape[-2:]), rate)].append(i)
+        out: list = [None] * n
+        for ((h, w), rate), idx in groups.items():
+            rows, cols = token_grid(h, w, self.config.vision.patch_size, rate)
+            tokens = self.connector(torch.stack([grids[i] for i in idx]), rate)
+            for j, i in enumerate(idx):
+                out[i] = tokens[j].reshape(rows * cols, -1)
         return out
 
-    def embed(self, input_ids: torch.Tensor, pixel_values=None, image_features=None):
+    def embed(self, input_ids: torch.Tensor, pixel_values=None, image_features=None, image_downsample=None):
         """Token embeddings with image features written into the <img> placeholders (one masked
         assignment), plus the image-token mask that routes tokens to the visual experts."""
         embeds = self.language.embed_tokens(input_ids)
@@ -129,7 +138,7 @@ class NativeVLM(nn.Module):
         if image_features is None:
             if pixel_values is None or len(pixel_values) == 0:
                 raise ValueError(f"input_ids hold {n_slots} image tokens but no pixel_values were given")
-            image_features = self.encode_images(pixel_values)
+            image_features = self.encode_images(pixel_values, image_downsample)
         feats = torch.cat(list(image_features), dim=0) if not torch.is_tensor(image_features) else image_features
         if feats.shape[0] != n_slots:
             raise ValueError(f"input_ids hold {n_slots} image tokens but the images give {feats.shape[0]} "
@@ -140,7 +149,7 @@ class NativeVLM(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: Union[torch.Tensor, Batch],
         pixel_values: Optional[Sequence[torch.Tensor]] = None,
         image_features: Optional[Sequence[torch.Tensor]] = None,
         attention_mask: Optional[torch.Tensor] = None,
@@ -149,14 +158,17 @@ class NativeVLM(nn.Module):
         targets: Optional[torch.Tensor] = None,
         loss_weights: Optional[torch.Tensor] = None,
         kv_cache: Optional[KVCache] = None,
+        image_downsample: Optional[Sequence[int]] = None,
         cell_targets: Optional[torch.Tensor] = None,
-        **_batch_extras,
     ) -> ModelOutput:
-        """`cell_targets` (all images' token classes, concatenated) also returns the connector's cell loss
-        (`ModelOutput.cell_loss`, a mean over image tokens; the caller weighs it)."""
+        """`model(batch)` with a collated `Batch`, or the tensors one by one. `cell_targets` (all images'
+        token classes, concatenated) also returns the connector's cell loss (`ModelOutput.cell_loss`, a mean
+        over image tokens; the caller weighs it)."""
+        if isinstance(input_ids, Batch):
+            return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache, cell_targets=cell_targets)
         if cell_targets is not None and image_features is None:
-            image_features = self.encode_images(pixel_values)
-        embeds, image_mask = self.embed(input_ids, pixel_values, image_features)
+            image_features = self.encode_images(pixel_values, image_downsample)
+        embeds, image_mask = self.embed(input_ids, pixel_values, image_features, image_downsample)
         out = self.language(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
             document_ids=document_ids, kv_cache=kv_cache, image_mask=image_mask,
@@ -203,12 +215,19 @@ class NativeVLM(nn.Module):
         return counts
 
 
-def _read_header(path: Path) -> dict:
-    """Tensor names and shapes of a safetensors file as meta tensors, without reading the data."""
+def read_weights(path: Path, device=None) -> dict:
+    """A safetensors file's tensors on `device`; with device "meta", names and shapes only (the header)."""
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    try:
+        if str(device) != "meta":
+            return load_file(str(path), device=str(device or "cpu"))
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except Exception as e:  # safetensors raises several exception types for corrupt files
+        raise CheckpointError(f"{path} could not be read as safetensors ({e}); the file is corrupt or "
+                              "truncated: export the model again") from None
 
 
 def load_state_strict(model: nn.Module, state: dict, source) -> None:
@@ -226,5 +245,5 @@ def load_state_strict(model: nn.Module, state: dict, source) -> None:
         if bad_shape:
             k = bad_shape[0]
             parts.append(f"shape mismatch for {k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}")
-        raise ValueError(f"{source} does not match its config: " + "; ".join(parts))
+        raise CheckpointError(f"{source} does not match its config: " + "; ".join(parts))
     model.load_state_dict(state, strict=True, assign=True)

@@ -3,38 +3,29 @@
 A checkpoint is a folder `checkpoints/step-00000042/` holding `model.safetensors` (weights),
 `optimizer.pt` (the AdamW state dict, loaded back with `weights_only=True`), `trainer.json` (stage, step,
 sampler position, Python and NumPy RNG state) and one `rng-<rank>.json` per process (torch RNG states).
-It is written into `.tmp-step-...` in the same folder, each file fsynced, then `COMPLETE` (a manifest of
-every file's size and SHA-256) is written last and the folder renamed into place. Resume takes the newest
-folder whose manifest verifies, so a half-written checkpoint is never loaded.
+It is written into `.tmp-step-...` in the same folder, then `COMPLETE` (a manifest of every file's size and
+SHA-256) is written last and the folder committed with `utils.atomic.commit_dir` (fsync, rename into place).
+Resume takes the newest folder whose manifest verifies, so a half-written checkpoint is never loaded.
+`atomic.fault_point("checkpoint.weights", tmp)` marks the moment after the weights are written, where the
+resume tests kill a run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from ..utils import atomic
 from . import distributed
 
 MARKER = "COMPLETE"
 PREFIX = "step-"
-# Test hook, "STEP:SECONDS": sleep halfway through writing checkpoint STEP, so a test can kill it there.
-SLEEP_ENV = "NATIVEVLM_CHECKPOINT_SLEEP"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -87,23 +78,14 @@ def save(root: Path, global_step: int, model_state: dict, optim_state: dict, tra
     (tmp / f"rng-{rank}.json").write_text(json.dumps(rng_state()))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-        sleep_step, _, seconds = os.environ.get(SLEEP_ENV, "").partition(":")
-        if sleep_step == str(global_step):
-            time.sleep(float(seconds))
+        atomic.fault_point("checkpoint.weights", tmp)
         torch.save(optim_state, tmp / "optimizer.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
     distributed.barrier()
     if rank == 0:
-        manifest = {}
-        for f in sorted(tmp.iterdir()):
-            _fsync(f)
-            manifest[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        manifest = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
         (tmp / MARKER).write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / MARKER)
-        _fsync(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync(root)
+        atomic.commit_dir(tmp, final)
         _prune(root, keep)
     distributed.barrier()
     return final

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data.collate import Collator
+from ..errors import DataError
+from ..model.batch import Batch
 from ..data.formats import read_samples
 from ..data.sample import Sample
 
@@ -26,7 +28,7 @@ def load_source(path: str, log=print) -> list[Sample]:
     if report.n_skipped:
         log(report.summary())
     if not samples:
-        raise ValueError(f"data file {path} holds no usable samples")
+        raise DataError(f"data file {path} holds no usable samples")
     return samples
 
 
@@ -67,7 +69,7 @@ class MixtureSampler:
 
 
 class StageData:
-    """Global batches for one stage, as this rank's list of micro-batch dicts (see `Collator`)."""
+    """Global batches for one stage, as this rank's list of micro-batches (see `Collator`)."""
 
     def __init__(self, stage, collator: Collator, seed: str, rank: int = 0, world: int = 1, log=print):
         self.stage, self.collator, self.rank, self.world = stage, collator, rank, world
@@ -80,12 +82,12 @@ class StageData:
         """Samples per micro-batch per rank."""
         return self.stage.batch_size // (self.stage.grad_accum * self.world)
 
-    def next_batches(self) -> list[dict]:
+    def next_batches(self) -> list[Batch]:
         picks = self.sampler.draw(self.stage.batch_size)
         samples = [self.sources[s][i] for s, i in picks]
         return self._shard(samples)
 
-    def val_batches(self) -> list[dict]:
+    def val_batches(self) -> list[Batch]:
         """The first `eval_samples` val samples, cut to whole chunks so every rank runs the same number of
         forwards (FSDP gathers weights collectively)."""
         chunk = self.micro_size * self.world
@@ -94,7 +96,7 @@ class StageData:
                               f"one micro-batch on every rank ({chunk})")
         return self._shard(self.val[: len(self.val) // chunk * chunk])
 
-    def _shard(self, samples: list[Sample]) -> list[dict]:
+    def _shard(self, samples: list[Sample]) -> list[Batch]:
         """Consecutive chunks of micro * world samples; this rank takes its contiguous slice of each."""
         m = self.micro_size
         return [self.collator(samples[start + self.rank * m: start + (self.rank + 1) * m])

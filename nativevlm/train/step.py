@@ -8,36 +8,34 @@ the single-process loss at the same global batch, however the batch is split.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
 
+from ..model.batch import Batch
 from .distributed import all_reduce_sum
-
-LM_INPUTS = ("input_ids", "attention_mask", "position_ids", "document_ids", "targets", "loss_weights")
-
-
-def to_device(batch: dict, device: torch.device, vlm: bool) -> dict:
-    out = {k: batch[k].to(device) if batch[k] is not None else None for k in LM_INPUTS}
-    if vlm:
-        out["pixel_values"] = [p.to(device) for p in batch["pixel_values"]]
-    return out
 
 
 def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def keep_graph(model: nn.Module) -> None:
+@contextlib.contextmanager
+def keep_graph(model: nn.Module) -> Iterator[None]:
     """Make the token embeddings' output require grad, so every micro-batch has a backward pass even when
     no trainable parameter sees it (a text-only micro-batch while only the vision side trains). Each rank
     then runs the same backward hooks: DDP marks unused parameters ready and FSDP reduce-scatters their
     zero gradients, instead of one rank waiting on collectives the other never issues. The cost is nil
-    whenever images are present, since reaching the encoder needs that backward anyway."""
+    whenever images are present, since reaching the encoder needs that backward anyway. The hook lives for
+    the `with` block only, so the model leaves training as it came and a second run adds no second hook."""
     lm = getattr(model, "language", model)
-    lm.embed_tokens.register_forward_hook(
+    handle = lm.embed_tokens.register_forward_hook(
         lambda module, args, output: output.requires_grad_() if torch.is_grad_enabled() else output)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def module_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -68,16 +66,16 @@ def group_grad_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
     return out
 
 
-def train_step(model: nn.Module, batches: list[dict], optimizer, params: list, grad_clip: float, world: int,
-               device: torch.device, vlm: bool, bf16: bool, touch_all: bool = False,
-               groups: Optional[dict] = None, cell_loss: float = 0.0) -> dict:
+def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, grad_clip: float, world: int,
+               device: torch.device, bf16: bool, touch_all: bool = False, groups: Optional[dict] = None,
+               cell_loss: float = 0.0) -> dict:
     """Forward + backward over this rank's micro-batches, clip, step. Returns the global loss, grad norm
     and token count. `touch_all` (DDP) adds 0 * every trainable parameter to the loss: DDP reduces only
     once a parameter's gradient is ready, and a micro-batch that reaches no trainable parameter on one
     rank would otherwise leave the other rank waiting; it also spares DDP the unused-parameter search.
     With `groups` (see `module_groups`) the result adds each group's gradient norm before clipping.
     `cell_loss` > 0 adds that weight times the image tokens' cell loss (world images) per micro-batch."""
-    w_local = sum(b["loss_weights"].sum() for b in batches).to(device, torch.float32)
+    w_local = sum(b.loss_weights.sum() for b in batches).to(device, torch.float32)
     w_global = all_reduce_sum(w_local)
     if float(w_global) == 0:  # the same on every rank (all-reduced), so all ranks stop together
         raise ValueError("a training step has no target tokens on any rank: every sample of the batch was "
@@ -86,11 +84,11 @@ def train_step(model: nn.Module, batches: list[dict], optimizer, params: list, g
     loss_sum = torch.zeros((), device=device)
     cells = []
     for b in batches:
-        inputs = to_device(b, device, vlm)
-        if cell_loss and inputs.get("pixel_values"):
+        inputs = b.to(device).model_inputs()
+        if cell_loss and b.pixel_values:
             from ..data.world.cells import cell_labels
 
-            inputs["cell_targets"] = torch.cat([cell_labels(p) for p in inputs["pixel_values"]]).to(device)
+            inputs["cell_targets"] = torch.cat([cell_labels(p) for p in b.pixel_values]).to(device)
         with autocast(device, bf16):
             out = model(**inputs)
         loss = out.loss_sum * (world / w_global)
@@ -111,18 +109,18 @@ def train_step(model: nn.Module, batches: list[dict], optimizer, params: list, g
         grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = all_reduce_sum(torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches), device=device))
+    tokens = all_reduce_sum(torch.tensor(sum(int(b.attention_mask.sum()) for b in batches), device=device))
     return {"loss": float(all_reduce_sum(loss_sum) / w_global), "grad_norm": float(grad_norm), "tokens": int(tokens),
             **parts}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[dict], device: torch.device, vlm: bool, bf16: bool) -> float:
+def evaluate(model: nn.Module, batches: list[Batch], device: torch.device, bf16: bool) -> float:
     """Teacher-forcing loss over the val batches (weighted mean over all ranks' target tokens)."""
     totals = torch.zeros(2, device=device)
     for b in batches:
         with autocast(device, bf16):
-            out = model(**to_device(b, device, vlm))
+            out = model(b.to(device))
         totals += torch.stack([out.loss_sum.float(), out.weight_sum.float()])
     loss_sum, weight_sum = all_reduce_sum(totals).tolist()
     return loss_sum / weight_sum if weight_sum > 0 else float("nan")

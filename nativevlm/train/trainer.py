@@ -55,10 +55,9 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
         log(f"--resume: no complete checkpoint in {out_dir / 'checkpoints'}; starting from the beginning")
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
 
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.model.special_tokens)
     model = build_model(cfg, tokenizer).to(ctx.device)
     check_patterns(model, cfg.stages)
-    keep_graph(model)
     vlm = isinstance(model, NativeVLM)
     mcfg = model.config if vlm else cfg.model
     collator = Collator(tokenizer, ImageProcessor.from_config(mcfg.vision, mcfg.connector), cfg.max_length,
@@ -96,66 +95,67 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     if hooks and gs == 0:
         metrics.log({"step": 0, "stage": cfg.stages[0].name, "stage_step": 0, **measure(0, 0)})
 
-    for si in range(state["stage"], len(cfg.stages)):
-        stage = cfg.stages[si]
-        if stage.lora.rank:
-            add_lora(model, stage.lora.modules, stage.lora.rank, stage.lora.alpha)
-        apply_trainable(model, stage.trainable)
-        log(contract_table(model, f"stage {si + 1}/{len(cfg.stages)} '{stage.name}'"))
-        wrapped = distributed.wrap(model, cfg.distributed, ctx)
-        optimizer = build_optimizer(model, stage)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if vlm:
-            model.cell_words = cell_word_ids(tokenizer) if stage.cell_loss and stage.cell_target == "words" else None
-        data = StageData(stage, collator, seed=f"{cfg.seed}:{si}", rank=ctx.rank, world=ctx.world, log=log)
-        val = data.val_batches()
-        total, step = stage_steps(stage), 0
-        if loaded and si == state["stage"]:
-            _restore(loaded, model, optimizer, data)
-            step, loaded = state["step"], None
-        bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (ctx.is_main and cfg.progress))
-        while step < total and (max_steps is None or gs < max_steps):
-            lr = stage_lr(stage, step, total)
-            set_lr(optimizer, lr)
-            t0 = time.perf_counter()
-            res = train_step(wrapped, data.next_batches(), optimizer, params, stage.grad_clip, ctx.world,
-                             ctx.device, vlm, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp",
-                             groups=groups, cell_loss=stage.cell_loss)
-            step, gs = step + 1, gs + 1
-            row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res.pop("loss"), "lr": lr,
-                   **throughput(res.pop("tokens"), time.perf_counter() - t0, n_flop, cfg.peak_tflops), **res}
-            if val and ((stage.eval_every and step % stage.eval_every == 0) or step == total):
-                row["val_loss"] = evaluate(wrapped, val, ctx.device, vlm, bf16)
-            if hooks and ((cfg.curves.every and gs % cfg.curves.every == 0) or step == total):
-                row.update(measure(step, si))
-            if gs % cfg.log_every == 0 or "val_loss" in row or "samples" in row or step == total:
-                metrics.log(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
-                trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict()}
-                _save(out_dir, cfg, ctx, model, optimizer, trainer_state)
-        bar.close()
-        if collator.dropped:
-            log(f"samples dropped so far (too long for max_length {cfg.max_length}): {dict(collator.dropped)}")
-        if step < total:
-            log(f"stopped at step {gs} (--max-steps); continue with --resume")
-            metrics.close()
-            return TrainResult(out_dir, model, gs, None)
-        if stage.lora.rank:
-            merge_lora(model)
+    with keep_graph(model):
+        for si in range(state["stage"], len(cfg.stages)):
+            stage = cfg.stages[si]
+            if stage.lora.rank:
+                add_lora(model, stage.lora.modules, stage.lora.rank, stage.lora.alpha)
+            apply_trainable(model, stage.trainable)
+            log(contract_table(model, f"stage {si + 1}/{len(cfg.stages)} '{stage.name}'"))
+            wrapped = distributed.wrap(model, cfg.distributed, ctx)
+            optimizer = build_optimizer(model, stage)
+            params = [p for p in model.parameters() if p.requires_grad]
+            if vlm:
+                model.cell_words = cell_word_ids(tokenizer) if stage.cell_loss and stage.cell_target == "words" else None
+            data = StageData(stage, collator, seed=f"{cfg.seed}:{si}", rank=ctx.rank, world=ctx.world, log=log)
+            val = data.val_batches()
+            total, step = stage_steps(stage), 0
+            if loaded and si == state["stage"]:
+                _restore(loaded, model, optimizer, data)
+                step, loaded = state["step"], None
+            bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (ctx.is_main and cfg.progress))
+            while step < total and (max_steps is None or gs < max_steps):
+                lr = stage_lr(stage, step, total)
+                set_lr(optimizer, lr)
+                t0 = time.perf_counter()
+                res = train_step(wrapped, data.next_batches(), optimizer, params, stage.grad_clip, ctx.world,
+                                 ctx.device, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp",
+                                 groups=groups, cell_loss=stage.cell_loss)
+                step, gs = step + 1, gs + 1
+                row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res.pop("loss"), "lr": lr,
+                       **throughput(res.pop("tokens"), time.perf_counter() - t0, n_flop, cfg.peak_tflops), **res}
+                if val and ((stage.eval_every and step % stage.eval_every == 0) or step == total):
+                    row["val_loss"] = evaluate(wrapped, val, ctx.device, bf16)
+                if hooks and ((cfg.curves.every and gs % cfg.curves.every == 0) or step == total):
+                    row.update(measure(step, si))
+                if gs % cfg.log_every == 0 or "val_loss" in row or "samples" in row or step == total:
+                    metrics.log(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
+                    trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict()}
+                    _save(out_dir, cfg, ctx, model, optimizer, trainer_state)
+            bar.close()
+            if collator.dropped:
+                log(f"samples dropped so far (longer than max_length {cfg.max_length}, or a corrupt image): "
+                    f"{dict(collator.dropped)}")
+            if step < total:
+                log(f"stopped at step {gs} (--max-steps); continue with --resume")
+                metrics.close()
+                return TrainResult(out_dir, model, gs, None)
+            if stage.lora.rank:
+                merge_lora(model)
 
-    final_state = distributed.full_model_state(model)
-    if ctx.is_main:
-        save_model(model, final_state, out_dir / "final")
-        tokenizer.save(out_dir / "final")
-    distributed.barrier()
-    metrics.close()
-    for hook in hooks:
+        final_state = distributed.full_model_state(model)
         if ctx.is_main:
-            hook.on_end(out_dir)
-    log(f"final model: {out_dir / 'final'} (load with nativevlm.train.export.load_pretrained)")
-    return TrainResult(out_dir, model, gs, out_dir / "final")
+            save_model(model, final_state, out_dir / "final", tokenizer)
+        distributed.barrier()
+        metrics.close()
+        for hook in hooks:
+            if ctx.is_main:
+                hook.on_end(out_dir)
+        log(f"final model: {out_dir / 'final'} (load with nativevlm.model.loading.load_pretrained)")
+        return TrainResult(out_dir, model, gs, out_dir / "final")
 
 
 class TrainHook(Protocol):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import IMAGE_MARKER, Entry, Stage, Verdict
+from ..sample import IMAGE_MARKER
+from .base import Entry, Stage, Verdict
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Tensor:

@@ -1,9 +1,12 @@
-"""Curation core: records as read from LLaVA JSON, the stage contract, and the pipeline that runs stages.
+"""Curation core: records as read from LLaVA JSON or OpenAI-messages JSONL, the stage contract, and the
+pipeline that runs stages.
 
-Stages work on the raw LLaVA records (dicts) rather than a parsed sample type, so curation depends on
-nothing but the JSON itself and the kept records are written back byte-for-byte equivalent: whatever reads
-the input reads the output. A record that cannot be understood is dropped at load time with reason
-`load/malformed`, never silently skipped, and `--strict` turns it into an error.
+Each record is parsed by the dataset reader's own `formats.parse_record` (so curation accepts exactly the
+records training reads), and the raw record is kept beside the parsed fields: kept records are written back
+byte-for-byte equivalent, so whatever reads the input reads the output. Markers are counted as written (the
+text stage flags an image record without its `<image>` marker). A record that cannot be understood is
+dropped at load time with reason `load/malformed`, never silently skipped, and `--strict` turns it into an
+error.
 """
 from __future__ import annotations
 
@@ -13,13 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-IMAGE_MARKER = "<image>"
-HUMAN_ROLES = ("human", "user")
-ANSWER_ROLES = ("gpt", "assistant")
-
-
-class CurationError(ValueError):
-    """Input a user gave is unusable (or, under --strict, imperfect); the message names file and record."""
+from ...errors import CurationError
+from ..formats import RecordError
+from ..formats import parse_record as parse_messages
 
 
 @dataclass
@@ -30,13 +29,14 @@ class Entry:
     id: str
     record: dict  # the raw record, written back unchanged if kept
     images: list[Path]  # absolute paths, in record order
-    prompts: list[str]  # human turns
-    answers: list[str]  # gpt turns
+    prompts: list[str]  # user turns
+    answers: list[str]  # assistant turns
+    messages: list[dict] = field(default_factory=list)  # every turn, as `formats.parse_record` reads it
 
     @property
     def text(self) -> str:
-        """The whole conversation, prompts and answers interleaved as written."""
-        return "\n".join(str(t.get("value", "")) for t in self.record["conversations"])
+        """The whole conversation, turns in order as written."""
+        return "\n".join(m["content"] for m in self.messages)
 
 
 @dataclass
@@ -114,36 +114,25 @@ def _malformed(index: int, rid: str, why: str) -> Outcome:
 
 
 def parse_record(index: int, rec: Any, image_root: Path) -> tuple[Optional[Entry], Optional[Outcome]]:
-    """Validate one LLaVA record; returns (entry, None) or (None, malformed outcome)."""
+    """One LLaVA or OpenAI-messages record (single or multi-image); returns (entry, None) or (None,
+    malformed outcome)."""
     rid = str(rec.get("id", f"#{index}")) if isinstance(rec, dict) else f"#{index}"
     if not isinstance(rec, dict):
         return None, _malformed(index, rid, f"record is a {type(rec).__name__}, not an object")
-    conv = rec.get("conversations")
-    if not isinstance(conv, list) or not conv:
-        return None, _malformed(index, rid, "missing or empty 'conversations' list")
-    prompts, answers = [], []
-    for t, turn in enumerate(conv):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            return None, _malformed(index, rid, f"turn {t} is not {{'from', 'value': str}}")
-        role = turn.get("from")
-        if role in HUMAN_ROLES:
-            prompts.append(turn["value"])
-        elif role in ANSWER_ROLES:
-            answers.append(turn["value"])
-        else:
-            return None, _malformed(index, rid, f"turn {t} has unknown role {role!r}")
-    raw_images = rec.get("images", rec.get("image", []))
-    if isinstance(raw_images, str):
-        raw_images = [raw_images]
-    if not isinstance(raw_images, list) or not all(isinstance(p, str) and p for p in raw_images):
-        return None, _malformed(index, rid, "'image'/'images' must be a path or a list of paths")
-    images = [(image_root / p).resolve() for p in raw_images]
-    return Entry(index, rid, rec, images, prompts, answers), None
+    try:
+        messages, refs = parse_messages(rec, implicit_markers=False)
+    except RecordError as e:
+        return None, _malformed(index, rid, e.message)
+    prompts = [m["content"] for m in messages if m["role"] == "user"]
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    images = [(image_root / p).resolve() for p in refs]
+    return Entry(index, rid, rec, images, prompts, answers, messages), None
 
 
 def load_records(path: Path, image_root: Optional[Path] = None) -> tuple[list[Entry], list[Outcome]]:
-    """Read a LLaVA JSON list (or JSONL, one record a line). Unparseable lines and malformed records become
-    `load/malformed` outcomes; an unreadable file or a top level that is not a list is a CurationError."""
+    """Read a JSON list of records (or JSONL, one record a line), each LLaVA or OpenAI messages. Unparseable
+    lines and malformed records become `load/malformed` outcomes; an unreadable file or a top level that is
+    not a list is a CurationError."""
     path = Path(path)
     root = Path(image_root) if image_root else path.parent
     try:

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Callable, Optional
 
 
-def register(sub) -> None:
+def register(sub, model_judge: Optional[Callable] = None) -> None:
+    """`model_judge(model_dir) -> logprob_fn` backs `--judge-model`; the command passes it in (a model's
+    scoring is inference, which data does not import)."""
     from .run import DEFAULT_STAGES, STAGE_NAMES
 
     p = sub.add_parser("curate", help="filter a LLaVA JSON dataset (SAIL-VL2-style curation)",
@@ -25,20 +29,23 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge-model", help="a trained nativevlm model folder to judge image-text alignment with "
                                          "(default: the built-in proxy matcher)")
-    p.set_defaults(func=handler)
+    p.set_defaults(func=partial(handler, model_judge=model_judge))
 
 
-def handler(args) -> int:
-    from .base import CurationError
+def handler(args, model_judge: Optional[Callable] = None) -> int:
+    from ...errors import CurationError, one_line
     from .run import build_stages, curate_file
 
     try:
+        if args.judge_model and model_judge is None:
+            raise CurationError("--judge-model needs the nativevlm command (it loads the model to score with)")
+        judge_fn = model_judge(args.judge_model) if args.judge_model else None
         stages = build_stages([s.strip() for s in args.stages.split(",") if s.strip()], args.balance_buckets,
-                              args.balance_per_bucket, args.balance_total, args.seed, args.judge_model)
+                              args.balance_per_bucket, args.balance_total, args.seed, judge_fn)
         result = curate_file(args.input, args.out, stages, args.image_root, args.report, args.strict,
                              progress=sys.stderr.isatty())
     except CurationError as e:
-        print(f"nativevlm data curate: error: {e}", file=sys.stderr)
+        print(f"nativevlm data curate: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"{args.input}: {result.n_in} in, {len(result.kept)} kept -> {args.out}")
     for reason, n in result.drops.items():

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import IMAGE_MARKER, Entry, Stage, Verdict
+from ..sample import IMAGE_MARKER
+from .base import Entry, Stage, Verdict
 from .text import words
 
 _PRIME = (1 << 31) - 1  # a, b, x < 2**31, so a*x + b fits in uint64 without overflow

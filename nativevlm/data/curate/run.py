@@ -6,21 +6,23 @@ from pathlib import Path
 from typing import Optional
 
 from .base import CurationError, CurationResult, Stage, load_records, run_pipeline
+from .judge import LogprobFn
 
 STAGE_NAMES = ("integrity", "text", "dedup", "judge", "balance")
 DEFAULT_STAGES = ("integrity", "text", "dedup", "judge")
 
 
 def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket: Optional[int] = None,
-                 balance_total: Optional[int] = None, seed: int = 0, judge_model: Optional[str] = None) -> list[Stage]:
-    """`judge_model`: a trained nativevlm folder whose caption likelihood scores alignment (a few negatives,
-    since each costs a forward pass); without it the judge uses its proxy matcher."""
+                 balance_total: Optional[int] = None, seed: int = 0,
+                 judge_fn: Optional[LogprobFn] = None) -> list[Stage]:
+    """`judge_fn(image_path, prompt, answer) -> log-likelihood` scores alignment (a trained model's, built by
+    the caller, e.g. `infer.chat.model_logprob_fn`; a few negatives, since each costs a forward pass);
+    without it the judge uses its proxy matcher."""
     from .balance import Balance
     from .dedup import Dedup
     from .integrity import ImageIntegrity
     from .judge import ImageTextJudge
     from .text import TextQuality
-    from ...infer.chat import model_logprob_fn
 
     unknown = [n for n in names if n not in STAGE_NAMES]
     if unknown:
@@ -31,7 +33,7 @@ def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket
         "integrity": ImageIntegrity,
         "text": TextQuality,
         "dedup": Dedup,
-        "judge": lambda: (ImageTextJudge(model_logprob_fn(judge_model), negatives=4, seed=seed) if judge_model
+        "judge": lambda: (ImageTextJudge(judge_fn, negatives=4, seed=seed) if judge_fn
                           else ImageTextJudge(seed=seed)),
         "balance": lambda: Balance(balance_buckets, balance_per_bucket, balance_total, seed=seed),
     }

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .base import IMAGE_MARKER, Entry, Stage, Verdict
+from ..sample import IMAGE_MARKER
+from .base import Entry, Stage, Verdict
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 # A closing bracket is not terminal: "... at the top (row 1, column 2)" is a caption cut before its period.

@@ -1,0 +1,1 @@
+"""Small helpers with no nativevlm dependencies, importable from every floor."""
