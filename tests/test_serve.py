@@ -267,7 +267,7 @@ def test_models_health_metrics(server):
 
 
 def test_bounded_queue_answers_429_and_time_outs_free_the_slot(model_dir):
-    slow = chat_server(model_dir, max_batch_size=2, max_queue=1, request_timeout_s=1.0)
+    slow = chat_server(model_dir, max_batch_size=2, max_queue=1, request_timeout_s=4.0)
     step = slow.engine.step
     slow.engine.step = lambda: time.sleep(0.005) or step()  # >= 5 ms a token, however fast the machine
     with ServerThread(slow.app()) as s:

@@ -28,15 +28,12 @@ def validation_loss(model, tokenizer, path, batch_size: int = 8, max_length: int
     loss_sum, weight_sum, n = 0.0, 0.0, 0
     for start in range(0, len(samples), batch_size):
         batch = collator(samples[start:start + batch_size])
-        if not batch["n_samples"]:
+        if not batch.n_samples:
             continue
-        out = model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                    position_ids=batch["position_ids"].to(device), targets=batch["targets"].to(device),
-                    loss_weights=batch["loss_weights"].to(device),
-                    pixel_values=[p.to(device) for p in batch["pixel_values"]] or None)
+        out = model(batch.to(device))
         loss_sum += float(out.loss_sum)
         weight_sum += float(out.weight_sum)
-        n += batch["n_samples"]
+        n += batch.n_samples
     if collator.dropped:
         log(f"{path}: samples left out of the validation loss: {dict(collator.dropped)}")
     if weight_sum == 0:

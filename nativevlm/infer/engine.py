@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from .generate import image_token_ids
+
 # ---------------------------------------------------------------------------------------------------
 # Requests and results
 
@@ -262,9 +264,7 @@ class Engine:
         self.max_prefill_tokens = max_prefill_tokens
         self.device = self.lm.embed_tokens.weight.device
         self.cache = BatchKVCache(self.lm, max_batch_size, self.max_len)
-        # A generated image placeholder would need image features that do not exist: never sample them.
-        self.banned = sorted({v for k, v in vars(model.config).items() if k.startswith("image_") and k.endswith("_id")
-                              and isinstance(v, int)}) if self.is_vlm else []
+        self.banned = image_token_ids(model)
         self.pad_id = tokenizer.pad_id
         self.eos_id = tokenizer.eos_id
         self.running: list[_Row] = []

@@ -27,6 +27,17 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 
 
 @torch.no_grad()
+def image_token_ids(model) -> list[int]:
+    """The image placeholder and framing token ids of a NativeVLM (none for a text LM): never valid output,
+    since a generated placeholder would need image features that do not exist."""
+    from ..model.vlm import NativeVLM
+
+    if not isinstance(model, NativeVLM):
+        return []
+    return sorted({v for k, v in vars(model.config).items()
+                   if k.startswith("image_") and k.endswith("_id") and isinstance(v, int)})
+
+
 def generate(
     model,
     input_ids: Union[torch.Tensor, Batch],
@@ -57,12 +68,17 @@ def generate(
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out = []
     step_ids = input_ids
+    banned = image_token_ids(model)
     for step in range(max_new_tokens):
         if use_cache:
             logits = model(step_ids, attention_mask=mask, kv_cache=cache, **(extra if step == 0 else {})).logits
         else:
             logits = model(seq, attention_mask=mask, **extra).logits
-        nxt = sample_next(logits[:, -1], temperature, top_p, generator)
+        last = logits[:, -1]
+        if banned:
+            last = last.clone()
+            last[:, banned] = float("-inf")
+        nxt = sample_next(last, temperature, top_p, generator)
         if eos_token_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id

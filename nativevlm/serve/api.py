@@ -61,7 +61,8 @@ class _GridOnly:
     the prompt (and its length) is known before any image is decoded."""
 
     def __init__(self, processor: ImageProcessor):
-        self.processor, self.factor = processor, processor.factor
+        self.processor = processor
+        self.factor, self.patch_size, self.downsample = processor.factor, processor.patch_size, processor.downsample
 
     def __call__(self, size: tuple[int, int]) -> torch.Tensor:
         w, h = self.processor.size_for(*size)

@@ -94,10 +94,8 @@ def samples_at(cfg, stage_name: str, stage_step: int) -> int:
 
 def param_counts(model) -> dict:
     """NaViL's axes: the LLM (text weights, embeddings included) and the vision encoder (0 for a text LM)."""
-    if hasattr(model, "parameter_counts"):
-        counts = model.parameter_counts()
-        return {"llm_params": counts["language"], "encoder_params": counts["vision"]}
-    return {"llm_params": sum(p.numel() for p in model.parameters()), "encoder_params": 0}
+    counts = model.parameter_counts()
+    return {"llm_params": counts["language"], "encoder_params": counts.get("vision", 0)}
 
 
 def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: Path) -> dict:
