@@ -160,12 +160,15 @@ class NativeVLM(nn.Module):
         kv_cache: Optional[KVCache] = None,
         image_downsample: Optional[Sequence[int]] = None,
         cell_targets: Optional[torch.Tensor] = None,
+        cell_words: Optional[tuple] = None,
     ) -> ModelOutput:
         """`model(batch)` with a collated `Batch`, or the tensors one by one. `cell_targets` (all images'
-        token classes, concatenated) also returns the connector's cell loss (`ModelOutput.cell_loss`, a mean
-        over image tokens; the caller weighs it)."""
+        token classes, concatenated) also returns the image tokens' cell loss (`ModelOutput.cell_loss`, a
+        mean over image tokens; the caller weighs it): against the connector's head, or, with `cell_words`
+        (see `word_cell_loss`), against the LM's own colour and shape word embeddings."""
         if isinstance(input_ids, Batch):
-            return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache, cell_targets=cell_targets)
+            return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache, cell_targets=cell_targets,
+                                cell_words=cell_words)
         if cell_targets is not None and image_features is None:
             image_features = self.encode_images(pixel_values, image_downsample)
         embeds, image_mask = self.embed(input_ids, pixel_values, image_features, image_downsample)
@@ -176,8 +179,7 @@ class NativeVLM(nn.Module):
         )
         if cell_targets is not None:
             tokens = torch.cat(list(image_features))
-            words = getattr(self, "cell_words", None)
-            out.cell_loss = (self.word_cell_loss(tokens, cell_targets, *words) if words is not None
+            out.cell_loss = (self.word_cell_loss(tokens, cell_targets, *cell_words) if cell_words is not None
                              else self.connector.cell_loss(tokens, cell_targets))
         return out
 

@@ -73,7 +73,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.curves.every < 0 or cfg.curves.samples <= 0:
         raise ConfigError(f"curves: every must be >= 0 and samples > 0, got every={cfg.curves.every}, "
                           f"samples={cfg.curves.samples}")
-    if any(st.cell_loss for st in cfg.stages) and not cfg.model.connector.cell_classes:
+    for i, st in enumerate(cfg.stages):
+        if st.cell_target not in ("head", "words"):
+            raise ConfigError(f"stages[{i}].cell_target: {st.cell_target!r} is not one of head, words")
+    if any(st.cell_loss and st.cell_target == "head" for st in cfg.stages) and not cfg.model.connector.cell_classes:
         raise ConfigError("stages[*].cell_loss: the cell loss needs a cell head; set model.connector.cell_classes "
                           "(41 for the built-in world)")
     if cfg.kind == "lm" and cfg.curves.data:

@@ -68,13 +68,14 @@ def group_grad_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
 
 def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, grad_clip: float, world: int,
                device: torch.device, bf16: bool, touch_all: bool = False, groups: Optional[dict] = None,
-               cell_loss: float = 0.0) -> dict:
+               cell_loss: float = 0.0, cell_words: Optional[tuple] = None) -> dict:
     """Forward + backward over this rank's micro-batches, clip, step. Returns the global loss, grad norm
     and token count. `touch_all` (DDP) adds 0 * every trainable parameter to the loss: DDP reduces only
     once a parameter's gradient is ready, and a micro-batch that reaches no trainable parameter on one
     rank would otherwise leave the other rank waiting; it also spares DDP the unused-parameter search.
     With `groups` (see `module_groups`) the result adds each group's gradient norm before clipping.
-    `cell_loss` > 0 adds that weight times the image tokens' cell loss (world images) per micro-batch."""
+    `cell_loss` > 0 adds that weight times the image tokens' cell loss (world images) per micro-batch,
+    against the LM's colour and shape word embeddings when `cell_words` (their token ids) are given."""
     w_local = sum(b.loss_weights.sum() for b in batches).to(device, torch.float32)
     w_global = all_reduce_sum(w_local)
     if float(w_global) == 0:  # the same on every rank (all-reduced), so all ranks stop together
@@ -89,6 +90,8 @@ def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, 
             from ..data.world.cells import cell_labels
 
             inputs["cell_targets"] = torch.cat([cell_labels(p) for p in b.pixel_values]).to(device)
+            if cell_words is not None:
+                inputs["cell_words"] = cell_words
         with autocast(device, bf16):
             out = model(**inputs)
         loss = out.loss_sum * (world / w_global)

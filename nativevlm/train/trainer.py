@@ -105,8 +105,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             wrapped = distributed.wrap(model, cfg.distributed, ctx)
             optimizer = build_optimizer(model, stage)
             params = [p for p in model.parameters() if p.requires_grad]
-            if vlm:
-                model.cell_words = cell_word_ids(tokenizer) if stage.cell_loss and stage.cell_target == "words" else None
+            words = cell_word_ids(tokenizer) if vlm and stage.cell_loss and stage.cell_target == "words" else None
             data = StageData(stage, collator, seed=f"{cfg.seed}:{si}", rank=ctx.rank, world=ctx.world, log=log)
             val = data.val_batches()
             total, step = stage_steps(stage), 0
@@ -120,7 +119,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 t0 = time.perf_counter()
                 res = train_step(wrapped, data.next_batches(), optimizer, params, stage.grad_clip, ctx.world,
                                  ctx.device, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp",
-                                 groups=groups, cell_loss=stage.cell_loss)
+                                 groups=groups, cell_loss=stage.cell_loss, cell_words=words)
                 step, gs = step + 1, gs + 1
                 row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res.pop("loss"), "lr": lr,
                        **throughput(res.pop("tokens"), time.perf_counter() - t0, n_flop, cfg.peak_tflops), **res}
