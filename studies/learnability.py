@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -194,6 +195,19 @@ def summarize(arms, runs: Path, out: Path) -> None:
                       "priors": json.loads((runs / arm / "curves.json").read_text())["priors"]
                       if (runs / arm / "curves.json").exists() else {}}
     (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+    (out / "times.json").write_text(json.dumps({a: r["seconds"] for a, r in study.items()}, indent=1) + "\n")
+    from nativevlm.eval.curves import plot_curves
+
+    ref = next((json.loads((runs / a / "curves.json").read_text()) for a in study
+                if (runs / a / "curves.json").exists()), None)
+    for arm in study:  # what each arm's result rests on, small enough to commit (not the weights)
+        (out / arm).mkdir(exist_ok=True)
+        if not (runs / arm / "curves.png").exists() and ref:  # an unfinished arm: its curve so far
+            plot_curves(runs / arm / "metrics.jsonl", out / arm / "curves.png", ref["priors"], ref["kinds"],
+                        title=f"{arm} (unfinished)")
+        for name in ("metrics.jsonl", "curves.png", "curves.json", "config.yaml"):
+            if (runs / arm / name).exists():
+                shutil.copy(runs / arm / name, out / arm / name)
     panels = [("acc/perception", "perception accuracy"), ("acc/reasoning", "reasoning accuracy"),
               ("acc/color", "colour accuracy"), ("acc/shape", "shape accuracy"),
               ("attn/image_mass", "answer position: attention mass on the image"),
