@@ -195,6 +195,16 @@ def summarize(arms, runs: Path, out: Path) -> None:
                       "priors": json.loads((runs / arm / "curves.json").read_text())["priors"]
                       if (runs / arm / "curves.json").exists() else {}}
     (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+    cols = [("acc/all", "all"), ("acc/perception", "perception"), ("acc/reasoning", "reasoning"),
+            ("acc/color", "colour"), ("acc/shape", "shape"), ("acc/position", "position"), ("acc/count", "count"),
+            ("attn/image_mass", "image attention"), ("attn/target_share", "on named object"),
+            ("sens/color_rel", "colour move / norm")]
+    lines = ["| arm | steps | " + " | ".join(c for _, c in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for arm, res in study.items():
+        last = res["points"][-1]
+        lines.append(f"| {arm} | {last['step']} | " + " | ".join(
+            f"{last[k]:.0%}" if k.startswith("acc/") else f"{last.get(k, float('nan')):.2f}" for k, _ in cols) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "times.json").write_text(json.dumps({a: r["seconds"] for a, r in study.items()}, indent=1) + "\n")
     from nativevlm.eval.curves import plot_curves
 

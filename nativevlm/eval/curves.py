@@ -150,12 +150,11 @@ def plot_curves(metrics_path: Path, png: Path, priors: dict[str, float], kinds: 
             ax.axhline(priors.get(fam, float("nan")), color=c, ls="--", lw=0.9, alpha=0.8)
         ax.plot(xs, [p.get(f"acc/{kind}", float("nan")) for p in points], "-", color="black", lw=2.2,
                 label=f"all {kind}")
-        starts = {}
-        for p in points:
-            starts.setdefault(p["stage"], p["samples"])
-        for name, x in list(starts.items())[1:]:
-            ax.axvline(x, color="grey", ls=":", lw=1)
-            ax.text(x, 1.02, name, fontsize=7, color="grey", rotation=0, ha="left", va="bottom")
+        for prev, p in zip(points, points[1:]):  # a stage starts where the previous one's last point is
+            if p["stage"] != prev["stage"]:
+                ax.axvline(prev["samples"], color="grey", ls=":", lw=1)
+                ax.text(prev["samples"], 1.06, f" {p['stage']}", fontsize=7, color="grey", rotation=90,
+                        ha="left", va="top")
         ax.set_ylim(0, 1.08)
         ax.set_xlabel("training samples seen")
         ax.set_ylabel("held-out accuracy (dashed: answer prior)")

@@ -63,11 +63,20 @@ def cell_labels(pixels: torch.Tensor) -> torch.Tensor:
     n_ink = ink.sum((1, 2))
     mean = (cells * ink[..., None]).sum((1, 2)) / n_ink.clamp_min(1)[:, None]
     colour = torch.cdist(mean, _palette()).argmin(1)
-    masks, shapes = _templates()
-    agree = (ink[:, None] == torch.from_numpy(masks)[None]).sum((2, 3))  # [N, templates]
-    shape = torch.tensor([SHAPES.index(s) for s in shapes])[agree.argmax(1)]
+    templates, template_shape = _template_matrix()
+    flat = ink.reshape(len(ink), -1).float()
+    # Pixels on which ink and template agree, up to a per-cell constant: 2 ink.t - |t| (one small matmul).
+    agree = 2 * flat @ templates.T - templates.sum(1)
+    shape = template_shape[agree.argmax(1)]
     labels = 1 + colour * len(SHAPES) + shape
     return torch.where(n_ink > 0, labels, torch.zeros_like(labels))
+
+
+@lru_cache(maxsize=1)
+def _template_matrix() -> tuple[torch.Tensor, torch.Tensor]:
+    masks, shapes = _templates()
+    return (torch.from_numpy(masks.reshape(len(masks), -1)).float(),
+            torch.tensor([SHAPES.index(s) for s in shapes]))
 
 
 @lru_cache(maxsize=1)
