@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -209,6 +209,21 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{path}.{name}" if path else name)
     return cls(**kwargs)
+
+
+def read_json_object(file: Path, missing: str) -> dict:
+    """A model folder's JSON config as a dict: FileNotFoundError (with `missing`, what the folder should
+    hold) when absent, CheckpointError naming the file when it is not a JSON object."""
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: {missing}")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..config import LanguageConfig, VisionConfig
+from ..config import LanguageConfig, VisionConfig, read_json_object
 from ..errors import CheckpointError
 from .language import LanguageModel
 from .vision import VisionEncoder
@@ -83,17 +83,8 @@ def save_language_model(lm: LanguageModel, directory: PathLike) -> None:
 
 
 def _read_config(folder: Path) -> dict:
-    file = folder / "config.json"
-    if not file.is_file():
-        raise CheckpointError(f"{file}: not found; expected a Hugging Face checkpoint folder (config.json + "
-                              "safetensors) or a .gguf file")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(folder / "config.json", "expected a Hugging Face checkpoint folder (config.json + "
+                                                    "safetensors) or a .gguf file")
 
 
 def _field(cfg: dict, name: str, source: Path, default=None):

@@ -16,7 +16,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 
-from ..config import LanguageConfig, MoEConfig, from_dict, to_dict
+from ..config import LanguageConfig, MoEConfig, from_dict, read_json_object, to_dict
 from ..errors import CheckpointError
 from .hub import language_config_from_hf, save_language_model
 from .language import LanguageModel
@@ -34,15 +34,8 @@ def load_pretrained(path, device=None) -> Union[NativeVLM, LanguageModel]:
     if path.suffix == ".gguf":
         return LanguageModel.from_hf(path)
     file = path / CONFIG_NAME
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
-                                "(written by training or save_pretrained), or use a .gguf file")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    config = read_json_object(file, f"a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME} (written by training "
+                                    "or save_pretrained), or use a .gguf file")
     if "architectures" in config:
         if not meta:
             return LanguageModel.from_hf(path)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..config import ConnectorConfig, ModelConfig, SpecialTokens, VisionConfig, from_dict, to_dict
+from ..config import ConnectorConfig, ModelConfig, SpecialTokens, VisionConfig, from_dict, read_json_object, to_dict
 from ..errors import CheckpointError
 from ..utils.atomic import atomic_dir
 from .batch import Batch
@@ -71,18 +71,13 @@ class NativeVLM(nn.Module):
         """A folder written by `save_pretrained`; `device="meta"` reads the structure only (no tensor data)."""
         path = Path(path)
         cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, weights):
-            if not f.exists():
-                raise FileNotFoundError(f"{f} not found: a NativeVLM folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
-                                        "(written by save_pretrained)")
-        try:
-            data = json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
-        if isinstance(data, dict):  # written before the unused <img_eos> token was dropped
-            data.pop("image_eos_id", None)
-            if isinstance(data.get("special_tokens"), dict):
-                data["special_tokens"].pop("image_eos", None)
+        holds = f"a NativeVLM folder holds {CONFIG_NAME} and {WEIGHTS_NAME} (written by save_pretrained)"
+        if not weights.exists():
+            raise FileNotFoundError(f"{weights} not found: {holds}")
+        data = read_json_object(cfg_file, holds)
+        data.pop("image_eos_id", None)  # written before the unused <img_eos> token was dropped
+        if isinstance(data.get("special_tokens"), dict):
+            data["special_tokens"].pop("image_eos", None)
         config = from_dict(ModelConfig, data)
         with torch.device("meta"):
             model = cls(config)
