@@ -68,9 +68,9 @@ def prepare(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: i
             text_lm_overrides: list[str] = (), lap=lambda name: None):
     """Steps 1-3 into `out`: the world, the tokenizer and the pretrained text LM (what every native VLM run
     of the quickstart, and the learnability study, starts from). Returns the tokenizer."""
-    from .data.formats import read_samples
     from .data.tokenizer import Tokenizer
     from .data.world import generate_world
+    from .data.world.corpus import tokenizer_texts
     from .train.trainer import train
 
     out = Path(out)
@@ -81,10 +81,7 @@ def prepare(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: i
     lap("world")
 
     banner(2, 5, "Training a byte-level BPE tokenizer on the world's text")
-    texts = (world / "train_text.txt").read_text().splitlines()
-    qa, _ = read_samples(world / "train.json", check_images=False)
-    texts += [m["content"] for s in qa[:4000] for m in s.messages]
-    tokenizer = Tokenizer.train(texts, vocab_size=1024)
+    tokenizer = Tokenizer.train(tokenizer_texts(world), vocab_size=1024)
     tokenizer.save(out / "data" / "tokenizer")
     print(f"vocabulary: {tokenizer.vocab_size} tokens -> {out / 'data' / 'tokenizer'}")
     lap("tokenizer")

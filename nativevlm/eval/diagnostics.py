@@ -22,6 +22,7 @@ import torch
 
 from ..data.collate import encode_sample
 from ..data.sample import Sample
+from ..data.world.scene import PALETTE, SHAPES
 from .world import prompt_of
 
 
@@ -57,11 +58,8 @@ def target_object(question: str, scene: dict) -> Optional[dict]:
     several match, or several objects are named, as in relations)."""
     words = set(re.findall(r"[a-z]+", question.lower()))
     objects = scene.get("objects", [])
-    colours = {o["color"] for o in objects} | {"red", "green", "blue", "yellow", "purple", "orange", "cyan", "black"}
-    shapes = {o["shape"] for o in objects} | {"circle", "square", "triangle", "star", "diamond"}
-    named_c = words & colours
-    named_s = words & ({s for s in shapes} | {s + "s" for s in shapes})
-    named_s = {s.rstrip("s") if s.rstrip("s") in shapes else s for s in named_s}
+    named_c = words & set(PALETTE)
+    named_s = {s for s in SHAPES if s in words or s + "s" in words}
     if len(named_c) > 1 or len(named_s) > 1 or not (named_c or named_s):
         return None
     match = [o for o in objects if (not named_c or o["color"] in named_c) and (not named_s or o["shape"] in named_s)]

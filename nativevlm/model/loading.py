@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 
 from ..config import LanguageConfig, MoEConfig, from_dict, read_json_object, to_dict
-from ..errors import CheckpointError
 from .hub import language_config_from_hf, save_language_model
 from .language import LanguageModel
 from .vlm import CONFIG_NAME, WEIGHTS_NAME, NativeVLM, load_state_strict, read_weights

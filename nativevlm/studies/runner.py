@@ -68,28 +68,23 @@ def prepare_data(spec: StudySpec, out: Path, log=print) -> None:
                 generate_world(str(world), n, seed=spec.world.seed, split=split, preset=spec.world.preset)
     tok_dir = out / "data" / "tokenizer"
     if spec.tokenizer is not None and not (tok_dir / "tokenizer.json").is_file():
-        from ..data.formats import read_samples
         from ..data.tokenizer import Tokenizer
+        from ..data.world.corpus import tokenizer_texts
 
         if not (world / "train.json").is_file():
             raise ConfigError("tokenizer: trained on the world's text; add a `world:` section to the study")
-        texts = (world / "train_text.txt").read_text().splitlines()
-        qa, _ = read_samples(world / "train.json", check_images=False)
-        texts += [m["content"] for s in qa[:4000] for m in s.messages]
-        Tokenizer.train(texts, vocab_size=spec.tokenizer.vocab_size).save(tok_dir)
+        Tokenizer.train(tokenizer_texts(world), vocab_size=spec.tokenizer.vocab_size).save(tok_dir)
         log(f"tokenizer: {spec.tokenizer.vocab_size} tokens -> {tok_dir}")
 
 
 def samples_at(cfg, stage_name: str, stage_step: int) -> int:
     """Training samples seen after `stage_step` steps of stage `stage_name` (batch sizes are global)."""
-    from ..train.recipe import stage_steps
+    from ..train.trainer import samples_seen
 
-    seen = 0
-    for stage in cfg.stages:
-        if stage.name == stage_name:
-            return seen + stage_step * stage.batch_size
-        seen += stage_steps(stage) * stage.batch_size
-    raise AssertionError(f"metrics.jsonl names stage {stage_name!r}, which the recipe doesn't have")
+    names = [stage.name for stage in cfg.stages]
+    if stage_name not in names:
+        raise AssertionError(f"metrics.jsonl names stage {stage_name!r}, which the recipe doesn't have")
+    return samples_seen(cfg.stages, names.index(stage_name), stage_step)
 
 
 def param_counts(model) -> dict:

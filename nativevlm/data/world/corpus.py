@@ -37,3 +37,16 @@ def word_problem(rng: random.Random, cfg: WorldConfig) -> str:
     n1, n2 = rng.sample(CATEGORIES, 2)
     return (f"A bar chart shows {n1} at {x} and {n2} at {y}. What is the difference between {n1} and {n2}? "
             f"{x} - {y} = {x - y}. Answer: {x - y}.")
+
+
+def tokenizer_texts(world_dir) -> list[str]:
+    """What a tokenizer for a generated world trains on: its text corpus and the first 4,000 QA records'
+    turns (the quickstart's and the study runner's tokenizers)."""
+    from pathlib import Path
+
+    from ..formats import read_samples
+
+    world = Path(world_dir)
+    texts = (world / "train_text.txt").read_text().splitlines()
+    qa, _ = read_samples(world / "train.json", check_images=False)
+    return texts + [m["content"] for s in qa[:4000] for m in s.messages]
