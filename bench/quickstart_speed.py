@@ -30,7 +30,7 @@ from nativevlm.train.data import StageData  # noqa: E402
 from nativevlm.train.export import build_model, load_tokenizer  # noqa: E402
 from nativevlm.train.optim import build_optimizer  # noqa: E402
 from nativevlm.train.step import train_step  # noqa: E402
-from nativevlm.train.trainer import cell_word_ids  # noqa: E402
+from nativevlm.data.world.cells import class_word_ids  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
     data = StageData(stage, collator, seed="bench")
     optimizer = build_optimizer(model, stage)
     params = [p for p in model.parameters() if p.requires_grad]
-    words = cell_word_ids(tokenizer)
+    words = class_word_ids(tokenizer)
     variants = {"without cell loss (before)": dict(cell_loss=0.0, cell_words=None),
                 "word-aligned cell loss (after)": dict(cell_loss=1.0, cell_words=words)}
     seconds = {k: 0.0 for k in variants}

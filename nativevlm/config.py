@@ -235,6 +235,18 @@ def save_config(cfg: Any, path: str | Path) -> None:
         path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def read_yaml(path: str | Path, what: str) -> dict:
+    """A YAML file's mapping (empty file: {}); ConfigError naming `what` and the path when it is missing or
+    does not parse (recipes, study files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} does not parse as YAML: {e}") from None
+
+
 def load_config(cls: type, path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():

@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import yaml
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -42,22 +41,12 @@ SCALE = {
 }
 
 
-def _rewrite_paths(node, root: Path):
-    """Point the recipe's `data/...` and `runs/...` paths into the quickstart's run folder."""
-    if isinstance(node, dict):
-        return {k: _rewrite_paths(v, root) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rewrite_paths(v, root) for v in node]
-    if isinstance(node, str) and node.startswith(("data/", "runs/")):
-        return str(root / node)
-    return node
-
-
 def load_shipped_recipe(name: str, root: Path, extra: list[str] = ()):
-    from .train.recipe import recipe_from_dict
+    from .config import read_yaml
+    from .train.recipe import recipe_from_dict, relocate_paths
 
-    data = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
-    return recipe_from_dict(_rewrite_paths(data, root), SCALE.get(name, []) + list(extra))
+    data = read_yaml(RECIPES / f"{name}.yaml", "recipe")
+    return recipe_from_dict(relocate_paths(data, root), SCALE.get(name, []) + list(extra))
 
 
 def banner(step: int, total: int, text: str) -> None:

@@ -186,12 +186,12 @@ def test_word_cell_loss_points_tokens_at_their_words(tiny_world, tmp_path):
     """The word-aligned cell loss is low when each occupied token is its colour word's embedding plus its
     shape word's, high when the words are swapped, and training with it lowers it."""
     from nativevlm.data.world.cells import COLOURS, SHAPES
-    from nativevlm.train.trainer import cell_word_ids
+    from nativevlm.data.world.cells import class_word_ids
 
     cfg = recipe_from_dict(curve_recipe(tiny_world, curves={}))
     tok = Tokenizer.load(tiny_world["tok"])
     model = build_model(cfg, tok)
-    words = cell_word_ids(tok)
+    words = class_word_ids(tok)
     table = model.language.embed_tokens.weight.detach()
     unit = lambda v: v / v.norm()  # noqa: E731
     targets = torch.tensor([0, cell_class("red", "star"), cell_class("blue", "circle")])

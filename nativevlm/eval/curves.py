@@ -71,19 +71,19 @@ class LearningCurves:
         self.scenes = _scenes_beside(self.cfg.data)
         self.sensitivity_probe = None
 
-    def evaluate(self, model, tokenizer, progress: bool = False) -> EvalResult:
-        processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    def evaluate(self, model, tokenizer, progress: bool = False, processor=None) -> EvalResult:
+        processor = processor or ImageProcessor.from_config(model.config.vision, model.config.connector)
         return evaluate_qa(model, tokenizer, processor, self.subset, batch_size=self.cfg.batch_size,
                            max_new_tokens=self.cfg.max_new_tokens, progress=progress)
 
     def on_eval(self, model, *, tokenizer, step: int, stage: str, samples: int, out_dir: Path,
                 is_main: bool) -> dict:
-        result = self.evaluate(model, tokenizer)
+        processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+        result = self.evaluate(model, tokenizer, processor=processor)
         row = accuracy_row(result)
         if self.diag.attention:
             from .diagnostics import answer_attention
 
-            processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
             row.update(answer_attention(model, tokenizer, processor, self.subset, self.scenes))
         if self.diag.sensitivity and self.scenes:
             from .diagnostics import SensitivityProbe

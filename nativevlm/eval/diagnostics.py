@@ -22,7 +22,7 @@ import torch
 
 from ..data.collate import encode_sample
 from ..data.sample import Sample
-from ..data.world.scene import PALETTE, SHAPES
+from ..data.world.scene import CELL, PALETTE, SHAPES
 from .world import prompt_of
 
 
@@ -99,7 +99,7 @@ def answer_attention(model, tokenizer, processor, samples: Sequence[Sample], sce
         if obj is not None:
             _, h, w = enc.pixel_values[0].shape
             cols = w // processor.factor
-            if (h // processor.factor, cols) == (scene["height"] // 32, scene["width"] // 32):
+            if (h // processor.factor, cols) == (scene["height"] // CELL, scene["width"] // CELL):
                 per_layer["share"].append(dist[:, obj["row"] * cols + obj["col"]].tolist())
                 chance.append(1 / len(img_pos))
     out = {}

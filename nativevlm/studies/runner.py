@@ -18,39 +18,24 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
 
-from ..config import ConfigError
+from ..config import ConfigError, read_yaml
 from .spec import CellSpec, StudySpec, load_study
 
 ROWS = "rows.json"
 
 
-def rewrite_paths(node, root: Path):
-    """`data/...` and `runs/...` strings (and `key=data/...` overrides) -> paths inside the study folder."""
-    if isinstance(node, dict):
-        return {k: rewrite_paths(v, root) for k, v in node.items()}
-    if isinstance(node, list):
-        return [rewrite_paths(v, root) for v in node]
-    if isinstance(node, str):
-        key, eq, value = node.rpartition("=")
-        kind, colon, path = value.rpartition(":")  # a benchmark SPEC: world:data/world
-        if path.startswith(("data/", "runs/")):
-            return f"{key}{eq}{kind}{colon}{root / path}"
-    return node
-
-
 def cell_recipe(spec: StudySpec, cell: CellSpec, out: Path):
-    from ..train.recipe import recipe_from_dict
+    from ..train.recipe import recipe_from_dict, relocate_paths
 
     try:
-        data = yaml.safe_load(Path(cell.recipe).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cell {cell.name}: recipe {cell.recipe} does not parse: {e}") from None
+        data = read_yaml(cell.recipe, "recipe")
+    except ConfigError as e:
+        raise ConfigError(f"cell {cell.name}: {e}") from None
     shared = [] if cell in spec.prepare else list(spec.set)  # the study's `set` is for its own cells
-    overrides = rewrite_paths(shared + list(cell.set), out)
+    overrides = relocate_paths(shared + list(cell.set), out)
     try:
-        return recipe_from_dict(rewrite_paths(data, out), overrides)
+        return recipe_from_dict(relocate_paths(data, out), overrides)
     except ConfigError as e:
         raise ConfigError(f"cell {cell.name} ({cell.recipe}): {e}") from None
 
@@ -100,11 +85,12 @@ def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: P
     from ..eval.benchmarks import load_benchmark
     from ..eval.harness import run_benchmark
     from ..eval.local import LocalAnswerer
+    from ..train.recipe import relocate_paths
 
     answerer = LocalAnswerer(model, Tokenizer.load(tokenizer_path), spec.eval.batch_size, spec.eval.max_new_tokens)
     shutil.rmtree(run_dir / "eval", ignore_errors=True)  # answers saved from an earlier final model don't count
     cols = {}
-    for bench_spec in rewrite_paths(spec.eval.bench, out):
+    for bench_spec in relocate_paths(spec.eval.bench, out):
         bench = load_benchmark(bench_spec)
         bench.items = bench.items[:spec.eval.limit] if spec.eval.limit else bench.items
         s = run_benchmark(bench, answerer, run_dir / "eval", visual_reliance=spec.eval.visual_reliance,

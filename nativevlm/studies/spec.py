@@ -30,7 +30,7 @@ from typing import Optional
 
 import yaml
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, from_dict, read_yaml
 
 
 @dataclass
@@ -105,13 +105,7 @@ class StudySpec:
 
 
 def load_study(path) -> StudySpec:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"study file {path} does not parse as YAML: {e}") from None
+    data = read_yaml(path, "study file")
     try:
         spec = from_dict(StudySpec, data)
         validate(spec)

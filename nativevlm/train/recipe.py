@@ -7,9 +7,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import yaml
 
-from ..config import ConfigError, apply_overrides, from_dict
+from ..config import ConfigError, apply_overrides, from_dict, read_yaml
 from .config import TrainConfig
 
 CHOICES = {
@@ -24,14 +23,23 @@ DATA_SUFFIXES = (".json", ".jsonl", ".txt")
 
 def load_recipe(path, overrides: list[str] = ()) -> TrainConfig:
     """Parse, override (`stages.0.lr=1e-4`), then validate; raises ConfigError naming the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path} does not parse as YAML: {e}") from None
-    return recipe_from_dict(data, overrides)
+    return recipe_from_dict(read_yaml(path, "recipe"), overrides)
+
+
+def relocate_paths(node, root: Path):
+    """A recipe (or overrides, or a study's benchmark SPECs) with its `data/...` and `runs/...` paths moved
+    under `root`: plain values, `key=data/...` overrides and `kind:data/...` specs alike. The quickstart and
+    the study runner run shipped recipes inside their own output folder this way."""
+    if isinstance(node, dict):
+        return {k: relocate_paths(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [relocate_paths(v, root) for v in node]
+    if isinstance(node, str):
+        key, eq, value = node.rpartition("=")
+        kind, colon, path = value.rpartition(":")  # a benchmark SPEC: world:data/world
+        if path.startswith(("data/", "runs/")):
+            return f"{key}{eq}{kind}{colon}{Path(root) / path}"
+    return node
 
 
 def recipe_from_dict(data: dict, overrides: list[str] = ()) -> TrainConfig:

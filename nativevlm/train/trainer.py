@@ -105,7 +105,11 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             wrapped = distributed.wrap(model, cfg.distributed, ctx)
             optimizer = build_optimizer(model, stage)
             params = [p for p in model.parameters() if p.requires_grad]
-            words = cell_word_ids(tokenizer) if vlm and stage.cell_loss and stage.cell_target == "words" else None
+            words = None
+            if vlm and stage.cell_loss and stage.cell_target == "words":
+                from ..data.world.cells import class_word_ids  # the world's vocabulary: only its recipes need it
+
+                words = class_word_ids(tokenizer)
             data = StageData(stage, collator, seed=f"{cfg.seed}:{si}", rank=ctx.rank, world=ctx.world, log=log)
             val = data.val_batches()
             total, step = stage_steps(stage), 0
@@ -165,13 +169,6 @@ class TrainHook(Protocol):
                 is_main: bool) -> dict: ...
 
     def on_end(self, out_dir: Path) -> None: ...
-
-
-def cell_word_ids(tokenizer) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of the world's colour and shape words as captions spell them (after a space)."""
-    from ..data.world.cells import COLOURS, SHAPES
-
-    return ([tokenizer.encode(" " + c) for c in COLOURS], [tokenizer.encode(" " + s) for s in SHAPES])
 
 
 def samples_seen(stages, si: int, step: int) -> int:

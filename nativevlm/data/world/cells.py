@@ -36,6 +36,12 @@ def class_name(index: int) -> str:
     return f"{COLOURS[c]} {SHAPES[s]}"
 
 
+def class_word_ids(tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each colour and each shape word in class order, as captions spell them (after a space):
+    the targets of the word-aligned cell loss (`NativeVLM.word_cell_loss`)."""
+    return ([tokenizer.encode(" " + c) for c in COLOURS], [tokenizer.encode(" " + s) for s in SHAPES])
+
+
 @lru_cache(maxsize=1)
 def _templates() -> tuple[np.ndarray, list[str]]:
     """Ink masks [K, CELL, CELL] of every (shape, size) drawn in cell (0, 0), and their shapes."""
