@@ -111,6 +111,7 @@ def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: P
 def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[dict]:
     """Train one cell (resuming whatever is there) and return its rows; a job of its own under submitit,
     hence plain arguments and the working directory the study's relative paths are read from."""
+    from ..eval.curves import hooks_for
     from ..model.vlm import NativeVLM
     from ..train.trainer import train
 
@@ -124,7 +125,7 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
         return json.loads((run_dir / ROWS).read_text())
     t0 = time.time()
     cfg = cell_recipe(spec, cell, out)
-    result = train(cfg, run_dir, resume=True, log=log)
+    result = train(cfg, run_dir, resume=True, log=log, hooks=hooks_for(cfg, log))
     if name in prepared:
         return []
     base = {"cell": name, **cell.levels, **param_counts(result.model)}
