@@ -23,6 +23,13 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="only the first N questions of each benchmark (a quick look)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--reasoner", metavar="LM",
+                   help="Extract+Think (Prism): MODEL describes each image, this text-only model folder answers "
+                        "from the description; the descriptions are in each answer's trace")
+    p.add_argument("--extract-prompt", default=None,
+                   help="what MODEL is asked with --reasoner; {question} makes it question-guided "
+                        "(default: 'Describe the image.', the built-in world's caption prompt)")
+    p.add_argument("--extract-max-new-tokens", type=int, default=128, help="length cap of a description")
     p.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                    help="bearer token for --endpoint (default: $OPENAI_API_KEY)")
@@ -40,9 +47,13 @@ def run(args) -> int:
     if not args.bench:
         raise ConfigError("give at least one --bench SPEC (world:DIR, llava:FILE, tsv:FILE)")
     for name, value in (("--limit", args.limit), ("--concurrency", args.concurrency),
-                        ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+                        ("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                        ("--extract-max-new-tokens", args.extract_max_new_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if args.extract_prompt is not None and not args.reasoner:
+        raise ConfigError("--extract-prompt is the first stage of Extract+Think; give the answering model with "
+                          "--reasoner LM")
     if args.endpoint and args.val_data:
         raise ConfigError("--val-data needs the model's weights; it can't be measured through --endpoint")
     benches = [load_benchmark(spec) for spec in args.bench]
@@ -51,12 +62,19 @@ def run(args) -> int:
     out = Path(args.out)
     # what the answers depend on: a results folder never mixes two of these
     run_info = {"model": args.model, "endpoint": args.endpoint, "max_new_tokens": args.max_new_tokens}
+    if args.reasoner:
+        from ..infer.pipelines import EXTRACT_PROMPT
+
+        extract_prompt = args.extract_prompt if args.extract_prompt is not None else EXTRACT_PROMPT
+        run_info.update(reasoner=args.reasoner, extract_prompt=extract_prompt,
+                        extract_max_new_tokens=args.extract_max_new_tokens)
+    first_tokens = args.extract_max_new_tokens if args.reasoner else args.max_new_tokens  # MODEL's reply
     check_run(out, run_info)
     extra = {}
     if args.endpoint:
         from ..eval.endpoint import EndpointAnswerer
 
-        answerer = EndpointAnswerer(args.endpoint, args.model, args.api_key, args.concurrency, args.max_new_tokens,
+        answerer = EndpointAnswerer(args.endpoint, args.model, args.api_key, args.concurrency, first_tokens,
                                     args.retries, args.timeout)
     else:
         from ..data.tokenizer import Tokenizer
@@ -68,11 +86,16 @@ def run(args) -> int:
         if not isinstance(model, NativeVLM):
             raise ConfigError(f"{args.model} is a language model; these benchmarks need a vision-language model")
         tokenizer = Tokenizer.load(args.model)
-        answerer = LocalAnswerer(model, tokenizer, args.batch_size, args.max_new_tokens)
+        answerer = LocalAnswerer(model, tokenizer, args.batch_size, first_tokens)
         if args.val_data:
             from ..eval.loss import validation_loss
 
             extra["val_loss"] = validation_loss(model, tokenizer, args.val_data, args.batch_size)
+    if args.reasoner:
+        from ..infer.pipelines import ExtractThink
+
+        answerer = ExtractThink(answerer, local_reasoner(args.reasoner, args.batch_size, args.max_new_tokens),
+                                extract_prompt)
     results = [run_benchmark(b, answerer, out, args.circular, args.visual_reliance) for b in benches]
     write_results(out, run_info, results, extra)
     print((out / "report.md").read_text())
@@ -82,3 +105,18 @@ def run(args) -> int:
         print(f"requests failed in {', '.join(failed)}: run the same command again to ask them again")
         return 1
     return 0
+
+
+def local_reasoner(path: str, batch_size: int, max_new_tokens: int):
+    """The text-only second stage of Extract+Think, loaded from a model folder."""
+    from ..config import ConfigError
+    from ..data.tokenizer import Tokenizer
+    from ..eval.local import LocalAnswerer
+    from ..model.loading import load_pretrained
+    from ..model.vlm import NativeVLM
+
+    model = load_pretrained(path)
+    if isinstance(model, NativeVLM):
+        raise ConfigError(f"--reasoner {path} is a vision-language model; Extract+Think answers with a text-only "
+                          "model (a language model folder, e.g. one fine-tuned by recipes/reasoner.yaml)")
+    return LocalAnswerer(model, Tokenizer.load(path), batch_size, max_new_tokens)

@@ -40,6 +40,7 @@ class Request:
 class Reply:
     text: str = ""
     error: Optional[str] = None  # set when the request failed for good (after the answerer's retries)
+    trace: Optional[dict] = None  # what a multi-stage answerer did on the way (Extract+Think: the description)
 
 
 Answerer = Callable[[list[Request]], list[Reply]]  # with a `chunk_size` attribute: requests per call
@@ -167,6 +168,8 @@ def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, 
             replies = answerer([request_of(item, blank) for _, item in chunk])
             for (key, _), reply in zip(chunk, replies):
                 row = {"key": key, "prediction": reply.text, "error": reply.error}
+                if reply.trace is not None:
+                    row["trace"] = reply.trace
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 done[key] = row
             f.flush()
@@ -189,7 +192,8 @@ def run_benchmark(bench: Benchmark, answerer: Answerer, out_dir: Path, circular:
             match = Match(REQUEST_FAILURE, None) if row["error"] is not None else score(item, row["prediction"])
             records.append({"id": item.id, "rotation": rotation, "category": item.category, "kind": item.kind,
                             "question": item.prompt(), "answer": item.answer, "prediction": row["prediction"],
-                            "parsed": match.parsed, "status": match.status, "error": row["error"]})
+                            "parsed": match.parsed, "status": match.status, "error": row["error"],
+                            **({"trace": row["trace"]} if "trace" in row else {})})
         with (folder / "records.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         results[blank] = records

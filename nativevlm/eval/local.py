@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..config import ConfigError
 from ..data.collate import encode_sample, prompt_batch
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample
@@ -27,14 +28,18 @@ def generate_answers(model, tokenizer, image_processor, samples: Sequence[Sample
 
 class LocalAnswerer:
     """The harness's answerer for a loaded model. Images go before the question, one marker each, as in
-    the training data."""
+    the training data. A language model answers text-only requests (the reasoner of Extract+Think)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 32):
         self.model, self.tokenizer = model, tokenizer
-        self.processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+        vision = getattr(model.config, "vision", None)
+        self.processor = ImageProcessor.from_config(vision, model.config.connector) if vision is not None else None
         self.chunk_size, self.max_new_tokens = batch_size, max_new_tokens
 
     def __call__(self, requests: list[Request]) -> list[Reply]:
+        if self.processor is None and any(r.images for r in requests):
+            raise ConfigError("this model is a language model and can't read images; evaluate a vision-language "
+                              "model, or pair it as the reasoner of Extract+Think (nativevlm eval --reasoner)")
         samples = [Sample(id=str(i), images=list(r.images),
                           messages=[{"role": "user", "content": f"{IMAGE_MARKER}\n" * len(r.images) + r.text}])
                    for i, r in enumerate(requests)]

@@ -77,6 +77,8 @@ def read_study_csv(path) -> dict[str, dict]:
             raise DataError(f"{path}: no {', '.join(missing)} column (write it with `nativevlm study run`)")
         cells: dict[str, dict] = {}
         for line, row in enumerate(reader, start=2):
+            if not row["samples"]:
+                continue  # an Extract+Think pair's row: accuracies, no learning curve
             try:
                 samples, loss = float(row["samples"]), float(row["val_loss"]) if row["val_loss"] else math.nan
             except ValueError:

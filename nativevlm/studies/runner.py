@@ -82,30 +82,79 @@ def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: P
     """Accuracy per kind and category (and visual reliance) of a cell's final model on the study's
     benchmarks, as `acc/<kind>` columns (`<bench>:acc/<kind>` with several benchmarks)."""
     from ..data.tokenizer import Tokenizer
-    from ..eval.benchmarks import load_benchmark
-    from ..eval.harness import run_benchmark
     from ..eval.local import LocalAnswerer
-    from ..train.recipe import relocate_paths
 
     answerer = LocalAnswerer(model, Tokenizer.load(tokenizer_path), spec.eval.batch_size, spec.eval.max_new_tokens)
+    return score_answerer(spec, answerer, out, run_dir, spec.eval.visual_reliance)
+
+
+def score_answerer(spec: StudySpec, answerer, out: Path, run_dir: Path, visual_reliance: bool) -> dict:
+    from ..eval.benchmarks import load_benchmark
+    from ..eval.harness import run_benchmark
+    from ..train.recipe import relocate_paths
+
     shutil.rmtree(run_dir / "eval", ignore_errors=True)  # answers saved from an earlier final model don't count
     cols = {}
     for bench_spec in relocate_paths(spec.eval.bench, out):
         bench = load_benchmark(bench_spec)
         bench.items = bench.items[:spec.eval.limit] if spec.eval.limit else bench.items
-        s = run_benchmark(bench, answerer, run_dir / "eval", visual_reliance=spec.eval.visual_reliance,
-                          progress=False).summary()
+        s = run_benchmark(bench, answerer, run_dir / "eval", visual_reliance=visual_reliance, progress=False).summary()
         prefix = f"{bench.name}:" if len(spec.eval.bench) > 1 else ""
         cols[f"{prefix}acc/all"] = s["accuracy"]
         cols[f"{prefix}parse_failures/all"] = s["parse_failure_rate"]
         for group in ("by_kind", "by_category"):
             cols.update({f"{prefix}acc/{k}": v["accuracy"] for k, v in s[group].items() if k})
-        if spec.eval.visual_reliance:
+        if visual_reliance:
             cols[f"{prefix}reliance/all"] = s["visual_reliance"]["all"]
             for group in ("kind", "category"):
                 cols.update({f"{prefix}reliance/{k}": v["reliance"]
                              for k, v in s["visual_reliance"][group].items() if k})
     return cols
+
+
+def pair_name(perceiver: str, reasoner: str) -> str:
+    return f"{perceiver}+{reasoner}"
+
+
+def run_pair(spec: StudySpec, perceiver: str, reasoner: str, out: Path, log=print) -> list[dict]:
+    """Prism's decoupled evaluation of two trained cells: the perceiver describes, the reasoner answers from
+    the description (infer.pipelines.ExtractThink). One row: the pair's accuracies and both sides' sizes."""
+    from ..data.tokenizer import Tokenizer
+    from ..eval.local import LocalAnswerer
+    from ..infer.pipelines import ExtractThink, KnownDescriptions
+    from ..model.loading import load_pretrained
+    from ..model.vlm import NativeVLM
+    from ..train.recipe import relocate_paths
+    from .spec import TRUTH
+
+    name, t0, ts = pair_name(perceiver, reasoner), time.time(), spec.extract_think
+    models = {}
+    for role, cell in (("perceiver", perceiver), ("reasoner", reasoner)):
+        if role == "perceiver" and cell == TRUTH:
+            continue
+        final = out / "runs" / cell / "final"
+        if not final.is_dir():
+            raise ConfigError(f"extract_think pair {name}: cell {cell} has no final model ({final}); train it first")
+        models[role] = (load_pretrained(final), Tokenizer.load(final))
+    lm, lm_tok = models["reasoner"]
+    sizes = {}
+    if perceiver == TRUTH:
+        describer = KnownDescriptions(relocate_paths([ts.descriptions], out)[0])
+    else:
+        vlm, vlm_tok = models["perceiver"]
+        if not isinstance(vlm, NativeVLM):
+            raise ConfigError(f"extract_think pair {name}: the perceiver {perceiver} must be a vision-language cell")
+        describer = LocalAnswerer(vlm, vlm_tok, spec.eval.batch_size, ts.max_new_tokens)
+        sizes = {"perceiver_llm_params": vlm.parameter_counts()["language"],
+                 "encoder_params": vlm.parameter_counts().get("vision", 0)}
+    if isinstance(lm, NativeVLM):
+        raise ConfigError(f"extract_think pair {name}: the reasoner {reasoner} must be a language-model cell")
+    answerer = ExtractThink(describer, LocalAnswerer(lm, lm_tok, spec.eval.batch_size, spec.eval.max_new_tokens),
+                            ts.prompt)
+    log(f"--- pair {name}: {perceiver} describes, {reasoner} answers")
+    cols = score_answerer(spec, answerer, out, out / "runs" / name, visual_reliance=False)
+    return [{"cell": name, "stage": "extract_think", "perceiver": perceiver, "reasoner": reasoner, **sizes,
+             "llm_params": lm.parameter_counts()["language"], **cols, "cell_seconds": round(time.time() - t0, 1)}]
 
 
 def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[dict]:
@@ -205,15 +254,18 @@ def run_study(study_path, out, launcher: str = "local", cluster=None, log=print)
             rows = run_cell(str(study_path), name, str(out), cwd, log)
             if name in todo:
                 append_rows(csv_path, rows)
-        return csv_path
-    executor = make_executor(spec, out, cluster)
+    else:
+        executor = make_executor(spec, out, cluster)
 
-    def submit(name: str):
-        return name, executor.submit(run_cell, str(study_path), name, str(out), cwd)
+        def submit(name: str):
+            return name, executor.submit(run_cell, str(study_path), name, str(out), cwd)
 
-    for name in prep:  # the grid's cells start from these: one at a time, each awaited
-        _wait([submit(name)], out, log, lambda rows: None)
-    _wait([submit(name) for name in todo], out, log, lambda rows: append_rows(csv_path, rows))
+        for name in prep:  # the grid's cells start from these: one at a time, each awaited
+            _wait([submit(name)], out, log, lambda rows: None)
+        _wait([submit(name) for name in todo], out, log, lambda rows: append_rows(csv_path, rows))
+    for perceiver, reasoner in spec.extract_think.pairs:  # small next to training: evaluated here
+        if pair_name(perceiver, reasoner) not in cells_in_csv(csv_path):
+            append_rows(csv_path, run_pair(spec, perceiver, reasoner, out, log))
     return csv_path
 
 

@@ -14,6 +14,7 @@ grid:                                                       # and/or: every comb
   recipe: recipes/native.yaml
   axes: {encoder: {d2: [model.vision.num_layers=2], d4: [model.vision.num_layers=4]}}
 eval: {bench: ["world:data/world"], visual_reliance: true}
+extract_think: {pairs: [[d2, reasoner]], prompt: "Describe the image."}  # Prism: describe, then answer from text
 fit: {compare: [[experts, dense]], encoder_lambda: 0.01}
 slurm: {slurm_partition: gpu, gpus_per_node: 1, timeout_min: 240}  # submitit's parameters, --launcher submitit
 ```
@@ -72,6 +73,23 @@ class EvalSpec:
 
 
 @dataclass
+class ExtractThinkSpec:
+    """Prism's decoupled evaluation: each pair [perceiver, reasoner] of cell names (a vision-language cell
+    and a language-model cell, usually a `prepare` one) answers the study's benchmarks in two stages
+    (`infer.pipelines.ExtractThink`); one CSV row per pair, named `PERCEIVER+REASONER`."""
+
+    pairs: list[list[str]] = field(default_factory=list)
+    prompt: str = "Describe the image."  # what the perceiver is asked; {question} makes it question-guided
+    max_new_tokens: int = 128  # of a description
+    # a captions file (LLaVA, e.g. data/world/test_captions.json): the perceiver named `truth` looks each image's
+    # description up there -- perfect perception, the reference that splits a pair's errors between its sides
+    descriptions: str = ""
+
+
+TRUTH = "truth"
+
+
+@dataclass
 class FitSpec:
     compare: list[list[str]] = field(default_factory=list)  # [arm, baseline] pairs for the sample ratio
     encoder_lambda: float = 0.01
@@ -89,6 +107,7 @@ class StudySpec:
     grid: Optional[GridSpec] = None
     eval: EvalSpec = field(default_factory=EvalSpec)
     fit: FitSpec = field(default_factory=FitSpec)
+    extract_think: ExtractThinkSpec = field(default_factory=ExtractThinkSpec)
     slurm: dict[str, object] = field(default_factory=dict)  # submitit executor parameters (partition, gpus, ...)
 
     def all_cells(self) -> list[CellSpec]:
@@ -138,6 +157,15 @@ def validate(spec: StudySpec) -> None:
         if not Path(cell.recipe).is_file():
             raise ConfigError(f"cell {cell.name}: recipe {cell.recipe} does not exist (paths are relative to the "
                               "working directory)")
+    for pair in spec.extract_think.pairs:
+        if pair and pair[0] == TRUTH and not spec.extract_think.descriptions:
+            raise ConfigError(f"extract_think.pairs: {pair}: the perceiver `{TRUTH}` reads "
+                              "extract_think.descriptions (a captions file); set it")
+        if len(pair) != 2 or any(p not in names + [TRUTH] for p in pair):
+            raise ConfigError(f"extract_think.pairs: {pair} must be two cell names of this study "
+                              "(a perceiver, a reasoner)")
+    if spec.extract_think.pairs and not spec.eval.bench:
+        raise ConfigError("extract_think: the pairs are scored on eval.bench; name at least one benchmark")
     for pair in spec.fit.compare:
         if len(pair) != 2 or any(p not in names for p in pair):
             raise ConfigError(f"fit.compare: {pair} must be two cell names of this study")

@@ -1,4 +1,5 @@
-"""Write one split of the world to disk: images, LLaVA-style QA and caption JSON, scenes, text corpus.
+"""Write one split of the world to disk: images, LLaVA-style QA and caption JSON, scenes, text corpus, and
+the reasoner's text-only QA (each question with its scene's caption in place of the image).
 
 Scene k is drawn from its own RNG seeded by (seed, k), so output depends only on the arguments. A scene
 belongs to the split its signature hashes to; generation for a split skips scenes of other splits, which
@@ -13,6 +14,7 @@ from dataclasses import asdict
 from typing import Iterator
 
 from ...config import ConfigError
+from ..extract_think import descriptions_by_image, reasoner_records
 from .captions import CAPTION_PROMPT, caption
 from .corpus import scene_document, word_problem
 from .questions import generate_questions
@@ -108,6 +110,8 @@ def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", pr
     _write_json(os.path.join(out_dir, f"{split}.json"), qa_records)
     _write_json(os.path.join(out_dir, f"{split}_chat.json"), chat_records)
     _write_json(os.path.join(out_dir, f"{split}_captions.json"), caption_records)
+    reason, _ = reasoner_records(qa_records, descriptions_by_image(caption_records))  # every scene has its caption
+    _write_json(os.path.join(out_dir, f"{split}_reason.json"), reason)
     _write_lines(os.path.join(out_dir, f"{split}_scenes.jsonl"), scene_lines)
     _write_lines(os.path.join(out_dir, f"{split}_text.txt"), text_lines)
     _write_json(os.path.join(out_dir, f"{split}_config.json"),
