@@ -162,7 +162,8 @@ def test_a_study_scores_extract_think_pairs_and_eval_runs_them(tmp_path, train_w
     vlm = write_recipe(tmp_path / "vlm.yaml", vlm_recipe(train_world))
     study = {
         "name": "prism", "prepare": [{"name": "reasoner", "recipe": str(write_recipe(tmp_path / "lm.yaml", lm))}],
-        "cells": [{"name": "vlm", "recipe": str(vlm), "set": [f"stages.1.val_data={train_world['val']}"]}],
+        "cells": [{"name": "vlm", "recipe": str(vlm), "set": [f"stages.1.val_data={train_world['val']}",
+                                                              f"curves.data={train_world['val']}", "curves.samples=4"]}],
         "eval": {"bench": [f"llava:{train_world['val']}"], "max_new_tokens": 3},
         "extract_think": {"pairs": [["truth", "reasoner"], ["vlm", "reasoner"]], "max_new_tokens": 6,
                           "descriptions": str(train_world["val"])},
@@ -175,6 +176,8 @@ def test_a_study_scores_extract_think_pairs_and_eval_runs_them(tmp_path, train_w
     rows = {r["cell"]: r for r in read_csv(out / "study.csv")}
     assert set(rows) == {"vlm", "truth+reasoner", "vlm+reasoner"}
     pair, truth = rows["vlm+reasoner"], rows["truth+reasoner"]
+    last = rows["vlm"]  # its learning curve's last point and its final test evaluation, side by side
+    assert last["val_acc/all"] != "" and last["acc/all"] != "" and last["parse_failures/all"] != ""
     assert (pair["perceiver"], pair["reasoner"], pair["samples"]) == ("vlm", "reasoner", "")
     assert int(pair["encoder_params"]) > 0 and int(pair["llm_params"]) > 0 and truth["encoder_params"] == ""
     assert 0 <= float(pair["acc/all"]) <= 1 and 0 <= float(truth["acc/all"]) <= 1
@@ -187,6 +190,7 @@ def test_a_study_scores_extract_think_pairs_and_eval_runs_them(tmp_path, train_w
     assert len(read_csv(out / "study.csv")) == n_rows and predictions.stat().st_mtime_ns == stamp
     assert main(["study", "fit", str(out / "study.csv"), "--out", str(out / "fit")]) == 0
     assert [c["cell"] for c in json.loads((out / "fit" / "fit.json").read_text())["cells"]] == ["vlm"]
+    assert (out / "fit" / "final_accuracy.png").stat().st_size > 1000  # the cell's and both pairs' bars
 
     capsys.readouterr()
     runs = out / "runs"

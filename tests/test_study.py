@@ -157,8 +157,8 @@ def test_study_run_resumes_without_redoing_finished_cells(tmp_path, train_world,
     after = read_csv(out / "study.csv")
     assert [r["cell"] for r in after] == ["experts"] * 3 + ["dense"] * 4  # + the accuracy-only row
     assert (out / "runs" / "experts" / "final" / "model.safetensors").stat().st_mtime_ns == finished
-    assert after[3]["acc/perception"] == "0.5"  # resumed, not restarted; training-time accuracy copied
-    assert after[4]["acc/count"] == "0.25" and after[4]["val_loss"] == ""
+    assert after[3]["val_acc/perception"] == "0.5"  # resumed, not restarted; training-time accuracy copied
+    assert after[4]["val_acc/count"] == "0.25" and after[4]["val_loss"] == ""
     assert [float(r["val_loss"]) for r in after[3:] if r["val_loss"]] == pytest.approx(
         [float(r["val_loss"]) for r in before], abs=1e-6)
     assert main(args) == 0  # nothing left to do
@@ -166,6 +166,7 @@ def test_study_run_resumes_without_redoing_finished_cells(tmp_path, train_world,
     assert "2 cells done, 0 to run" in capsys.readouterr().out
     assert main(["study", "fit", str(out / "study.csv"), "--out", str(out / "fit")]) == 0
     ratios = json.loads((out / "fit" / "fit.json").read_text())["ratios"]
+    assert (out / "fit" / "accuracy.png").is_file() and (out / "fit" / "final_accuracy.png").is_file()
     assert [(r["arm"], r["baseline"]) for r in ratios] == [("experts", "dense")]  # the study's fit.compare
 
 

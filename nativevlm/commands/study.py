@@ -39,7 +39,7 @@ def fit(args) -> int:
 
     from ..config import ConfigError
     from ..studies.fit import fit_study
-    from ..studies.plots import plot_curves, plot_optimal_encoder
+    from ..studies.plots import plot_accuracy, plot_curves, plot_final_accuracy, plot_optimal_encoder
     from ..studies.spec import load_fit_spec
 
     csv_path, out = Path(args.csv), Path(args.out)
@@ -62,6 +62,9 @@ def fit(args) -> int:
     if any(e["optimal"] for e in result["optimal_encoder"]["per_llm"]):  # a grid of LLM x encoder sizes
         plots.append(out / "optimal_encoder.png")
         plot_optimal_encoder(result, plots[1])
+    for name, draw in (("accuracy.png", plot_accuracy), ("final_accuracy.png", plot_final_accuracy)):
+        if draw(csv_path, out / name):  # what the cells learnt: held-out accuracy per kind
+            plots.append(out / name)
     for c in result["cells"]:
         if c["alpha"] is not None:
             print(f"{c['cell']:24s} E={c['E']:.4f} A={c['A']:.4g} alpha={c['alpha']:.4f}")

@@ -58,3 +58,65 @@ def plot_optimal_encoder(fit: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _accuracy_rows(csv_path, prefix: str = "acc/") -> list[dict]:
+    import csv
+
+    with open(csv_path, newline="") as f:
+        return [r for r in csv.DictReader(f) if any(k.startswith(prefix) and r[k] for k in r)]
+
+
+def plot_accuracy(csv_path, path: Path) -> bool:
+    """Held-out accuracy per kind against samples seen, one line per cell (the learning-curve points the
+    cells logged while training, `val_acc/...`). False, and no file, when the CSV has no such points."""
+    rows = _accuracy_rows(csv_path, "val_acc/")
+    if not rows:
+        return False
+    kinds = tuple(k for k in ("perception", "reasoning") if any(r.get(f"val_acc/{k}") for r in rows)) or ("all",)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharey=True, squeeze=False)
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    for ax, kind in zip(axes[0], kinds):
+        for cell in cells:
+            pts = sorted((float(r["samples"]), float(r[f"val_acc/{kind}"])) for r in rows
+                         if r["cell"] == cell and r.get(f"val_acc/{kind}"))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, label=cell)
+        ax.set_title(f"{kind} questions (val subset, while training)")
+        ax.set_xlabel("training samples")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_final_accuracy(csv_path, path: Path) -> bool:
+    """Each cell's final accuracy per kind (its last row), and each Extract+Think pair's, as grouped bars."""
+    final: dict[str, dict] = {}
+    for r in _accuracy_rows(csv_path):
+        final[r["cell"]] = r  # the last row of a cell carries its final evaluation
+    kinds = tuple(k for k in ("perception", "reasoning") if all(r.get(f"acc/{k}") for r in final.values()))
+    kinds = kinds or ("all",)
+    final = {c: r for c, r in final.items() if all(r.get(f"acc/{k}") for k in kinds)}
+    if not final:
+        return False
+    plt = _pyplot()
+    names = list(final)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        x = np.arange(len(names)) + (i - (len(kinds) - 1) / 2) * width
+        bars = ax.bar(x, [float(final[n][f"acc/{kind}"]) for n in names], width, label=kind)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (test)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -181,7 +181,9 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
     rows = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
-        extra = {k: v for k, v in m.items() if k.startswith("acc/")}  # generation accuracy logged in training
+        # the learning curves' accuracy (held-out subset, logged while training) as val_acc/...; the final
+        # model's benchmark accuracy below is acc/..., so neither hides the other on the last row
+        extra = {f"val_{k}": v for k, v in m.items() if k.startswith("acc/")}
         if m.get("val_loss") is None and not extra:
             continue
         rows.append({**base, "stage": m["stage"], "step": m["step"],
@@ -190,7 +192,7 @@ def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[
         log(f"cell {name}: no evaluation points (no val_data in its stages), so no rows in the study CSV")
     if spec.eval.bench and rows and isinstance(result.model, NativeVLM):  # a text LM cell answers no image questions
         final = evaluate_final(spec, result.model, result.final, out, run_dir)
-        rows[-1].update({k: v for k, v in final.items() if k not in rows[-1]})
+        rows[-1].update(final)
     for row in rows:  # training + evaluation wall time, for the write-up (of a resumed cell: since its resume)
         row["cell_seconds"] = round(time.time() - t0, 1)
     tmp = run_dir / f".{ROWS}.tmp"
