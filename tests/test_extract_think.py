@@ -36,7 +36,7 @@ def test_the_world_writes_each_question_with_its_caption(tmp_path):
         assert r["conversations"][1]["value"] == q["meta"]["answer"]
         if q["meta"]["family"] == "color":  # the description carries what the question asks
             assert q["meta"]["answer"] in captions[q["image"]]
-    with pytest.raises(Exception, match="none of the 2 questions has a description"):
+    with pytest.raises(Exception, match="none of the 2 records is a question whose image has a description"):
         reasoner_records(qa[:2], {})
 
 
@@ -205,3 +205,31 @@ def test_a_study_scores_extract_think_pairs_and_eval_runs_them(tmp_path, train_w
     assert "is a vision-language model" in capsys.readouterr().err
     assert main(ev + ["--extract-prompt", "Describe.", "--out", str(tmp_path / "e3")]) == 2
     assert "--reasoner" in capsys.readouterr().err
+
+
+def test_data_extract_think_command(tmp_path, train_world, capsys):
+    """Own data: a QA file + its captions -> reason.json and extract.json; what can't be paired is skipped
+    and counted; nothing pairable, or a file that isn't a LLaVA list, is one line and exit 2."""
+    val = json.loads(train_world["val"].read_text())
+    qa = [{"id": f"q{i}", "image": r["image"], "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]}
+        for i, r in enumerate(val)]
+    qa += [{"id": "lost", "image": "images/none.png", "conversations": qa[0]["conversations"]},
+           {"id": "chat", "image": val[0]["image"], "conversations": qa[0]["conversations"] * 2}]
+    (tmp_path / "qa.json").write_text(json.dumps(qa))
+    args = ["data", "extract-think", str(tmp_path / "qa.json"), "--descriptions", str(train_world["val"])]
+    assert main(args + ["--out", str(tmp_path / "o")]) == 0
+    assert "skipped 2 of" in capsys.readouterr().out
+    reason = json.loads((tmp_path / "o" / "reason.json").read_text())
+    extract = json.loads((tmp_path / "o" / "extract.json").read_text())
+    assert len(reason) == len(extract) == len(val)
+    assert reason[0]["conversations"][0]["value"] == REASON_TEMPLATE.format(
+        description=val[0]["conversations"][1]["value"], question="What colour is it?")
+    assert extract[0]["image"] == val[0]["image"] and "What colour is it?" in extract[0]["conversations"][0]["value"]
+    assert extract[0]["conversations"][1]["value"] == val[0]["conversations"][1]["value"]
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(args[:2] + [str(tmp_path / "bad.json")] + args[3:] + ["--out", str(tmp_path / "p")]) == 2
+    assert "expected a LLaVA JSON list" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps([{**r, "image": "images/other.png"} for r in val]))
+    assert main(args[:4] + [str(tmp_path / "other.json"), "--out", str(tmp_path / "p")]) == 2  # other images
+    assert "none of the" in capsys.readouterr().err

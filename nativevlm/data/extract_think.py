@@ -18,15 +18,6 @@ def reasoning_prompt(description: str, question: str) -> str:
     return REASON_TEMPLATE.format(description=description.strip(), question=question.strip())
 
 
-def _question_of(record: dict) -> tuple[str, str]:
-    """(question, answer) of a one-question LLaVA QA record, its image marker dropped."""
-    turns = record.get("conversations") or []
-    if len(turns) != 2:
-        raise DataError(f"record {record.get('id')}: expected one question and one answer, got {len(turns)} turns")
-    question = turns[0]["value"].replace("<image>\n", "").replace("<image>", "").strip()
-    return question, turns[1]["value"]
-
-
 def descriptions_by_image(caption_records: Sequence[dict]) -> dict[str, str]:
     """image path -> its description, from a LLaVA captions file (the world's `<split>_captions.json`)."""
     out = {}
@@ -37,42 +28,42 @@ def descriptions_by_image(caption_records: Sequence[dict]) -> dict[str, str]:
 
 
 def _paired(qa_records: Sequence[dict], descriptions: dict[str, str], what: str):
-    kept, missing = [], 0
+    """[(record, question, answer)] of the one-question records whose image has a description, and what was
+    skipped, counted by reason."""
+    kept, skipped = [], {"no description of its image": 0, "not one question and one answer": 0}
     for r in qa_records:
-        if r.get("image") in descriptions:
-            kept.append(r)
+        turns = r.get("conversations") if isinstance(r, dict) else None
+        if not turns or len(turns) != 2:
+            skipped["not one question and one answer"] += 1
+        elif r.get("image") not in descriptions:
+            skipped["no description of its image"] += 1
         else:
-            missing += 1
+            question = turns[0]["value"].replace("<image>\n", "").replace("<image>", "").strip()
+            kept.append((r, question, turns[1]["value"]))
     if not kept:
-        raise DataError(f"{what}: none of the {len(qa_records)} questions has a description of its image "
-                        "(descriptions are matched by the records' `image` path)")
-    return kept, missing
+        raise DataError(f"{what}: none of the {len(qa_records)} records is a question whose image has a description "
+                        f"(skipped: {skipped}; descriptions are matched by the records' `image` path)")
+    return kept, {k: v for k, v in skipped.items() if v}
 
 
-def reasoner_records(qa_records: Sequence[dict], descriptions: dict[str, str]) -> tuple[list[dict], int]:
+def reasoner_records(qa_records: Sequence[dict], descriptions: dict[str, str]) -> tuple[list[dict], dict]:
     """Text-only LLaVA records teaching a language model to answer from a description: the user turn is
-    `reasoning_prompt(description, question)`, the answer the QA record's. Returns (records, questions
-    skipped because their image has no description)."""
-    kept, missing = _paired(qa_records, descriptions, "reasoner data")
-    out = []
-    for r in kept:
-        question, answer = _question_of(r)
-        out.append({"id": f"{r['id']}_reason",
-                    "conversations": [{"from": "human", "value": reasoning_prompt(descriptions[r["image"]], question)},
-                                      {"from": "gpt", "value": answer}],
-                    "meta": dict(r.get("meta") or {})})
-    return out, missing
+    `reasoning_prompt(description, question)`, the answer the QA record's. Returns (records, skipped
+    records counted by reason)."""
+    kept, skipped = _paired(qa_records, descriptions, "reasoner data")
+    out = [{"id": f"{r['id']}_reason",
+            "conversations": [{"from": "human", "value": reasoning_prompt(descriptions[r["image"]], question)},
+                              {"from": "gpt", "value": answer}],
+            "meta": dict(r.get("meta") or {})} for r, question, answer in kept]
+    return out, skipped
 
 
 def extraction_records(qa_records: Sequence[dict], descriptions: dict[str, str],
-                       prompt: str = GUIDED_PROMPT) -> tuple[list[dict], int]:
+                       prompt: str = GUIDED_PROMPT) -> tuple[list[dict], dict]:
     """Visual extraction tuning data: the image and `prompt` (with the question) -> the description."""
-    kept, missing = _paired(qa_records, descriptions, "extraction data")
-    out = []
-    for r in kept:
-        question, _ = _question_of(r)
-        out.append({"id": f"{r['id']}_extract", "image": r["image"],
-                    "conversations": [{"from": "human", "value": "<image>\n" + prompt.format(question=question)},
-                                      {"from": "gpt", "value": descriptions[r["image"]]}],
-                    "meta": {**(r.get("meta") or {}), "family": "extract", "kind": "perception"}})
-    return out, missing
+    kept, skipped = _paired(qa_records, descriptions, "extraction data")
+    out = [{"id": f"{r['id']}_extract", "image": r["image"],
+            "conversations": [{"from": "human", "value": "<image>\n" + prompt.format(question=question)},
+                              {"from": "gpt", "value": descriptions[r["image"]]}],
+            "meta": {**(r.get("meta") or {}), "family": "extract", "kind": "perception"}} for r, question, _ in kept]
+    return out, skipped
