@@ -388,3 +388,15 @@ def test_evaluation_never_imports_the_trainer():
             "print([m for m in sys.modules if m.startswith('nativevlm.train')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_answer_priors_known_answer():
+    from nativevlm.eval.benchmarks import Item
+    from nativevlm.eval.harness import answer_priors
+
+    items = ([Item(f"c{i}", "colour?", a, category="color", kind="perception") for i, a in enumerate(
+        ["Red", "red.", "blue", "green"])] + [Item(f"n{i}", "how many?", a, category="count", kind="reasoning")
+                                               for i, a in enumerate(["two", "2", "3", "2", "4", "1"])])
+    p = answer_priors(items)  # "red" twice of 4 (normalised); "2" three times of 6 (number words as digits)
+    assert p["color"] == 0.5 and p["count"] == 0.5 and p["perception"] == 0.5 and p["reasoning"] == 0.5
+    assert p["all"] == pytest.approx(5 / 10)

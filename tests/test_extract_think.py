@@ -191,6 +191,8 @@ def test_a_study_scores_extract_think_pairs_and_eval_runs_them(tmp_path, train_w
     assert main(["study", "fit", str(out / "study.csv"), "--out", str(out / "fit")]) == 0
     assert [c["cell"] for c in json.loads((out / "fit" / "fit.json").read_text())["cells"]] == ["vlm"]
     assert (out / "fit" / "final_accuracy.png").stat().st_size > 1000  # the cell's and both pairs' bars
+    fit = json.loads((out / "fit" / "fit.json").read_text())
+    assert 0 < fit["priors"]["all"] <= 1  # of the study's benchmark, drawn on the accuracy plots
 
     capsys.readouterr()
     runs = out / "runs"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nativevlm.cli import main
-from nativevlm.studies.fit import fit_power_law, optimal_encoders, sample_ratio, samples_to_reach
+from nativevlm.studies.fit import first_reaching, fit_power_law, optimal_encoders, sample_ratio, samples_to_reach
 from trainkit import vlm_recipe, write_recipe
 
 SAMPLES = np.logspace(3, 6, 20)
@@ -37,6 +37,12 @@ def test_sample_ratio_of_two_arms():
     r = sample_ratio(arm, baseline)
     assert r["ratio"] == pytest.approx(10, rel=0.1) and not r["extrapolated"]
     assert samples_to_reach(arm, arm["E"] - 0.1) == math.inf
+    # read off the measured points alone: the same 10x (20 points over 3 decades: interpolation error only)
+    arm["points"] = [[x, base(10 * x)] for x in SAMPLES]
+    baseline.update(points=[[x, base(x)] for x in SAMPLES], final_loss=base(SAMPLES[-1]))
+    r = sample_ratio(arm, baseline)
+    assert r["measured_ratio"] == pytest.approx(10, rel=0.02)
+    assert first_reaching(arm["points"], 0.0) is None and first_reaching(arm["points"], 99.0) == SAMPLES[0]
 
 
 def synthetic_grid(slope, lam=0.01, beta=0.5, noise=0.0003, seed=0):

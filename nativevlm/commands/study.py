@@ -54,7 +54,10 @@ def fit(args) -> int:
     if not compare and spec is not None:
         compare = [tuple(p) for p in spec.compare]
     lam = args.lam if args.lam is not None else (spec.encoder_lambda if spec is not None else 0.01)
+    from ..studies.runner import benchmark_priors
+
     result = fit_study(csv_path, compare, lam)
+    result["priors"] = benchmark_priors(beside)  # each kind's answer prior, drawn on the accuracy plots
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit.json").write_text(json.dumps(result, indent=1) + "\n")
     plots = [out / "curves.png"]
@@ -63,7 +66,7 @@ def fit(args) -> int:
         plots.append(out / "optimal_encoder.png")
         plot_optimal_encoder(result, plots[1])
     for name, draw in (("accuracy.png", plot_accuracy), ("final_accuracy.png", plot_final_accuracy)):
-        if draw(csv_path, out / name):  # what the cells learnt: held-out accuracy per kind
+        if draw(csv_path, out / name, result["priors"]):  # what the cells learnt: held-out accuracy per kind
             plots.append(out / name)
     for c in result["cells"]:
         if c["alpha"] is not None:
@@ -73,7 +76,13 @@ def fit(args) -> int:
     for r in result["ratios"]:
         if r.get("ratio") is not None:
             print(f"{r['baseline']} needs {r['ratio']:.2f}x the samples of {r['arm']} to reach its final loss "
-                  f"{r['target_loss']:.4f}" + (" (extrapolated)" if r["extrapolated"] else ""))
+                  f"{r['target_loss']:.4f}" + (" (extrapolated)" if r["extrapolated"] else "") + " (fitted curves)")
+            if r.get("measured_ratio") is not None:
+                print(f"  measured points: {r['arm']} first reaches {r['measured_target_loss']:.4f} at "
+                      f"{r['measured_arm_samples']:.0f} samples, {r['measured_ratio']:.2f}x fewer")
+            elif "measured_ratio" in r:
+                print(f"  measured points: {r['arm']} never reaches {r['baseline']}'s last loss "
+                      f"{r['measured_target_loss']:.4f}")
     opt = result["optimal_encoder"]
     if opt["slope"] is not None:
         print(f"optimal encoder size ~ LLM size^{opt['slope']:.3f}" +

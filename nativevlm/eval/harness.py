@@ -109,6 +109,29 @@ def reliance(with_image: dict, blank: dict) -> dict:
                 "reliance": v["accuracy"] - blank[k]["accuracy"]} for k, v in with_image.items()}
 
 
+def answer_priors(items: list[Item]) -> dict[str, float]:
+    """The accuracy of always giving each category's most common reference answer (normalised; the right
+    letter for multiple choice): overall ("all"), per kind and per category -- the floor a model that
+    ignores the image and the question's specifics reaches."""
+    from collections import Counter
+
+    from .matching import normalize_answer
+
+    answers: dict[str, Counter] = defaultdict(Counter)
+    kind_of = {}
+    for item in items:
+        answers[item.category][normalize_answer(item.answer)] += 1
+        kind_of[item.category] = item.kind
+    best = {c: cnt.most_common(1)[0][1] for c, cnt in answers.items()}
+    total = {c: sum(cnt.values()) for c, cnt in answers.items()}
+    out = {"all": sum(best.values()) / max(1, sum(total.values()))}
+    for kind in sorted({k for k in kind_of.values() if k}):
+        cats = [c for c in answers if kind_of[c] == kind]
+        out[kind] = sum(best[c] for c in cats) / sum(total[c] for c in cats)
+    out.update({c: best[c] / total[c] for c in sorted(answers)})
+    return out
+
+
 def score(item: Item, prediction: str) -> Match:
     if item.options:
         return match_choice(prediction, item.options, item.answer)

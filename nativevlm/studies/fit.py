@@ -102,7 +102,8 @@ def fit_cells(cells: dict[str, dict]) -> dict[str, dict]:
         entry = {"cell": name, "n_points": len(x), "llm_params": cell.get("llm_params"),
                  "encoder_params": cell.get("encoder_params"),
                  "first_samples": float(x[0]) if len(x) else None, "final_samples": float(x[-1]) if len(x) else None,
-                 "final_loss": float(y[-1]) if len(y) else None}
+                 "final_loss": float(y[-1]) if len(y) else None,
+                 "points": [[float(a), float(b)] for a, b in zip(x, y)]}
         fit = fit_power_law(x, y) if len(x) >= MIN_POINTS else None
         entry.update(fit or {"E": None, "A": None, "alpha": None, "rmse": None,
                              "note": f"not fitted: {len(x)} points (at least {MIN_POINTS} needed) or no convergence"})
@@ -110,15 +111,35 @@ def fit_cells(cells: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def first_reaching(points: list, loss: float) -> Optional[float]:
+    """The samples at which measured points first reach `loss`, interpolated linearly in log-samples
+    between the last point above it and the first at or below; None if they never do."""
+    for i, (x, y) in enumerate(points):
+        if y <= loss:
+            if i == 0:
+                return x
+            x0, y0 = points[i - 1]
+            t = (y0 - loss) / (y0 - y)
+            return math.exp(math.log(x0) + t * (math.log(x) - math.log(x0)))
+    return None
+
+
 def sample_ratio(arm: dict, baseline: dict) -> dict:
     """How many times more samples `baseline` needs than `arm` to reach the baseline's final loss (taken
-    from its fitted curve at its last point, which averages out the last evaluation's noise)."""
+    from its fitted curve at its last point, which averages out the last evaluation's noise). Beside it,
+    the same read off the measured points alone (`measured_ratio`: the baseline's last measured loss, and
+    where the arm's points first reach it), which needs no curve to fit the run."""
     target = loss_at(baseline, baseline["final_samples"])
     needed = samples_to_reach(arm, target)
-    return {"arm": arm["cell"], "baseline": baseline["cell"], "target_loss": target,
-            "baseline_samples": baseline["final_samples"], "arm_samples": needed,
-            "ratio": baseline["final_samples"] / needed if needed > 0 else math.inf,
-            "extrapolated": not arm["first_samples"] <= needed <= arm["final_samples"]}  # outside its measured curve
+    out = {"arm": arm["cell"], "baseline": baseline["cell"], "target_loss": target,
+           "baseline_samples": baseline["final_samples"], "arm_samples": needed,
+           "ratio": baseline["final_samples"] / needed if needed > 0 else math.inf,
+           "extrapolated": not arm["first_samples"] <= needed <= arm["final_samples"]}  # outside its measured curve
+    if arm.get("points") and baseline.get("points"):
+        reached = first_reaching(arm["points"], baseline["final_loss"])
+        out.update(measured_target_loss=baseline["final_loss"], measured_arm_samples=reached,
+                   measured_ratio=baseline["final_samples"] / reached if reached else None)
+    return out
 
 
 def optimal_encoders(fits: dict[str, dict], lam: float = 0.01) -> dict:

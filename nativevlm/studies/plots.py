@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def _accuracy_rows(csv_path, prefix: str = "acc/") -> list[dict]:
         return [r for r in csv.DictReader(f) if any(k.startswith(prefix) and r[k] for k in r)]
 
 
-def plot_accuracy(csv_path, path: Path) -> bool:
+def plot_accuracy(csv_path, path: Path, priors: Optional[dict] = None) -> bool:
     """Held-out accuracy per kind against samples seen, one line per cell (the learning-curve points the
     cells logged while training, `val_acc/...`). False, and no file, when the CSV has no such points."""
     rows = _accuracy_rows(csv_path, "val_acc/")
@@ -83,6 +84,8 @@ def plot_accuracy(csv_path, path: Path) -> bool:
                          if r["cell"] == cell and r.get(f"val_acc/{kind}"))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1, label=cell)
+        if priors and kind in priors:
+            ax.axhline(priors[kind], color="k", ls="--", lw=1, label="answer prior (test split)")
         ax.set_title(f"{kind} questions (val subset, while training)")
         ax.set_xlabel("training samples")
         ax.grid(alpha=0.3)
@@ -94,7 +97,7 @@ def plot_accuracy(csv_path, path: Path) -> bool:
     return True
 
 
-def plot_final_accuracy(csv_path, path: Path) -> bool:
+def plot_final_accuracy(csv_path, path: Path, priors: Optional[dict] = None) -> bool:
     """Each cell's final accuracy per kind (its last row), and each Extract+Think pair's, as grouped bars."""
     final: dict[str, dict] = {}
     for r in _accuracy_rows(csv_path):
@@ -112,6 +115,9 @@ def plot_final_accuracy(csv_path, path: Path) -> bool:
         x = np.arange(len(names)) + (i - (len(kinds) - 1) / 2) * width
         bars = ax.bar(x, [float(final[n][f"acc/{kind}"]) for n in names], width, label=kind)
         ax.bar_label(bars, fmt="%.2f", fontsize=6)
+        if priors and kind in priors:
+            ax.hlines([priors[kind]] * len(x), x - width / 2, x + width / 2, colors="k", linestyles="--", lw=1,
+                      label="answer prior" if i == 0 else None)
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (test)")
     ax.set_ylim(0, 1)

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-
+from typing import Optional
 
 from ..config import ConfigError, read_yaml
 from .spec import CellSpec, StudySpec, load_study
@@ -110,6 +110,29 @@ def score_answerer(spec: StudySpec, answerer, out: Path, run_dir: Path, visual_r
                 cols.update({f"{prefix}reliance/{k}": v["reliance"]
                              for k, v in s["visual_reliance"][group].items() if k})
     return cols
+
+
+def benchmark_priors(study_yaml: Path) -> Optional[dict]:
+    """The answer priors (`eval.harness.answer_priors`) of a study's benchmark, read through the study file
+    beside its CSV (paths relative to that folder, as `study run` wrote them); None when the study has
+    not exactly one benchmark or its data is not there (a CSV copied away from its study folder)."""
+    from ..eval.benchmarks import load_benchmark
+    from ..eval.harness import answer_priors
+    from ..train.recipe import relocate_paths
+
+    if not study_yaml.is_file():
+        return None
+    bench = (read_yaml(study_yaml, "study file").get("eval") or {}).get("bench") or []
+    if len(bench) != 1:
+        return None
+    from ..errors import UserError
+
+    try:
+        items = load_benchmark(relocate_paths(bench, study_yaml.parent)[0]).items
+    except (UserError, OSError):
+        return None
+    limit = (read_yaml(study_yaml, "study file").get("eval") or {}).get("limit") or 0
+    return answer_priors(items[:limit] if limit else items)
 
 
 def pair_name(perceiver: str, reasoner: str) -> str:
