@@ -207,6 +207,13 @@ def test_a_study_scores_extract_think_pairs_and_eval_runs_them(tmp_path, train_w
     assert "is a vision-language model" in capsys.readouterr().err
     assert main(ev + ["--extract-prompt", "Describe.", "--out", str(tmp_path / "e3")]) == 2
     assert "--reasoner" in capsys.readouterr().err
+    # the reasoner alone on its own text-only questions (descriptions given): the ceiling of any perceiver
+    lm_eval = ["eval", str(runs / "reasoner" / "final"), "--max-new-tokens", "3", "--batch-size", "32"]
+    assert main(lm_eval + ["--bench", f"llava:{tmp_path / 'reason.json'}", "--out", str(tmp_path / "e4")]) == 0
+    (summary,) = json.loads((tmp_path / "e4" / "results.json").read_text())["benchmarks"].values()
+    assert summary["n"] == len(reason) and summary["accuracy"] == pytest.approx(float(truth["acc/all"]))
+    assert main(lm_eval + ["--bench", f"llava:{train_world['val']}", "--out", str(tmp_path / "e5")]) == 2
+    assert "is a language model and" in capsys.readouterr().err
 
 
 def test_data_extract_think_command(tmp_path, train_world, capsys):

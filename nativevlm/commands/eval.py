@@ -83,8 +83,10 @@ def run(args) -> int:
         from ..model.vlm import NativeVLM
 
         model = load_pretrained(args.model)
-        if not isinstance(model, NativeVLM):
-            raise ConfigError(f"{args.model} is a language model; these benchmarks need a vision-language model")
+        with_images = [b.name for b in benches if any(item.images for item in b.items)]
+        if not isinstance(model, NativeVLM) and with_images:  # a text-only benchmark is fine for an LM
+            raise ConfigError(f"{args.model} is a language model and {', '.join(with_images)} has images: evaluate "
+                              "a vision-language model, or give this one as --reasoner of Extract+Think")
         tokenizer = Tokenizer.load(args.model)
         answerer = LocalAnswerer(model, tokenizer, args.batch_size, first_tokens)
         if args.val_data:
