@@ -69,6 +69,22 @@ def test_optimal_encoder_slope(slope):
     assert grid == sorted(grid) and all(g is not None for g in grid)  # the grid answer grows with the LLM too
 
 
+def test_no_optimal_encoder_without_an_encoder_gain():
+    """Final losses that do not fall with encoder size (noise only), or a curve whose optimum lies outside
+    the encoders trained: no optimum is reported (with a note why), and no slope is fitted through them."""
+    fits = {}
+    for n, losses in ((1e6, [0.170, 0.176, 0.165, 0.171]), (4e6, [0.157, 0.148, 0.170, 0.162])):
+        for k, loss in enumerate(losses):
+            fits[f"{n}-{k}"] = {"llm_params": int(n), "encoder_params": int(1e5 * 2 ** k), "final_loss": loss}
+    opt = optimal_encoders(fits)
+    assert all(e["optimal"] is None and "no encoder gain" in e["note"] for e in opt["per_llm"])
+    assert opt["slope"] is None
+    far = {f"x-{k}": {"llm_params": 10**6, "encoder_params": int(1e5 * 2 ** k), "final_loss": 1.0 + 0.3 * 2.0 ** -k}
+           for k in range(4)}  # still falling steeply at the largest encoder: the optimum is beyond the grid
+    (entry,) = optimal_encoders(far)["per_llm"]
+    assert entry["optimal"] is None and "outside the encoders trained" in entry["note"]
+
+
 def test_study_fit_command(tmp_path, capsys):
     rng = np.random.default_rng(2)
     rows = []

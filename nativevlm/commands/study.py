@@ -39,7 +39,8 @@ def fit(args) -> int:
 
     from ..config import ConfigError
     from ..studies.fit import fit_study
-    from ..studies.plots import plot_accuracy, plot_curves, plot_final_accuracy, plot_optimal_encoder
+    from ..studies.plots import (plot_accuracy, plot_curves, plot_encoder_grid, plot_final_accuracy,
+                                 plot_optimal_encoder)
     from ..studies.spec import load_fit_spec
 
     csv_path, out = Path(args.csv), Path(args.out)
@@ -65,6 +66,8 @@ def fit(args) -> int:
     if any(e["optimal"] for e in result["optimal_encoder"]["per_llm"]):  # a grid of LLM x encoder sizes
         plots.append(out / "optimal_encoder.png")
         plot_optimal_encoder(result, plots[1])
+    if plot_encoder_grid(result, out / "encoder_grid.png"):
+        plots.append(out / "encoder_grid.png")
     for name, draw in (("accuracy.png", plot_accuracy), ("final_accuracy.png", plot_final_accuracy)):
         if draw(csv_path, out / name, result["priors"]):  # what the cells learnt: held-out accuracy per kind
             plots.append(out / name)
@@ -84,6 +87,12 @@ def fit(args) -> int:
                 print(f"  measured points: {r['arm']} never reaches {r['baseline']}'s last loss "
                       f"{r['measured_target_loss']:.4f}")
     opt = result["optimal_encoder"]
+    for e in opt["per_llm"]:
+        if e["grid_optimal"] or e["optimal"] or e.get("note"):
+            print(f"LLM {e['llm_params']}: optimal encoder on the grid {e['grid_optimal']}, from the fitted curve "
+                  + (f"{e['optimal']:.4g}" if e["optimal"] else f"none ({e.get('note', 'not fitted')})"))
+    if opt["slope"] is None and opt["per_llm"]:
+        print("no slope: fewer than two LLM sizes have an optimal encoder read off a fitted curve")
     if opt["slope"] is not None:
         print(f"optimal encoder size ~ LLM size^{opt['slope']:.3f}" +
               (f" (95% CI {opt['slope_ci95'][0]:.3f} .. {opt['slope_ci95'][1]:.3f})" if opt["slope_ci95"] else ""))

@@ -162,10 +162,17 @@ def optimal_encoders(fits: dict[str, dict], lam: float = 0.01) -> dict:
                 entry["grid_optimal"] = enc[i]
                 break
         fit = fit_power_law(enc, loss) if len(enc) >= MIN_POINTS else None
-        if fit is not None:
+        if loss[-1] >= loss[0]:
+            entry["note"] = ("no encoder gain: the largest encoder's final loss is not below the smallest's, so "
+                             "there is no curve to read an optimum from")
+        elif fit is not None:
             gain = fit["A"] * (1 - 2 ** -fit["alpha"])  # L(E) - L(2E) = gain * E^-beta
             entry["curve"] = {"L_inf": fit["E"], "B": fit["A"], "beta": fit["alpha"]}
-            entry["optimal"] = (gain / threshold) ** (1 / fit["alpha"])
+            optimal = (gain / threshold) ** (1 / fit["alpha"])
+            if enc[0] <= optimal <= enc[-1]:
+                entry["optimal"] = optimal
+            else:  # an optimum read off the curve outside the sizes trained is an extrapolation, not a finding
+                entry["note"] = f"the fitted curve's optimum {optimal:.3g} lies outside the encoders trained"
         per_llm.append(entry)
     out = {"lambda": lam, "per_llm": per_llm, "slope": None, "slope_ci95": None, "intercept": None}
     usable = [(e["llm_params"], e["optimal"]) for e in per_llm if e["optimal"]]

@@ -18,10 +18,19 @@ def _pyplot():
     return plt
 
 
+def _colours(ax, n: int) -> None:
+    """Distinct colours for up to 20 lines (the default cycle repeats after 10)."""
+    if n > 10:
+        import matplotlib.pyplot as plt
+
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+
+
 def plot_curves(csv_path, fit: dict, path: Path) -> None:
     plt = _pyplot()
     cells = read_study_csv(csv_path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    _colours(ax, len(fit["cells"]))
     for entry in fit["cells"]:
         data = cells[entry["cell"]]
         if not data["samples"]:
@@ -34,7 +43,11 @@ def plot_curves(csv_path, fit: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("training samples")
     ax.set_ylabel("validation loss")
-    ax.legend(fontsize=7, ncol=2)
+    if len(fit["cells"]) > 4:  # beside the axes, not over the points
+        fig.set_size_inches(10, 4.5)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -79,6 +92,7 @@ def plot_accuracy(csv_path, path: Path, priors: Optional[dict] = None) -> bool:
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharey=True, squeeze=False)
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     for ax, kind in zip(axes[0], kinds):
+        _colours(ax, len(cells))
         for cell in cells:
             pts = sorted((float(r["samples"]), float(r[f"val_acc/{kind}"])) for r in rows
                          if r["cell"] == cell and r.get(f"val_acc/{kind}"))
@@ -121,6 +135,30 @@ def plot_final_accuracy(csv_path, path: Path, priors: Optional[dict] = None) -> 
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (test)")
     ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_encoder_grid(fit: dict, path: Path) -> bool:
+    """Each LLM size's final loss against encoder size (NaViL's Obs 4-5 picture), the grid's optimum
+    circled; False, and no file, without an LLM x encoder grid."""
+    rows = [e for e in fit["optimal_encoder"]["per_llm"] if len(e["encoders"]) >= 2]
+    if not rows:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for e in rows:
+        (line,) = ax.plot(e["encoders"], e["final_losses"], "o-", ms=4, lw=1, label=f"LLM {e['llm_params'] / 1e6:.2f}M")
+        if e["grid_optimal"]:
+            y = e["final_losses"][e["encoders"].index(e["grid_optimal"])]
+            ax.plot([e["grid_optimal"]], [y], "o", ms=11, mfc="none", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("encoder parameters")
+    ax.set_ylabel("final validation loss")
+    ax.set_title(f"circled: NaViL's optimum on the grid (lambda={fit['optimal_encoder']['lambda']})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
