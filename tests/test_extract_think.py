@@ -68,7 +68,7 @@ class Reasoner:
         self.asked = []
 
     def __call__(self, requests):
-        assert all(not r.images for r in requests)
+        assert requests and all(not r.images for r in requests)  # a local model can't batch nothing
         self.asked += [r.text for r in requests]
         return [Reply(re.search(r"Description: a (\w+)", r.text).group(1)) for r in requests]
 
@@ -88,6 +88,9 @@ def test_extract_think_describes_each_image_once_and_traces_it():
     assert len(reasoner.asked) == 3  # the failed description is not reasoned about
     et([Request([red], "Again?")])
     assert len(perceiver.asked) == 3  # remembered across calls
+    asked = len(reasoner.asked)
+    assert et([Request([blue], "Only blue?")])[0].error == "perception: blue blinds me"
+    assert len(reasoner.asked) == asked  # nothing to reason about: the reasoner is not called
     guided = ExtractThink(Perceiver(), Reasoner(), "Look for: {question}")
     guided([questions[0], questions[2], questions[0]])
     assert guided.perceiver.asked == ["Look for: What colour?", "Look for: Is it red?"]  # per question

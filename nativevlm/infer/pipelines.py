@@ -73,7 +73,8 @@ class ExtractThink:
     def __call__(self, requests: list[Request]) -> list[Reply]:
         described = self.describe(requests)
         ok = [i for i, d in enumerate(described) if d.error is None]
-        answers = self.reasoner([Request([], reasoning_prompt(described[i].text, requests[i].text)) for i in ok])
+        answers = self.reasoner([Request([], reasoning_prompt(described[i].text, requests[i].text))
+                                 for i in ok]) if ok else []
         out: list[Optional[Reply]] = [None] * len(requests)
         for i, a in zip(ok, answers):
             out[i] = Reply(a.text, a.error, trace={"description": described[i].text})

@@ -116,22 +116,21 @@ def benchmark_priors(study_yaml: Path) -> Optional[dict]:
     """The answer priors (`eval.harness.answer_priors`) of a study's benchmark, read through the study file
     beside its CSV (paths relative to that folder, as `study run` wrote them); None when the study has
     not exactly one benchmark or its data is not there (a CSV copied away from its study folder)."""
+    from ..errors import UserError
     from ..eval.benchmarks import load_benchmark
     from ..eval.harness import answer_priors
     from ..train.recipe import relocate_paths
 
     if not study_yaml.is_file():
         return None
-    bench = (read_yaml(study_yaml, "study file").get("eval") or {}).get("bench") or []
+    ev = read_yaml(study_yaml, "study file").get("eval") or {}
+    bench, limit = ev.get("bench") or [], ev.get("limit") or 0
     if len(bench) != 1:
         return None
-    from ..errors import UserError
-
     try:
         items = load_benchmark(relocate_paths(bench, study_yaml.parent)[0]).items
     except (UserError, OSError):
         return None
-    limit = (read_yaml(study_yaml, "study file").get("eval") or {}).get("limit") or 0
     return answer_priors(items[:limit] if limit else items)
 
 
