@@ -227,11 +227,13 @@ def test_data_extract_think_command(tmp_path, train_world, capsys):
         {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]}
         for i, r in enumerate(val)]
     qa += [{"id": "lost", "image": "images/none.png", "conversations": qa[0]["conversations"]},
-           {"id": "chat", "image": val[0]["image"], "conversations": qa[0]["conversations"] * 2}]
+           {"id": "chat", "image": val[0]["image"], "conversations": qa[0]["conversations"] * 2},
+           "not a record"]
     (tmp_path / "qa.json").write_text(json.dumps(qa))
     args = ["data", "extract-think", str(tmp_path / "qa.json"), "--descriptions", str(train_world["val"])]
     assert main(args + ["--out", str(tmp_path / "o")]) == 0
-    assert "skipped 2 of" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"skipped 3 of {len(qa)}" in printed and "'malformed record': 1" in printed
     reason = json.loads((tmp_path / "o" / "reason.json").read_text())
     extract = json.loads((tmp_path / "o" / "extract.json").read_text())
     assert len(reason) == len(extract) == len(val)
@@ -241,7 +243,7 @@ def test_data_extract_think_command(tmp_path, train_world, capsys):
     assert extract[0]["conversations"][1]["value"] == val[0]["conversations"][1]["value"]
     (tmp_path / "bad.json").write_text("{}")
     assert main(args[:2] + [str(tmp_path / "bad.json")] + args[3:] + ["--out", str(tmp_path / "p")]) == 2
-    assert "expected a LLaVA JSON list" in capsys.readouterr().err
+    assert "expected a JSON list of LLaVA records" in capsys.readouterr().err
     (tmp_path / "other.json").write_text(json.dumps([{**r, "image": "images/other.png"} for r in val]))
     assert main(args[:4] + [str(tmp_path / "other.json"), "--out", str(tmp_path / "p")]) == 2  # other images
     assert "none of the" in capsys.readouterr().err

@@ -18,9 +18,10 @@ def register(sub) -> None:
     e = dsub.add_parser("extract-think", help="Extract+Think (Prism) training data from a QA file and a descriptions "
                                               "file: reason.json (text-only: description + question -> answer, for "
                                               "the reasoner) and extract.json (image + question -> description)")
-    e.add_argument("qa", help="LLaVA JSON QA file: one question and one answer per record, with `image`")
+    e.add_argument("qa", help="LLaVA JSON (or JSONL) QA file: one question and one answer per record, "
+                                "with `image`")
     e.add_argument("--descriptions", required=True,
-                   help="LLaVA JSON captions of the same images (matched by `image` path; the last turn is the text)")
+                   help="LLaVA JSON (or JSONL) captions of the same images (matched by `image` path; the last turn is the text)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--guided-prompt", default=None,
                    help="extract.json's instruction, with {question} (default: data.extract_think.GUIDED_PROMPT)")
@@ -65,32 +66,25 @@ def write_extract_think(args) -> int:
     import json
     from pathlib import Path
 
+    from ..data.curate.base import load_records
     from ..data.extract_think import GUIDED_PROMPT, descriptions_by_image, extraction_records, reasoner_records
     from ..data.formats import DataError
 
-    def records(path: str) -> list:
-        if not Path(path).is_file():
-            raise DataError(f"{path} does not exist")
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a LLaVA JSON list of records, got {type(data).__name__}")
-        return data
-
-    qa, captions = records(args.qa), records(args.descriptions)
-    descriptions = descriptions_by_image(captions)
+    entries, malformed = load_records(Path(args.qa))  # the curator's reader: JSON list or JSONL, raw records kept
+    qa = [e.record for e in entries]
+    descriptions = descriptions_by_image([e.record for e in load_records(Path(args.descriptions))[0]])
     if not descriptions:
         raise DataError(f"--descriptions {args.descriptions}: no record has an `image` and a conversation")
     reason, skipped = reasoner_records(qa, descriptions)
+    if malformed:
+        skipped = {"malformed record": len(malformed), **skipped}
     extract, _ = extraction_records(qa, descriptions, args.guided_prompt or GUIDED_PROMPT)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, recs in (("reason.json", reason), ("extract.json", extract)):
         (out / name).write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     print(f"{len(reason)} questions -> {out / 'reason.json'} and {out / 'extract.json'}"
-          + (f"; skipped {sum(skipped.values())} of {len(qa)}: {skipped}" if skipped else ""))
+          + (f"; skipped {sum(skipped.values())} of {len(qa) + len(malformed)}: {skipped}" if skipped else ""))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .formats import DataError
+from .sample import IMAGE_MARKER, strip_image_markers
 
 GUIDED_PROMPT = "Describe what in the image is needed to answer this question: {question}"
 REASON_TEMPLATE = "Description: {description}\nQuestion: {question}"
@@ -38,7 +39,7 @@ def _paired(qa_records: Sequence[dict], descriptions: dict[str, str], what: str)
         elif r.get("image") not in descriptions:
             skipped["no description of its image"] += 1
         else:
-            question = turns[0]["value"].replace("<image>\n", "").replace("<image>", "").strip()
+            question = strip_image_markers(turns[0]["value"])
             kept.append((r, question, turns[1]["value"]))
     if not kept:
         raise DataError(f"{what}: none of the {len(qa_records)} records is a question whose image has a description "
@@ -63,7 +64,7 @@ def extraction_records(qa_records: Sequence[dict], descriptions: dict[str, str],
     """Visual extraction tuning data: the image and `prompt` (with the question) -> the description."""
     kept, skipped = _paired(qa_records, descriptions, "extraction data")
     out = [{"id": f"{r['id']}_extract", "image": r["image"],
-            "conversations": [{"from": "human", "value": "<image>\n" + prompt.format(question=question)},
+            "conversations": [{"from": "human", "value": f"{IMAGE_MARKER}\n" + prompt.format(question=question)},
                               {"from": "gpt", "value": descriptions[r["image"]]}],
             "meta": {**(r.get("meta") or {}), "family": "extract", "kind": "perception"}} for r, question, _ in kept]
     return out, skipped

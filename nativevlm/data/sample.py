@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 IMAGE_MARKER = "<image>"
 
 
+def strip_image_markers(text: str) -> str:
+    """A user turn's text without its image markers (each with the newline after it, if any)."""
+    return text.replace(f"{IMAGE_MARKER}\n", "").replace(IMAGE_MARKER, "").strip()
+
+
 @dataclass
 class Sample:
     """A conversation with its images.

@@ -14,14 +14,15 @@ curve stuck at its prior (see `eval/diagnostics.py`).
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..data.formats import read_samples
 from ..data.image import ImageProcessor
 from ..data.sample import Sample
-from .world import EvalResult, evaluate_qa, normalize_answer, reference_answer
+from .matching import majority_counts
+from .world import EvalResult, evaluate_qa, reference_answer
 
 KIND_ORDER = ("perception", "reasoning")
 
@@ -43,10 +44,8 @@ def fixed_subset(samples: Sequence[Sample], n: int) -> list[Sample]:
 
 def answer_priors(samples: Sequence[Sample]) -> dict[str, float]:
     """Per family: the accuracy of always giving that family's most common (normalised) reference answer."""
-    answers: dict[str, Counter] = defaultdict(Counter)
-    for s in samples:
-        answers[s.meta.get("family", "unknown")][normalize_answer(reference_answer(s))] += 1
-    return {fam: c.most_common(1)[0][1] / sum(c.values()) for fam, c in sorted(answers.items())}
+    counts = majority_counts((s.meta.get("family", "unknown"), reference_answer(s)) for s in samples)
+    return {fam: best / total for fam, (best, total) in counts.items()}
 
 
 def accuracy_row(result: EvalResult) -> dict[str, float]:

@@ -22,7 +22,7 @@ from ..config import ConfigError
 from ..data.formats import DataError
 from ..data.image import ImageError
 from .benchmarks import Benchmark, Item, open_image
-from .matching import CORRECT, PARSE_FAILURE, WRONG, Match, match_choice, match_open
+from .matching import CORRECT, PARSE_FAILURE, WRONG, Match, majority_counts, match_choice, match_open
 
 REQUEST_FAILURE = "request_failure"
 STATUSES = (CORRECT, WRONG, PARSE_FAILURE, REQUEST_FAILURE)
@@ -113,22 +113,15 @@ def answer_priors(items: list[Item]) -> dict[str, float]:
     """The accuracy of always giving each category's most common reference answer (normalised; the right
     letter for multiple choice): overall ("all"), per kind and per category -- the floor a model that
     ignores the image and the question's specifics reaches."""
-    from collections import Counter
+    counts = majority_counts((item.category, item.answer) for item in items)
+    kind_of = {item.category: item.kind for item in items}
 
-    from .matching import normalize_answer
+    def rate(cats) -> float:
+        return sum(counts[c][0] for c in cats) / max(1, sum(counts[c][1] for c in cats))
 
-    answers: dict[str, Counter] = defaultdict(Counter)
-    kind_of = {}
-    for item in items:
-        answers[item.category][normalize_answer(item.answer)] += 1
-        kind_of[item.category] = item.kind
-    best = {c: cnt.most_common(1)[0][1] for c, cnt in answers.items()}
-    total = {c: sum(cnt.values()) for c, cnt in answers.items()}
-    out = {"all": sum(best.values()) / max(1, sum(total.values()))}
-    for kind in sorted({k for k in kind_of.values() if k}):
-        cats = [c for c in answers if kind_of[c] == kind]
-        out[kind] = sum(best[c] for c in cats) / sum(total[c] for c in cats)
-    out.update({c: best[c] / total[c] for c in sorted(answers)})
+    out = {"all": rate(counts)}
+    out.update({kind: rate([c for c in counts if kind_of[c] == kind]) for kind in sorted(set(kind_of.values()) - {""})})
+    out.update({c: best / total for c, (best, total) in counts.items()})
     return out
 
 

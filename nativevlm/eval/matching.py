@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from collections import Counter, defaultdict
+from typing import Iterable, Mapping, Optional
 
 CORRECT, WRONG, PARSE_FAILURE = "correct", "wrong", "parse_failure"
 # Rules read short answers only: in a long ramble a lone capital letter or an option's word is as likely a
@@ -108,6 +109,15 @@ def normalize_answer(text: str) -> str:
     text = text.strip(STRIP + " ")
     text = re.sub(r"^(a|an|the)\s+", "", text)
     return re.sub(r"\s+", " ", text)
+
+
+def majority_counts(pairs: Iterable[tuple[str, str]]) -> dict[str, tuple[int, int]]:
+    """Per group, (how often its most common normalised answer occurs, how many answers): what always
+    giving that answer scores -- the answer prior of learning curves and study plots."""
+    answers: dict[str, Counter] = defaultdict(Counter)
+    for group, answer in pairs:
+        answers[group][normalize_answer(answer)] += 1
+    return {g: (c.most_common(1)[0][1], sum(c.values())) for g, c in sorted(answers.items())}
 
 
 def parse_number(text: str) -> Optional[float]:

@@ -20,9 +20,10 @@ from typing import Optional, Sequence
 
 from ..data.extract_think import reasoning_prompt
 from ..data.formats import DataError
+from ..data.world.captions import CAPTION_PROMPT
 from ..eval.harness import Answerer, Reply, Request
 
-EXTRACT_PROMPT = "Describe the image."  # the world's caption prompt (data.world.captions.CAPTION_PROMPT)
+EXTRACT_PROMPT = CAPTION_PROMPT  # "Describe the image.": what the world's models are trained to answer
 
 
 def image_key(images: Sequence) -> str:

@@ -150,25 +150,24 @@ def run_pair(spec: StudySpec, perceiver: str, reasoner: str, out: Path, log=prin
     from .spec import TRUTH
 
     name, t0, ts = pair_name(perceiver, reasoner), time.time(), spec.extract_think
-    models = {}
-    for role, cell in (("perceiver", perceiver), ("reasoner", reasoner)):
-        if role == "perceiver" and cell == TRUTH:
-            continue
+
+    def load(cell: str):
         final = out / "runs" / cell / "final"
         if not final.is_dir():
             raise ConfigError(f"extract_think pair {name}: cell {cell} has no final model ({final}); train it first")
-        models[role] = (load_pretrained(final), Tokenizer.load(final))
-    lm, lm_tok = models["reasoner"]
+        return load_pretrained(final), Tokenizer.load(final)
+
+    lm, lm_tok = load(reasoner)
     sizes = {}
     if perceiver == TRUTH:
         describer = KnownDescriptions(relocate_paths([ts.descriptions], out)[0])
     else:
-        vlm, vlm_tok = models["perceiver"]
+        vlm, vlm_tok = load(perceiver)
         if not isinstance(vlm, NativeVLM):
             raise ConfigError(f"extract_think pair {name}: the perceiver {perceiver} must be a vision-language cell")
         describer = LocalAnswerer(vlm, vlm_tok, spec.eval.batch_size, ts.max_new_tokens)
-        sizes = {"perceiver_llm_params": vlm.parameter_counts()["language"],
-                 "encoder_params": vlm.parameter_counts().get("vision", 0)}
+        counts = vlm.parameter_counts()
+        sizes = {"perceiver_llm_params": counts["language"], "encoder_params": counts.get("vision", 0)}
     if isinstance(lm, NativeVLM):
         raise ConfigError(f"extract_think pair {name}: the reasoner {reasoner} must be a language-model cell")
     answerer = ExtractThink(describer, LocalAnswerer(lm, lm_tok, spec.eval.batch_size, spec.eval.max_new_tokens),

@@ -32,6 +32,7 @@ from typing import Optional
 import yaml
 
 from ..config import ConfigError, from_dict, read_yaml
+from ..data.world.captions import CAPTION_PROMPT
 
 
 @dataclass
@@ -79,7 +80,7 @@ class ExtractThinkSpec:
     (`infer.pipelines.ExtractThink`); one CSV row per pair, named `PERCEIVER+REASONER`."""
 
     pairs: list[list[str]] = field(default_factory=list)
-    prompt: str = "Describe the image."  # what the perceiver is asked; {question} makes it question-guided
+    prompt: str = CAPTION_PROMPT  # what the perceiver is asked; {question} makes it question-guided
     max_new_tokens: int = 128  # of a description
     # a captions file (LLaVA, e.g. data/world/test_captions.json): the perceiver named `truth` looks each image's
     # description up there -- perfect perception, the reference that splits a pair's errors between its sides

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ...data.formats import DataError, read_samples
-from ...data.sample import IMAGE_MARKER
+from ...data.sample import strip_image_markers
 from ..matching import normalize_answer, option_letters
 from . import Benchmark, Item
 
@@ -30,7 +30,7 @@ def read(path: Path) -> Benchmark:
 
 
 def item_of(sample, path: Path) -> Item:
-    question = sample.messages[-2]["content"].replace(f"{IMAGE_MARKER}\n", "").replace(IMAGE_MARKER, "").strip()
+    question = strip_image_markers(sample.messages[-2]["content"])
     answer = str(sample.meta.get("answer") or sample.messages[-1]["content"]).strip()
     category = str(sample.meta.get("category") or sample.meta.get("family") or "all")
     kind = str(sample.meta.get("kind") or "")
