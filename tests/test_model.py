@@ -368,3 +368,32 @@ def test_encode_images_runs_the_connector_once_per_size_group():
     assert sorted(calls) == [1, 2]  # two sizes: one call of 2 images, one of 1
     for img, feats in zip(images, together):
         torch.testing.assert_close(vlm.encode_images([img])[0], feats, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("embed_std", [0.02, 1.0])
+def test_image_tokens_start_at_the_scale_of_the_words_around_them(embed_std):
+    """A grown VLM's image tokens start at the RMS of the LM's token embeddings (whatever that is), so the
+    pretrained LM's first steps see inputs of the scale it was trained on; without the match they are many
+    times larger."""
+    def grown(match: bool) -> NativeVLM:
+        torch.manual_seed(0)
+        lm = LanguageModel(tiny_lm_config())
+        with torch.no_grad():
+            lm.embed_tokens.weight.normal_(0, embed_std)
+        from nativevlm.config import ConnectorConfig
+
+        return NativeVLM.from_language_model(lm, vision=tiny_vision(), connector=ConnectorConfig(match_text_scale=match),
+                                             image_token_ids={"image_token_id": IMG})
+
+    images = [torch.rand(3, 64, 96) * 2 - 1 for _ in range(3)]
+    rms = lambda t: float(torch.cat(t).pow(2).mean().sqrt())  # noqa: E731
+    with torch.no_grad():
+        matched, default = rms(grown(True).encode_images(images)), rms(grown(False).encode_images(images))
+    assert matched == pytest.approx(embed_std, rel=0.25)
+    assert abs(default / embed_std - 1) > 0.5  # what the match is for: the MLP's own scale is not the words'
+    vlm = grown(True)
+    torch.manual_seed(1)
+    expected = torch.rand(4)
+    torch.manual_seed(1)
+    vlm.connector.match_output_scale(0.5)  # its probe has its own generator: the global RNG stream is untouched
+    assert torch.equal(torch.rand(4), expected)

@@ -10,10 +10,13 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     register_world(dsub)
     register_curate(dsub, model_judge=_model_judge)
-    t = dsub.add_parser("text", help="a text corpus (one document per line) from the conversations of a LLaVA "
-                                     ".json / chat .jsonl file: what a small text LM pretrains on")
+    t = dsub.add_parser("text", help="the text of the conversations of a LLaVA .json / chat .jsonl file, images "
+                                     "dropped: what a small text LM pretrains on")
     t.add_argument("data", nargs="+", help="LLaVA .json or chat-messages .jsonl files (images are not opened)")
-    t.add_argument("--out", required=True, help="output .txt file")
+    t.add_argument("--out", required=True,
+                   help="output file: .jsonl writes text-only chat conversations (the turns the VLM will be trained "
+                        "on, in its chat template, minus the images: what a text LM should learn before it is grown "
+                        "into a VLM); .txt writes one plain `Question: ... Answer: ...` document per line")
     t.set_defaults(func=write_text_corpus)
     e = dsub.add_parser("extract-think", help="Extract+Think (Prism) training data from a QA file and a descriptions "
                                               "file: reason.json (text-only: description + question -> answer, for "
@@ -41,17 +44,36 @@ def conversation_text(sample) -> str:
     return " ".join(parts)
 
 
+def text_only_messages(sample) -> list[dict]:
+    """The sample's turns with image markers dropped (turns left empty dropped too): what the model would be
+    asked and answer without the images, in the same chat template."""
+    from ..data.sample import strip_image_markers
+
+    turns = [{"role": m["role"], "content": strip_image_markers(m["content"])} for m in sample.messages]
+    turns = [m for m in turns if m["content"]]
+    return turns if any(m["role"] == "assistant" for m in turns) else []
+
+
 def write_text_corpus(args) -> int:
+    import json
     from pathlib import Path
 
     from ..data.formats import read_samples
 
+    chat = Path(args.out).suffix == ".jsonl"
+    if not chat and Path(args.out).suffix != ".txt":
+        from ..config import ConfigError
+
+        raise ConfigError(f"--out {args.out}: write a .jsonl (text-only chat conversations) or a .txt file")
     lines = []
     for path in args.data:
         samples, report = read_samples(path, check_images=False)
         if report.n_skipped:
             print(report.summary())
-        lines += [t for t in (conversation_text(s) for s in samples) if t]
+        if chat:
+            lines += [json.dumps({"messages": m}, ensure_ascii=False) for m in map(text_only_messages, samples) if m]
+        else:
+            lines += [t for t in (conversation_text(s) for s in samples) if t]
     if not lines:
         from ..config import ConfigError
 

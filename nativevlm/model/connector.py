@@ -57,6 +57,25 @@ class Connector(nn.Module):
         logits = self.cell_head(torch.nn.functional.rms_norm(tokens, tokens.shape[-1:]))
         return torch.nn.functional.cross_entropy(logits.float(), targets)
 
+    @torch.no_grad()
+    def match_output_scale(self, target_rms: float) -> None:
+        """Rescale each path's last layer so that image tokens start at `target_rms`, the RMS of the language
+        model's token embeddings. An MLP's default init gives tokens several times (a small pretrained LM:
+        tens of times) larger than the words around them, which throws a pretrained LM far off its input
+        distribution before any training (a first-step loss many times the text LM's). The input is the
+        LayerNorm'd pixel-shuffled features, so a standard-normal probe measures the output scale; the probe
+        uses its own generator and leaves the global RNG untouched."""
+        g = torch.Generator().manual_seed(0)
+        for mlp in (self.mlp1, self.mlp2):
+            if mlp is None:
+                continue
+            last = mlp[-1]
+            probe = torch.randn(1024, mlp[1].in_features, generator=g).to(last.weight)
+            rms = mlp(probe).float().pow(2).mean().sqrt().item()
+            if rms > 0:
+                last.weight.mul_(target_rms / rms)
+                last.bias.mul_(target_rms / rms)
+
     @property
     def rates(self) -> tuple[int, ...]:
         """The compression rates this connector has a path for."""

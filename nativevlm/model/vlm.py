@@ -39,6 +39,9 @@ class NativeVLM(nn.Module):
         self.language = language if language is not None else LanguageModel(config.language, config.moe)
         self.config = dataclasses.replace(config, vision=self.vision.config, connector=self.connector.config,
                                           language=self.language.config, moe=self.language.moe_config)
+        table = self.language.embed_tokens.weight
+        if config.connector.match_text_scale and table.device.type != "meta":
+            self.connector.match_output_scale(float(table.detach().float().pow(2).mean().sqrt()))
 
     # -- construction ---------------------------------------------------------------------------------
 

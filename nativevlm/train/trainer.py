@@ -76,6 +76,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
         + f"; resume an interrupted run with: nativevlm train RECIPE --out {out_dir} --resume")
     n_flop = flop_params(model)
     gs = state["global_step"]
+    train_seconds = state.get("train_seconds", 0.0)  # optimizer steps only: the x axis of "accuracy per CPU minute"
     if cfg.curves.data and not hooks:
         log("warning: curves.data is set but no evaluation hook is attached (nativevlm train attaches one; "
             "from Python pass hooks=[nativevlm.eval.curves.LearningCurves(cfg)]): no learning curves")
@@ -84,7 +85,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     def measure(step_in_stage: int, si: int) -> dict:
         """What the hooks measure now (every rank runs them: FSDP needs all ranks in each forward), with
         the RNG untouched so an interrupted run resumes exactly."""
-        row = {"samples": samples_seen(cfg.stages, si, step_in_stage)}
+        row = {"samples": samples_seen(cfg.stages, si, step_in_stage), "train_seconds": round(train_seconds, 3)}
         with preserved_rng():
             for hook in hooks:
                 row.update(hook.on_eval(model, tokenizer=tokenizer, step=gs, stage=cfg.stages[si].name,
@@ -125,7 +126,9 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                                  ctx.device, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp",
                                  groups=groups, cell_loss=stage.cell_loss, cell_words=words)
                 step, gs = step + 1, gs + 1
+                train_seconds += time.perf_counter() - t0
                 row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res.pop("loss"), "lr": lr,
+                       "train_seconds": round(train_seconds, 3),
                        **throughput(res.pop("tokens"), time.perf_counter() - t0, n_flop, cfg.peak_tflops), **res}
                 if val and ((stage.eval_every and step % stage.eval_every == 0) or step == total):
                     row["val_loss"] = evaluate(wrapped, val, ctx.device, bf16)
@@ -136,7 +139,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
                 if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
-                    trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict()}
+                    trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict(),
+                                     "train_seconds": train_seconds}
                     _save(out_dir, cfg, ctx, model, optimizer, trainer_state)
             bar.close()
             if collator.dropped:

@@ -1,0 +1,199 @@
+"""Learnability benchmark: does the shipped bring-your-own-data path learn to see as fast as a plain
+from-scratch model trained on the same data in the same run?
+
+    python bench/learnability.py --out bench/results/learnability [--sets solo glyphs multi world] \
+        [--arms byod] [--vlm-steps 1000]
+
+For each image-QA set (`bench/qa_sets.py`: three generated sets that share nothing with the built-in world,
+and the world's own QA), each arm runs the README's "Bring your own data" commands as a user would
+(`nativevlm data text`, `tokenizer train`, `train recipes/text-lm.yaml`, `train recipes/native-custom.yaml`,
+`eval --bench llava:test.json`), with learning curves on the set's val split. Then the plain peer
+(`bench/peer.py`) trains on the same train split for as many training seconds as the arm's text LM and native
+VLM took together (optimizer steps only, evaluation excluded, both measured in this run), so "within the same
+CPU minutes" is read off one machine at one time. Writes `<out>/learnability.json` (every curve point, test
+accuracy per family, answer priors, seconds) and `<out>/<set>.png` (accuracy per family against training
+minutes and against samples seen, the peer beside each arm, the prior dashed).
+
+Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped;
+`old-geometry` keeps 4 tokens for a 64-px image and image tokens at the MLP's default scale (the recipe's
+settings before the learn-to-see changes, but with the text LM in the chat template).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from peer import read_turns, train_peer  # noqa: E402
+from qa_sets import SETS, write_set  # noqa: E402
+
+RECIPES = ROOT / "nativevlm" / "recipes"
+# Each arm: (text-LM overrides, native-custom overrides). The README's own overrides are added by run_arm.
+ARMS: dict[str, tuple[list[str], list[str]]] = {
+    "byod": ([], []),
+    "old-geometry": ([], ["model.vision.min_patches=16", "model.connector.match_text_scale=false"]),
+}
+
+
+def sh(args: list[str], log: Path) -> float:
+    """Run a command (this package's CLI), output to `log`; returns its wall seconds; a failure stops all."""
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(args) + "\n")
+        f.flush()
+        done = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode:
+        raise SystemExit(f"{' '.join(args)} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nativevlm", *args]
+
+
+def curve_points(metrics: Path) -> list[dict]:
+    return [r for r in map(json.loads, metrics.read_text().splitlines()) if "samples" in r]
+
+
+def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, lm_steps: int) -> dict:
+    """The README's bring-your-own-data commands on this set, as written there, plus the arm's overrides."""
+    lm_over, vlm_over = ARMS[arm]
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    text, tok, lm, vlm = work / "text.jsonl", work / "tok", work / "lm", work / "vlm"
+    wall = {}
+    if not (vlm / "final").exists():
+        wall["data_text"] = sh(cli("data", "text", str(data["train"]), "--out", str(text)), log)
+        wall["tokenizer"] = sh(cli("tokenizer", "train", str(text), "--vocab-size", "1024", "--out", str(tok)), log)
+        sets = [f"tokenizer={tok}", f"stages.0.data=[{{path: {text}}}]", "stages.0.val_data=",
+                "model.language.vocab_size=1024", "progress=false", *lm_over]
+        if lm_steps:
+            sets.append(f"stages.0.steps={lm_steps}")
+        wall["text_lm"] = sh(cli("train", str(RECIPES / "text-lm.yaml"), "--out", str(lm),
+                                 *(f"--set={s}" for s in sets)), log)
+        sets = [f"tokenizer={tok}", f"init.path={lm / 'final'}", f"stages.0.data.0.path={data['train']}",
+                f"stages.1.data.0.path={data['train']}",
+                f"stages.1.val_data={data['val']}", f"curves.data={data['val']}", "progress=false", *vlm_over]
+        if vlm_steps:
+            sets += scale_steps(vlm_steps)
+        wall["native_vlm"] = sh(cli("train", str(RECIPES / "native-custom.yaml"), "--out", str(vlm),
+                                    *(f"--set={s}" for s in sets)), log)
+    if not (work / "eval" / "results.json").exists():
+        wall["eval"] = sh(cli("eval", str(vlm / "final"), "--bench", f"llava:{data['test']}", "--out",
+                              str(work / "eval")), log)
+    lm_seconds = curve_seconds(lm / "metrics.jsonl")
+    points = curve_points(vlm / "metrics.jsonl")
+    for p in points:
+        p["train_seconds"] += lm_seconds  # the text LM's minutes come first
+    results = json.loads((work / "eval" / "results.json").read_text())
+    return {"arm": arm, "curve": points, "text_lm_seconds": lm_seconds, "wall": wall,
+            "test": test_accuracy(results)}
+
+
+def scale_steps(total: int) -> list[str]:
+    """Stage lengths for a `total`-step run, in the shipped recipe's proportions."""
+    from nativevlm.train.recipe import load_recipe
+
+    stages = load_recipe(RECIPES / "native-custom.yaml", []).stages
+    full = sum(s.steps for s in stages)
+    return [f"stages.{i}.steps={max(1, round(s.steps * total / full))}" for i, s in enumerate(stages)]
+
+
+def curve_seconds(metrics: Path) -> float:
+    """Training seconds of a run (optimizer steps only): its last logged `train_seconds`."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return max((r.get("train_seconds", 0.0) for r in rows), default=0.0)
+
+
+def test_accuracy(results: dict) -> dict:
+    """acc/<family> of the one benchmark in an eval results.json."""
+    (bench,) = results["benchmarks"].values()
+    return {f"acc/{k}": v["accuracy"] for k, v in bench["categories"].items()} | {"acc/all": bench["accuracy"]}
+
+
+def world_set(out: Path) -> dict[str, Path]:
+    """The built-in world's QA (its train / val / test splits), as a user's LLaVA JSON would be."""
+    root = out / "world"
+    if not (root / "test.json").exists():
+        for split, n in (("train", 2000), ("val", 200), ("test", 300)):
+            subprocess.run(cli("data", "world", "--out", str(root), "--split", split, "--n", str(n)), check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return {s: root / f"{s}.json" for s in ("train", "val", "test")}
+
+
+def plot(set_name: str, entry: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = sorted(k[4:] for k in entry["peer"]["final"] if k.startswith("acc/") and k != "acc/all")
+    fig, axes = plt.subplots(2, len(fams), figsize=(3.2 * len(fams), 6), squeeze=False)
+    runs = {"peer": entry["peer"]["curve"], **{a: r["curve"] for a, r in entry["arms"].items()}}
+    for j, fam in enumerate(fams):
+        for row, (xkey, xlabel) in enumerate((("train_seconds", "training minutes"), ("samples", "samples seen"))):
+            ax = axes[row][j]
+            for name, pts in runs.items():
+                pts = [p for p in pts if f"acc/{fam}" in p]
+                xs = [p[xkey] / 60 if xkey == "train_seconds" else p["samples"] for p in pts]
+                ax.plot(xs, [p[f"acc/{fam}"] for p in pts], marker=".", label=name)
+            ax.axhline(entry["priors"].get(fam, float("nan")), color="gray", ls="--", lw=0.9)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel(xlabel)
+            if row == 0:
+                ax.set_title(fam)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{set_name}: held-out accuracy per family (prior dashed)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/results/learnability")
+    ap.add_argument("--work", default="runs/learnability", help="data and runs (large; not committed)")
+    ap.add_argument("--sets", nargs="+", default=[*SETS, "world"], choices=[*SETS, "world"])
+    ap.add_argument("--arms", nargs="+", default=["byod"], choices=sorted(ARMS))
+    ap.add_argument("--vlm-steps", type=int, default=0, help="native-VLM steps (0: the recipe's own)")
+    ap.add_argument("--lm-steps", type=int, default=300,
+                    help="text-LM steps (the README's bring-your-own-data command sets 300; 0: the recipe's own)")
+    ap.add_argument("--train", type=int, default=16000, help="training questions per generated set")
+    a = ap.parse_args()
+    out, work = Path(a.out), Path(a.work)
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / "learnability.json"
+    results = json.loads(result_path.read_text()) if result_path.exists() else {}
+    for name in a.sets:
+        data = world_set(work / "data") if name == "world" else write_set(
+            name, work / "data", {"train": a.train, "val": 400, "test": 1500})
+        entry = results.setdefault(name, {"arms": {}})
+        for arm in a.arms:
+            print(f"[{name}] {arm}: the README's commands", flush=True)
+            entry["arms"][arm] = run_arm(arm, data, work / name / arm, a.vlm_steps, a.lm_steps)
+        minutes = max(r["curve"][-1]["train_seconds"] for r in entry["arms"].values()) / 60
+        image_size = 96 if name in ("multi", "world") else 64
+        print(f"[{name}] peer: {minutes:.1f} training minutes", flush=True)
+        peer = train_peer(str(data["train"]), str(data["val"]), minutes, image_size=image_size, eval_every=2048,
+                          test_path=str(data["test"]))
+        entry["peer"] = peer
+        entry["priors"] = peer["priors"]
+        turns, _ = read_turns(str(data["test"]))
+        entry["test_questions"] = len(turns)
+        result_path.write_text(json.dumps(results, indent=1) + "\n")
+        plot(name, entry, out / f"{name}.png")
+        line = lambda acc: ", ".join(f"{k[4:]} {v:.1%}" for k, v in sorted(acc.items()))  # noqa: E731
+        print(f"[{name}] test  peer: {line(peer['test'])}")
+        for arm, r in entry["arms"].items():
+            print(f"[{name}] test  {arm}: {line(r['test'])}")
+
+
+if __name__ == "__main__":
+    main()

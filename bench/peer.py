@@ -1,0 +1,197 @@
+"""A plain from-scratch image-QA model: the yardstick our native VLM's learning is measured against.
+
+What a practitioner would write in 60 lines of PyTorch: a ViT over 8-px patches of the image resized to a
+fixed square, a transformer over [image tokens; question words] (bidirectional), the answer read as a class
+from the pooled state. Everything from random init, one stage, everything trainable, AdamW at a constant
+learning rate. It reads the same LLaVA JSON through our readers (`nativevlm.data.formats.read_samples`), one
+(question, answer) pair per user/assistant turn, and reports held-out accuracy per `meta.family` against
+samples seen and training seconds, like our learning curves.
+
+    python bench/peer.py --train data/learnsets/solo/train.json --eval data/learnsets/solo/test.json \
+        --minutes 8 --out runs/peer-solo.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from nativevlm.data.formats import read_samples
+from nativevlm.data.sample import strip_image_markers
+from nativevlm.eval.matching import majority_counts, normalize_answer
+
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def read_turns(path: str) -> tuple[list[tuple[str, str, str, str]], Counter]:
+    """(image path, question, answer, family) for every user -> assistant turn of single-image records;
+    what is skipped is counted by reason."""
+    samples, _ = read_samples(path)
+    out, skipped = [], Counter()
+    for s in samples:
+        if len(s.images) != 1:
+            skipped["not exactly one image"] += 1
+            continue
+        fam = str(s.meta.get("family", "unknown"))
+        msgs = [m for m in s.messages if m["role"] != "system"]
+        for q, a in zip(msgs[::2], msgs[1::2]):
+            if q["role"] == "user" and a["role"] == "assistant":
+                out.append((s.images[0], strip_image_markers(q["content"]), a["content"].strip(), fam))
+            else:
+                skipped["turns out of order"] += 1
+    return out, skipped
+
+
+def load_images(paths: list[str], size: int) -> torch.Tensor:
+    """uint8 [N, 3, size, size]; each distinct file decoded once."""
+    cache: dict[str, np.ndarray] = {}
+    arr = np.empty((len(paths), 3, size, size), np.uint8)
+    for i, p in enumerate(paths):
+        if p not in cache:
+            cache[p] = np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)).transpose(2, 0, 1)
+        arr[i] = cache[p]
+    return torch.from_numpy(arr)
+
+
+class Peer(nn.Module):
+    def __init__(self, vocab: int, classes: int, image_size: int, patch: int = 8, dim: int = 192,
+                 vision_layers: int = 3, fusion_layers: int = 3, heads: int = 4, max_words: int = 32):
+        super().__init__()
+        self.patch = patch
+        n = (image_size // patch) ** 2
+        self.patch_embed = nn.Linear(3 * patch * patch, dim)
+        self.image_pos = nn.Parameter(torch.randn(1, n, dim) * 0.02)
+        self.word_embed = nn.Embedding(vocab, dim, padding_idx=0)
+        self.word_pos = nn.Parameter(torch.randn(1, max_words, dim) * 0.02)
+        self.type_embed = nn.Parameter(torch.randn(2, dim) * 0.02)
+
+        def stack(layers: int) -> nn.TransformerEncoder:
+            layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+        self.vision, self.fusion = stack(vision_layers), stack(fusion_layers)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = images.shape
+        p = self.patch
+        x = images.float().div(127.5).sub(1).view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        x = self.vision(self.patch_embed(x.reshape(b, -1, c * p * p)) + self.image_pos + self.type_embed[0])
+        t = self.word_embed(words) + self.word_pos[:, : words.shape[1]] + self.type_embed[1]
+        pad = torch.cat([torch.zeros(b, x.shape[1], dtype=torch.bool), words == 0], dim=1)
+        z = self.fusion(torch.cat([x, t], dim=1), src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).float()
+        return self.head(self.norm((z * keep).sum(1) / keep.sum(1)))
+
+
+class Encoded:
+    """A split as tensors: images, padded word ids, answer classes (-1: an answer never seen in training)."""
+
+    def __init__(self, turns, vocab: dict, classes: dict, image_size: int, max_words: int):
+        self.turns = turns
+        self.images = load_images([t[0] for t in turns], image_size)
+        ids = [[vocab.get(w, 1) for w in WORD.findall(t[1].lower())][:max_words] for t in turns]
+        self.words = torch.zeros(len(turns), max(map(len, ids)), dtype=torch.long)
+        for i, row in enumerate(ids):
+            self.words[i, : len(row)] = torch.tensor(row)
+        self.labels = torch.tensor([classes.get(normalize_answer(t[2]), -1) for t in turns])
+        self.families = [t[3] for t in turns]
+
+
+@torch.no_grad()
+def accuracy(model: Peer, data: Encoded, batch: int = 256) -> dict[str, float]:
+    model.eval()
+    pred = torch.cat([model(data.images[i:i + batch], data.words[i:i + batch]).argmax(-1)
+                      for i in range(0, len(data.labels), batch)])
+    model.train()
+    right = (pred == data.labels).tolist()
+    per: dict[str, list] = defaultdict(list)
+    for fam, r in zip(data.families, right):
+        per[fam].append(r)
+    out = {f"acc/{f}": sum(v) / len(v) for f, v in sorted(per.items())}
+    out["acc/all"] = sum(right) / len(right)
+    return out
+
+
+def train_peer(train_path: str, eval_path: str, minutes: float, image_size: int = 64, batch: int = 64,
+               lr: float = 1e-3, eval_every: int = 4096, max_samples: int = 0, seed: int = 0,
+               test_path: str = "", log=print) -> dict:
+    """Train the peer for `minutes` of training time (evaluation excluded) or `max_samples`; returns the
+    curve on `eval_path` (samples, train_seconds, acc/<family>) with that split's answer priors, and with
+    `test_path` the final model's accuracy on that split (`test`)."""
+    torch.manual_seed(seed)
+    train_turns, skipped = read_turns(train_path)
+    eval_turns, _ = read_turns(eval_path)
+    if skipped:
+        log(f"peer: skipped {dict(skipped)} of {train_path}")
+    words = Counter(w for t in train_turns for w in WORD.findall(t[1].lower()))
+    vocab = {w: i + 2 for i, w in enumerate(sorted(words))}  # 0 pad, 1 unknown
+    answers = sorted({normalize_answer(t[2]) for t in train_turns})
+    classes = {a: i for i, a in enumerate(answers)}
+    max_words = max(len(WORD.findall(t[1].lower())) for t in train_turns + eval_turns)
+    train = Encoded(train_turns, vocab, classes, image_size, max_words)
+    held = Encoded(eval_turns, vocab, classes, image_size, max_words)
+    model = Peer(len(vocab) + 2, len(classes), image_size, max_words=max_words)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    curve = [{"samples": 0, "train_seconds": 0.0, **accuracy(model, held)}]
+    seen, seconds, next_eval = 0, 0.0, eval_every
+    order = torch.randperm(len(train.labels), generator=g)
+    pos = 0
+    while seconds < minutes * 60 and (not max_samples or seen < max_samples):
+        if pos + batch > len(order):
+            order, pos = torch.randperm(len(train.labels), generator=g), 0
+        idx = order[pos:pos + batch]
+        pos += batch
+        t0 = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(train.images[idx], train.words[idx]), train.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seconds += time.perf_counter() - t0
+        seen += batch
+        if seen >= next_eval:
+            next_eval += eval_every
+            curve.append({"samples": seen, "train_seconds": round(seconds, 2), "loss": float(loss.detach()), **accuracy(model, held)})
+            log(f"peer: {seen} samples, {seconds / 60:.1f} min, " +
+                ", ".join(f"{k[4:]} {v:.1%}" for k, v in curve[-1].items() if k.startswith("acc/")))
+    if curve[-1]["samples"] != seen:
+        curve.append({"samples": seen, "train_seconds": round(seconds, 2), **accuracy(model, held)})
+    priors = {f: n / t for f, (n, t) in majority_counts((t[3], t[2]) for t in eval_turns).items()}
+    out = {"model": "peer", "parameters": sum(p.numel() for p in model.parameters()), "curve": curve,
+           "priors": priors, "final": curve[-1]}
+    if test_path:
+        test_turns, _ = read_turns(test_path)
+        out["test"] = accuracy(model, Encoded(test_turns, vocab, classes, image_size, max_words))
+        out["test_priors"] = {f: n / t for f, (n, t) in majority_counts((t[3], t[2]) for t in test_turns).items()}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--eval", required=True)
+    ap.add_argument("--minutes", type=float, default=8.0, help="training time (evaluation excluded)")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--eval-every", type=int, default=4096)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    res = train_peer(a.train, a.eval, a.minutes, a.image_size, eval_every=a.eval_every)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res["final"]))
+
+
+if __name__ == "__main__":
+    main()
