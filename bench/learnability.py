@@ -6,17 +6,16 @@ from-scratch model trained on the same data in the same run?
 
 For each image-QA set (`bench/qa_sets.py`: three generated sets that share nothing with the built-in world,
 and the world's own QA), each arm runs the README's "Bring your own data" commands as a user would
-(`nativevlm data text`, `tokenizer train`, `train recipes/text-lm.yaml`, `train recipes/native-custom.yaml`,
-`eval --bench llava:test.json`), with learning curves on the set's val split. Then the plain peer
-(`bench/peer.py`) trains on the same train split for as many training seconds as the arm's text LM and native
-VLM took together (optimizer steps only, evaluation excluded, both measured in this run), so "within the same
-CPU minutes" is read off one machine at one time. Writes `<out>/learnability.json` (every curve point, test
+(`nativevlm data text`, `tokenizer train`, `train recipes/native-custom.yaml`, `eval --bench llava:test.json`),
+with learning curves on the set's val split. Then the plain peer (`bench/peer.py`) trains on the same train
+split for as many training seconds as the arm's native VLM took (optimizer steps only, evaluation excluded,
+both measured in this run), so "within the same CPU minutes" is read off one machine at one time. Writes `<out>/learnability.json` (every curve point, test
 accuracy per family, answer priors, seconds) and `<out>/<set>.png` (accuracy per family against training
 minutes and against samples seen, the peer beside each arm, the prior dashed).
 
 Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped;
-`old-geometry` keeps 4 tokens for a 64-px image and image tokens at the MLP's default scale (the recipe's
-settings before the learn-to-see changes, but with the text LM in the chat template).
+`four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale, as the recipe did
+before (the ladder's geometry rung).
 """
 from __future__ import annotations
 
@@ -35,10 +34,10 @@ from peer import read_turns, train_peer  # noqa: E402
 from qa_sets import SETS, write_set  # noqa: E402
 
 RECIPES = ROOT / "nativevlm" / "recipes"
-# Each arm: (text-LM overrides, native-custom overrides). The README's own overrides are added by run_arm.
-ARMS: dict[str, tuple[list[str], list[str]]] = {
-    "byod": ([], []),
-    "old-geometry": ([], ["model.vision.min_patches=16", "model.connector.match_text_scale=false"]),
+# Each arm: native-custom overrides; the README's own (the data paths) are added by run_arm.
+ARMS: dict[str, list[str]] = {
+    "byod": [],
+    "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
 }
 
 
@@ -62,54 +61,26 @@ def curve_points(metrics: Path) -> list[dict]:
     return [r for r in map(json.loads, metrics.read_text().splitlines()) if "samples" in r]
 
 
-def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, lm_steps: int) -> dict:
+def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int) -> dict:
     """The README's bring-your-own-data commands on this set, as written there, plus the arm's overrides."""
-    lm_over, vlm_over = ARMS[arm]
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
-    text, tok, lm, vlm = work / "text.jsonl", work / "tok", work / "lm", work / "vlm"
+    text, tok, vlm = work / "text.jsonl", work / "tok", work / "vlm"
     wall = {}
     if not (vlm / "final").exists():
         wall["data_text"] = sh(cli("data", "text", str(data["train"]), "--out", str(text)), log)
         wall["tokenizer"] = sh(cli("tokenizer", "train", str(text), "--vocab-size", "1024", "--out", str(tok)), log)
-        sets = [f"tokenizer={tok}", f"stages.0.data=[{{path: {text}}}]", "stages.0.val_data=",
-                "model.language.vocab_size=1024", "progress=false", *lm_over]
-        if lm_steps:
-            sets.append(f"stages.0.steps={lm_steps}")
-        wall["text_lm"] = sh(cli("train", str(RECIPES / "text-lm.yaml"), "--out", str(lm),
-                                 *(f"--set={s}" for s in sets)), log)
-        sets = [f"tokenizer={tok}", f"init.path={lm / 'final'}", f"stages.0.data.0.path={data['train']}",
-                f"stages.1.data.0.path={data['train']}",
-                f"stages.1.val_data={data['val']}", f"curves.data={data['val']}", "progress=false", *vlm_over]
+        sets = [f"tokenizer={tok}", f"stages.0.data.0.path={data['train']}", f"stages.0.val_data={data['val']}",
+                f"curves.data={data['val']}", "progress=false", *ARMS[arm]]
         if vlm_steps:
-            sets += scale_steps(vlm_steps)
+            sets.append(f"stages.0.steps={vlm_steps}")
         wall["native_vlm"] = sh(cli("train", str(RECIPES / "native-custom.yaml"), "--out", str(vlm),
                                     *(f"--set={s}" for s in sets)), log)
     if not (work / "eval" / "results.json").exists():
         wall["eval"] = sh(cli("eval", str(vlm / "final"), "--bench", f"llava:{data['test']}", "--out",
                               str(work / "eval")), log)
-    lm_seconds = curve_seconds(lm / "metrics.jsonl")
-    points = curve_points(vlm / "metrics.jsonl")
-    for p in points:
-        p["train_seconds"] += lm_seconds  # the text LM's minutes come first
     results = json.loads((work / "eval" / "results.json").read_text())
-    return {"arm": arm, "curve": points, "text_lm_seconds": lm_seconds, "wall": wall,
-            "test": test_accuracy(results)}
-
-
-def scale_steps(total: int) -> list[str]:
-    """Stage lengths for a `total`-step run, in the shipped recipe's proportions."""
-    from nativevlm.train.recipe import load_recipe
-
-    stages = load_recipe(RECIPES / "native-custom.yaml", []).stages
-    full = sum(s.steps for s in stages)
-    return [f"stages.{i}.steps={max(1, round(s.steps * total / full))}" for i, s in enumerate(stages)]
-
-
-def curve_seconds(metrics: Path) -> float:
-    """Training seconds of a run (optimizer steps only): its last logged `train_seconds`."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    return max((r.get("train_seconds", 0.0) for r in rows), default=0.0)
+    return {"arm": arm, "curve": curve_points(vlm / "metrics.jsonl"), "wall": wall, "test": test_accuracy(results)}
 
 
 def test_accuracy(results: dict) -> dict:
@@ -163,8 +134,6 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=[*SETS, "world"], choices=[*SETS, "world"])
     ap.add_argument("--arms", nargs="+", default=["byod"], choices=sorted(ARMS))
     ap.add_argument("--vlm-steps", type=int, default=0, help="native-VLM steps (0: the recipe's own)")
-    ap.add_argument("--lm-steps", type=int, default=300,
-                    help="text-LM steps (the README's bring-your-own-data command sets 300; 0: the recipe's own)")
     ap.add_argument("--train", type=int, default=16000, help="training questions per generated set")
     a = ap.parse_args()
     out, work = Path(a.out), Path(a.work)
@@ -177,7 +146,7 @@ def main() -> None:
         entry = results.setdefault(name, {"arms": {}})
         for arm in a.arms:
             print(f"[{name}] {arm}: the README's commands", flush=True)
-            entry["arms"][arm] = run_arm(arm, data, work / name / arm, a.vlm_steps, a.lm_steps)
+            entry["arms"][arm] = run_arm(arm, data, work / name / arm, a.vlm_steps)
         minutes = max(r["curve"][-1]["train_seconds"] for r in entry["arms"].values()) / 60
         image_size = 96 if name in ("multi", "world") else 64
         print(f"[{name}] peer: {minutes:.1f} training minutes", flush=True)
