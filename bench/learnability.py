@@ -86,7 +86,7 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int) -> dict
 def test_accuracy(results: dict) -> dict:
     """acc/<family> of the one benchmark in an eval results.json."""
     (bench,) = results["benchmarks"].values()
-    return {f"acc/{k}": v["accuracy"] for k, v in bench["categories"].items()} | {"acc/all": bench["accuracy"]}
+    return {f"acc/{k}": v["accuracy"] for k, v in bench["by_category"].items()} | {"acc/all": bench["accuracy"]}
 
 
 def world_set(out: Path) -> dict[str, Path]:
