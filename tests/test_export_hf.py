@@ -5,6 +5,7 @@ One child process serves every model (importing transformers is the slow part): 
 computed, and this process compares it with what nativevlm computes."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,11 +21,11 @@ from PIL import Image
 from nativevlm.cli import main
 from nativevlm.config import ConnectorConfig, LanguageConfig, MoEConfig, VisionConfig
 from nativevlm.data.collate import encode_sample, prompt_batch
-from nativevlm.data.image import ImageProcessor
+from nativevlm.data.image import ImageProcessor, fit_size
 from nativevlm.data.sample import Sample
 from nativevlm.data.tokenizer import Tokenizer
 from nativevlm.errors import CheckpointError, UserError
-from nativevlm.export.hf import export_hf
+from nativevlm.export.hf import REMOTE, export_hf
 from nativevlm.infer.chat import ask, load_model_and_tokenizer
 from nativevlm.infer.engine import Engine, Request, SamplingParams
 from nativevlm.model.hub import save_language_model
@@ -36,8 +37,7 @@ pytest.importorskip("transformers")
 CORPUS = ["what colour is the square", "a red square left of a blue circle", "the circle is green"] * 20
 QUESTION = "what colour is the square"
 NEW_TOKENS = 8
-# (images, rates) of the two prompts of the batch; a rate of None is the model's default.
-PROMPTS = [(["a.png"], [None]), (["b.png", "a.png"], [None, None])]
+PROMPTS = [["a.png"], ["b.png", "a.png"]]  # the images of the two prompts of the batch
 
 # name -> (language, vision, connector, moe). "quickstart": the quickstart's shape (native encoder, Qwen3-style
 # q/k norms, grouped-query attention, tied embeddings), dense. "experts": NaViL's modality experts with
@@ -58,7 +58,11 @@ MODELS = {
                      image_size=32, bias=True, post_norm=True),
                 dict(), dict(num_experts=4, top_k=2)),
 }
-RATES = {"experts": [[4], [2, 4]]}  # the second path (mlp2) in use, per image
+RATES = {"experts": [[4], [2, 4]]}  # per prompt, per image, the second path (mlp2) in use; default: the model's
+
+
+def prompt_rates(name: str) -> list[list[int]]:
+    return RATES.get(name, [[] for _ in PROMPTS])
 
 
 def build_vlm(tok: Tokenizer, name: str) -> NativeVLM:
@@ -75,10 +79,17 @@ def build_vlm(tok: Tokenizer, name: str) -> NativeVLM:
     return vlm.eval()
 
 
-def sample(images: list[str], rates: list, root: Path) -> Sample:
-    content = "".join("<image>\n" for _ in images) + QUESTION
-    return Sample(id="q", messages=[{"role": "user", "content": content}], images=[str(root / i) for i in images],
-                  image_downsample=[] if rates[0] is None else rates)
+def ours(root: Path, name: str):
+    """Our model and tokenizer as training left them, and the prompts tokenised as `ask` does."""
+    model, tok = load_model_and_tokenizer(root / name)
+    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    encoded = []
+    for images, rates in zip(PROMPTS, prompt_rates(name)):
+        content = "".join("<image>\n" for _ in images) + QUESTION
+        sample = Sample(id="q", messages=[{"role": "user", "content": content}],
+                        images=[str(root / i) for i in images], image_downsample=rates)
+        encoded.append(encode_sample(sample, tok, processor, add_generation_prompt=True))
+    return model, tok, encoded
 
 
 CHILD = textwrap.dedent("""
@@ -106,7 +117,7 @@ CHILD = textwrap.dedent("""
                                                        add_generation_prompt=True, tokenize=False))
             images += prompt_images
             rates += prompt_rates
-        rates = None if rates[0] is None else rates
+        rates = rates or None
         batch = processor(text=texts, images=images, downsample=rates, return_tensors="pt")
         one = processor(text=texts[0], images=images[:1], downsample=rates[:1] if rates else None,
                         return_tensors="pt")
@@ -151,8 +162,7 @@ def exported(tmp_path_factory):
         tok.save(folder)
         export_hf(folder, root / f"{name}-hf")
         vlms[name] = str(root / f"{name}-hf")
-        rates = RATES.get(name, [[None], [None, None]])
-        prompts[name] = [([str(root / i) for i in images], r) for (images, _), r in zip(PROMPTS, rates)]
+        prompts[name] = [([str(root / i) for i in images], r) for images, r in zip(PROMPTS, prompt_rates(name))]
     torch.manual_seed(1)
     lm = LanguageModel(LanguageConfig(vocab_size=tok.vocab_size, hidden_size=48, num_layers=2, num_heads=3,
                                       num_kv_heads=1, intermediate_size=64, qk_norm=True))
@@ -179,20 +189,15 @@ def test_the_exported_code_runs_without_nativevlm(exported):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_processor_gives_our_input_ids_and_pixel_values(exported, name):
-    root, theirs = exported["root"], exported["theirs"][name]["batch"]
-    model, tok = load_model_and_tokenizer(root / name)
-    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
-    rates = RATES.get(name, [[None], [None, None]])
-    encoded = [encode_sample(sample(images, r, root), tok, processor, add_generation_prompt=True)
-               for (images, _), r in zip(PROMPTS, rates)]
-    ours = prompt_batch(encoded, tok.pad_id)
-    assert torch.equal(theirs["input_ids"], ours.input_ids)
-    assert torch.equal(theirs["attention_mask"].bool(), ours.attention_mask)
+    theirs = exported["theirs"][name]["batch"]
+    model, tok, encoded = ours(exported["root"], name)
+    batch = prompt_batch(encoded, tok.pad_id)
+    assert torch.equal(theirs["input_ids"], batch.input_ids)
+    assert torch.equal(theirs["attention_mask"].bool(), batch.attention_mask)
     p = model.config.vision.patch_size
-    grids = [(x.shape[1] // p, x.shape[2] // p) for x in ours.pixel_values]
-    assert theirs["image_grid_hw"].tolist() == [list(g) for g in grids]
-    assert theirs["image_downsample"].tolist() == ours.image_downsample
-    patches = torch.cat([model.vision.patchify(x[None])[0] for x in ours.pixel_values])
+    assert theirs["image_grid_hw"].tolist() == [[x.shape[1] // p, x.shape[2] // p] for x in batch.pixel_values]
+    assert theirs["image_downsample"].tolist() == batch.image_downsample
+    patches = torch.cat([model.vision.patchify(x[None])[0] for x in batch.pixel_values])
     assert torch.equal(theirs["pixel_values"], patches)
 
 
@@ -206,18 +211,13 @@ def test_apply_chat_template_with_images_gives_the_processor_output(exported):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_logits_equal_ours_on_a_left_padded_multi_image_batch(exported, name):
-    root, theirs = exported["root"], exported["theirs"][name]
-    model, tok = load_model_and_tokenizer(root / name)
-    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
-    rates = RATES.get(name, [[None], [None, None]])
-    encoded = [encode_sample(sample(images, r, root), tok, processor, add_generation_prompt=True)
-               for (images, _), r in zip(PROMPTS, rates)]
+    model, tok, encoded = ours(exported["root"], name)
     batch = prompt_batch(encoded, tok.pad_id)
     with torch.no_grad():
-        ours = model(batch.input_ids, pixel_values=batch.pixel_values, attention_mask=batch.attention_mask,
-                     image_downsample=batch.image_downsample).logits
+        logits = model(batch.input_ids, pixel_values=batch.pixel_values, attention_mask=batch.attention_mask,
+                       image_downsample=batch.image_downsample).logits
     real = batch.attention_mask
-    assert (theirs["logits"][real] - ours[real]).abs().max() <= 1e-5
+    assert (exported["theirs"][name]["logits"][real] - logits[real]).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -225,11 +225,7 @@ def test_greedy_generate_gives_our_answer(exported, name):
     """The same tokens as our engine and the same text as `ask`; each decode step's logits (transformers' KV
     cache) equal ours over the whole sequence."""
     root, theirs = exported["root"], exported["theirs"][name]
-    model, tok = load_model_and_tokenizer(root / name)
-    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
-    images, _ = PROMPTS[0]
-    enc = encode_sample(sample(images, RATES.get(name, [[None]])[0], root), tok, processor,
-                        add_generation_prompt=True)
+    model, tok, (enc, _) = ours(root, name)
     engine = Engine(model, tok, max_batch_size=1, max_len=len(enc.input_ids) + NEW_TOKENS)
     features = model.encode_images(enc.pixel_values, enc.image_downsample)  # the engine encodes at the default rate
     request = Request(enc.input_ids, SamplingParams(max_new_tokens=NEW_TOKENS), image_features=features)
@@ -238,11 +234,11 @@ def test_greedy_generate_gives_our_answer(exported, name):
     assert new[:len(completion.token_ids)] == completion.token_ids
     assert new[len(completion.token_ids):] in ([], [tok.eos_id])
     if name not in RATES:  # `ask` lays images out at the default rate
-        assert theirs["answer"] == ask(model, tok, QUESTION, [str(root / i) for i in images], NEW_TOKENS)
+        assert theirs["answer"] == ask(model, tok, QUESTION, [str(root / i) for i in PROMPTS[0]], NEW_TOKENS)
     sequence = torch.tensor([enc.input_ids + new[:-1]])
     with torch.no_grad():
-        ours = model(sequence, pixel_values=enc.pixel_values, image_downsample=enc.image_downsample).logits[0]
-    assert (theirs["step_logits"] - ours[len(enc.input_ids) - 1:]).abs().max() <= 1e-5
+        logits = model(sequence, pixel_values=enc.pixel_values, image_downsample=enc.image_downsample).logits[0]
+    assert (theirs["step_logits"] - logits[len(enc.input_ids) - 1:]).abs().max() <= 1e-5
 
 
 def test_generation_config_ends_at_im_end_and_never_generates_image_tokens(exported):
@@ -296,3 +292,24 @@ def test_cli(exported, tmp_path, capsys):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["modality_experts"] is True
     assert main(["export", "hf", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "missing" in capsys.readouterr().err
+    assert main(["export", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "hf")]) == 2
+    assert "is the model folder itself" in capsys.readouterr().err
+
+
+def test_the_remote_image_processor_sizes_and_normalises_as_ours(tmp_path):
+    """Beyond the images above: elongated, tiny and huge sizes under several budgets, and every image mode."""
+    spec = importlib.util.spec_from_file_location("processing_nativevlm", REMOTE / "processing_nativevlm.py")
+    remote = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(remote)
+    sides = [1, 3, 17, 32, 50, 99, 224, 640, 1000, 4096]
+    for budget in [(16, 32, 16, 4096), (8, 16, 4, 64), (14, 56, 1, 256)]:
+        for w in sides:
+            for h in sides:
+                assert remote.fit_size(w, h, *budget) == fit_size(w, h, *budget), (w, h, budget)
+    rng = np.random.RandomState(1)
+    rgba = Image.fromarray(rng.randint(0, 256, (37, 90, 4), dtype=np.uint8), "RGBA")
+    rgba.save(tmp_path / "t.png")
+    ip = dict(patch_size=8, factor=16, min_patches=4, max_patches=64)
+    theirs, ours = remote.NativeVLMImageProcessor(downsample=2, **ip), ImageProcessor(**ip)
+    for image in [rgba, rgba.convert("L"), rgba.convert("P"), rgba.convert("CMYK"), tmp_path / "t.png"]:
+        assert torch.equal(theirs.to_tensor(image), ours(image))

@@ -128,6 +128,9 @@ def export_hf(model_path: Union[str, Path], out: Union[str, Path], tokenizer_pat
               ) -> Union[NativeVLM, LanguageModel]:
     """Write the model in `model_path` (a folder written by training or `save_pretrained`) and its tokenizer
     (stored in that folder unless `tokenizer_path` says where) into `out`, replacing it atomically."""
+    if Path(out).resolve() == Path(model_path).resolve():
+        raise UserError(f"--out {out} is the model folder itself, which the export would replace: choose "
+                        "another folder")
     model = load_pretrained(model_path)
     if isinstance(model, LanguageModel) and (model.moe_config.modality_experts or model.moe_config.num_experts):
         raise UserError(f"{model_path} is a language model with visual experts or sparse MoE layers, which only "
