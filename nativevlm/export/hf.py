@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..config import to_dict
-from ..data.tokenizer import IM_END, Tokenizer
+from ..data.tokenizer import Tokenizer
 from ..errors import CheckpointError, UserError
 from ..model.hub import save_language_model
 from ..model.language import LanguageModel

@@ -11,7 +11,6 @@ the compression rate its tokens were laid out at (`image_downsample`).
 from collections import defaultdict
 from dataclasses import fields
 from types import SimpleNamespace
-from typing import Optional
 
 import torch
 import torch.nn as nn
