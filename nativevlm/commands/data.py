@@ -1,4 +1,5 @@
-"""`nativevlm data ...`: the built-in visual world and curation."""
+"""`nativevlm data ...`: the built-in visual world, curation, and data made from data (text corpora,
+Extract+Think records, preference pairs)."""
 from __future__ import annotations
 
 
@@ -29,6 +30,18 @@ def register(sub) -> None:
     e.add_argument("--guided-prompt", default=None,
                    help="extract.json's instruction, with {question} (default: data.extract_think.GUIDED_PROMPT)")
     e.set_defaults(func=write_extract_think)
+    p = dsub.add_parser("preferences", help="MPO preference pairs: sample a model N times on each question of a QA "
+                                            "file, keep a right and a wrong reply per question (cached)")
+    p.add_argument("qa", help="LLaVA JSON (or JSONL) QA file with answers (e.g. the world's train.json)")
+    p.add_argument("--model", required=True, help="model folder (with its tokenizer)")
+    p.add_argument("--out", required=True, help="pair file (.jsonl); a rerun samples only questions not yet done")
+    p.add_argument("--n", type=int, default=8, help="replies sampled per question (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="(default: 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="(default: 32)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    p.set_defaults(func=write_preferences)
 
 
 def conversation_text(sample) -> str:
@@ -107,6 +120,39 @@ def write_extract_think(args) -> int:
         (out / name).write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     print(f"{len(reason)} questions -> {out / 'reason.json'} and {out / 'extract.json'}"
           + (f"; skipped {sum(skipped.values())} of {len(qa) + len(malformed)}: {skipped}" if skipped else ""))
+    return 0
+
+
+def write_preferences(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ..config import ConfigError
+    from ..data.formats import read_samples
+    from ..data.image import ImageProcessor
+    from ..infer.chat import load_model_and_tokenizer
+    from ..rl.preferences import SamplingSettings, make_preferences, sample_replies
+
+    if args.n < 2 or args.temperature <= 0 or args.max_new_tokens < 1:
+        raise ConfigError(f"--n {args.n}, --temperature {args.temperature}, --max-new-tokens {args.max_new_tokens}: "
+                          "a pair needs n >= 2 different samples (temperature > 0) of at least one token")
+    samples, report = read_samples(args.qa)
+    if report.n_skipped:
+        print(report.summary())
+    samples = samples[:args.limit] if args.limit is not None else samples
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model.to(device)
+    vision = getattr(model.config, "vision", None)
+    if vision is None and any(s.images for s in samples):
+        raise ConfigError(f"{args.model} is a language model and {args.qa} has images; use a vision-language model")
+    processor = ImageProcessor.from_config(vision, model.config.connector) if vision is not None else None
+    settings = SamplingSettings(args.n, args.seed, args.temperature, args.max_new_tokens)
+    source = {"model": str(Path(args.model).resolve()), "data": str(Path(args.qa).resolve())}
+    summary = make_preferences(samples, Path(args.out), settings,
+                               lambda chunk: sample_replies(model, tokenizer, processor, chunk, settings), source)
+    print(f"{summary.line()} -> {args.out}")
     return 0
 
 
