@@ -10,6 +10,9 @@ compute.
 Targets are pre-shifted: `targets[t]` is the token to predict at position t (`input_ids[t + 1]` when that is
 an assistant token, else -100). The model never shifts, so a packed row can't leak a prediction across a
 document boundary, and the loss is on assistant tokens only (their content and closing `<|im_end|>`).
+An assistant message may carry `thinking`: its reply is then `<think>...</think>` before the answer
+(`data.thinking`), with the loss on thinking and answer; a direct reply has the loss on its answer only
+(think-fusion SFT mixes the two).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from ..model.batch import Batch
 from ..model.connector import token_grid
 from .image import ImageProcessor
 from .sample import IMAGE_MARKER, Sample
+from .thinking import render_thinking
 from .tokenizer import IM_END, IM_START, Tokenizer
 
 IGNORE = -100
@@ -84,7 +88,9 @@ def encode_sample(
     for message in sample.messages:
         answer = message["role"] == "assistant"
         add([im_start, *tokenizer.encode(f"{message['role']}\n")], False)
-        for k, piece in enumerate(message["content"].split(IMAGE_MARKER)):
+        content = render_thinking(message["thinking"], message["content"]) if message.get("thinking") else \
+            message["content"]
+        for k, piece in enumerate(content.split(IMAGE_MARKER)):
             if k:
                 path = next(images, None)
                 if path is None:

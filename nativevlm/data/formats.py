@@ -202,13 +202,23 @@ def _llava_record(raw: dict, implicit_markers: bool) -> tuple[list[dict], list[s
         role = LLAVA_ROLES.get(turn.get("from"))
         if role is None:
             raise RecordError(BAD_RECORD, f"turn {i} has unknown 'from' {turn.get('from')!r} (human, gpt or system)")
-        messages.append({"role": role, "content": turn["value"]})
+        messages.append({"role": role, "content": turn["value"], **_thinking(turn, role, f"turn {i}")})
     # LLaVA convention: an image record without markers means the images precede the first question.
     if implicit_markers and images and not any(IMAGE_MARKER in m["content"] for m in messages):
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is not None:
             first_user["content"] = f"{IMAGE_MARKER}\n" * len(images) + first_user["content"]
     return messages, images
+
+
+def _thinking(turn: dict, role: str, where: str) -> dict:
+    """An assistant turn's optional `thinking` (its reasoning, rendered as `<think>...</think>` before the
+    answer by the collator), as the message's own key."""
+    if turn.get("thinking") is None:
+        return {}
+    if role != "assistant" or not isinstance(turn["thinking"], str):
+        raise RecordError(BAD_RECORD, f"{where}: 'thinking' must be a string, on an assistant turn")
+    return {"thinking": turn["thinking"]}
 
 
 def _part_image(part: dict) -> str:
@@ -253,7 +263,7 @@ def _chat_record(raw: dict) -> tuple[list[dict], list[str]]:
             content = "\n".join(pieces)
         if not isinstance(content, str):
             raise RecordError(BAD_RECORD, f"message {i} content must be a string or a list of parts")
-        messages.append({"role": turn["role"], "content": content})
+        messages.append({"role": turn["role"], "content": content, **_thinking(turn, turn["role"], f"message {i}")})
     images = _image_list(raw["images"], "images") if raw.get("images") is not None else []
     if inline and images:
         raise RecordError(BAD_RECORD, "images given both as content parts and in 'images'")
@@ -278,7 +288,8 @@ def write_llava(samples: list[Sample], path: Union[str, Path]) -> None:
             record["image"] = refs[0]
         elif refs:
             record["images"] = refs
-        record["conversations"] = [{"from": role_to_from[m["role"]], "value": m["content"]} for m in s.messages]
+        record["conversations"] = [{"from": role_to_from[m["role"]], "value": m["content"],
+                                    **({"thinking": m["thinking"]} if m.get("thinking") else {})} for m in s.messages]
         meta = {k: v for k, v in s.meta.items() if k != "source"}
         if meta:
             record["meta"] = meta
