@@ -290,3 +290,14 @@ def test_gspo_equals_trl_grpo_sequence_level():
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-7)
     assert m["clip_fraction"] == pytest.approx(state._metrics["train"]["clip_ratio/region_mean"][0])
     assert 0 < m["clip_fraction"] < 1
+
+
+def test_token_logprobs_equal_trl():
+    """TRL's per-token log-probs (`selective_log_softmax`, what its DPO and GRPO sum or average)."""
+    trl_trainers()
+    from trl.trainer.utils import selective_log_softmax
+
+    logits, targets, *_ = pairs()
+    ours, mask = token_logprobs(logits, targets)
+    theirs = selective_log_softmax(logits, targets.clamp(min=0))
+    assert torch.allclose(ours[mask], theirs[mask], atol=1e-6) and (ours[~mask] == 0).all()
