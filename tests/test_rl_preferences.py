@@ -109,3 +109,15 @@ def test_choose_pair_and_skip_reasons(tmp_path):
     assert summary.pairs == 1 and summary.skipped == {NO_ANSWER: 1}
     with pytest.raises(ValueError, match="occurs 2 times"):
         make_preferences([s, s], tmp_path / "d.jsonl", SETTINGS, lambda c: [], {"data": "qa.json"})
+
+
+def test_world_questions(setup, tmp_path, capsys):
+    """The world's own QA file reads and samples as it is (answers in meta, multiple choice, images)."""
+    from nativevlm.data.world import generate_world
+
+    generate_world(str(tmp_path / "world"), 1, split="train", progress=False)
+    out = tmp_path / "pairs.jsonl"
+    assert run(setup[0], tmp_path / "world" / "train.json", out, "--limit", "4") == 0
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    assert summary["questions"] == 4 and summary["pairs"] + sum(summary["skipped"].values()) == 4
+    assert "4 questions ->" in capsys.readouterr().out
