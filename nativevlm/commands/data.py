@@ -134,9 +134,10 @@ def write_preferences(args) -> int:
     from ..infer.chat import load_model_and_tokenizer
     from ..rl.preferences import SamplingSettings, make_preferences, sample_replies
 
-    if args.n < 2 or args.temperature <= 0 or args.max_new_tokens < 1:
-        raise ConfigError(f"--n {args.n}, --temperature {args.temperature}, --max-new-tokens {args.max_new_tokens}: "
-                          "a pair needs n >= 2 different samples (temperature > 0) of at least one token")
+    if args.n < 2 or args.temperature <= 0 or args.max_new_tokens < 1 or (args.limit or 1) < 1:
+        raise ConfigError(f"--n {args.n}, --temperature {args.temperature}, --max-new-tokens {args.max_new_tokens}, "
+                          f"--limit {args.limit}: a pair needs n >= 2 different samples (temperature > 0) of at "
+                          "least one token, of at least one question")
     samples, report = read_samples(args.qa)
     if report.n_skipped:
         print(report.summary())
