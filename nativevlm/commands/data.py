@@ -131,6 +131,7 @@ def write_preferences(args) -> int:
     from ..config import ConfigError
     from ..data.formats import read_samples
     from ..data.image import ImageProcessor
+    from ..errors import DataError
     from ..infer.chat import load_model_and_tokenizer
     from ..rl.preferences import SamplingSettings, make_preferences, sample_replies
 
@@ -142,6 +143,8 @@ def write_preferences(args) -> int:
     if report.n_skipped:
         print(report.summary())
     samples = samples[:args.limit] if args.limit is not None else samples
+    if not samples:
+        raise DataError(f"{args.qa}: no question could be read (see the skips above)")
     model, tokenizer = load_model_and_tokenizer(args.model)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model.to(device)
