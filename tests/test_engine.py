@@ -7,7 +7,7 @@ from nativevlm.data.image import ImageProcessor
 from nativevlm.data.sample import IMAGE_MARKER
 from nativevlm.infer.chat import encode_prompt
 from nativevlm.infer.engine import Engine, Request, SamplingParams
-from nativevlm.infer.generate import generate
+from reference import generate
 from servekit import image, make_model, make_tokenizer
 
 

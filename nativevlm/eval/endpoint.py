@@ -19,7 +19,7 @@ import httpx
 from PIL import Image
 
 from ..data.image import load_image
-from .harness import Reply, Request
+from ..infer.types import Reply, Request
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_DELAY_S = 30.0
