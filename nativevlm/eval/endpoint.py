@@ -93,7 +93,7 @@ class EndpointAnswerer:
             else:
                 if response.status_code == 200:
                     try:
-                        return Reply(response.json()["choices"][0]["message"]["content"] or "")
+                        return Reply((response.json()["choices"][0]["message"]["content"] or "").strip())
                     except (ValueError, KeyError, IndexError, TypeError):
                         error = f"malformed reply: {response.text[:200]}"
                 else:
