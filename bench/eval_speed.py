@@ -72,7 +72,8 @@ def main() -> None:
     tok.save(work / "data" / "tokenizer")
     torch.manual_seed(0)
     text_lm = load_shipped_recipe("text-lm", work)
-    save_language_model(build_model(text_lm, tok), work / "runs" / "text-lm" / "final")  # the quickstart's LM, untrained
+    # the quickstart's text LM, untrained, where its native recipe grows it from
+    save_language_model(build_model(text_lm, tok), work / "runs" / "text-lm" / "final")
     model = build_model(load_shipped_recipe("native", work), tok).eval()  # grown into its native VLM
     proc = ImageProcessor.from_config(model.config.vision, model.config.connector)
     benches = {"curve point (240 val)": llava_qa.read(world / "val.json"),

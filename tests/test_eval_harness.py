@@ -397,7 +397,8 @@ def test_table_known_answer():
     def rec(i, cat, kind, status):
         return {"id": f"{cat}{i}", "rotation": 0, "category": cat, "kind": kind, "status": status}
 
-    records = ([rec(i, "color", "perception", s) for i, s in enumerate(["correct", "wrong", "parse_failure", "correct"])]
+    colors = ["correct", "wrong", "parse_failure", "correct"]
+    records = ([rec(i, "color", "perception", s) for i, s in enumerate(colors)]
                + [rec(i, "count", "reasoning", s) for i, s in enumerate(["wrong", "correct"])])
     assert BenchResult("b", "b", records).table().splitlines() == [
         "family         kind            n  accuracy  unparsed",

@@ -37,8 +37,9 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_lower_floors_never_import_higher_ones():
-    forbidden = {"infer": ("nativevlm.train", "nativevlm.eval"), "eval": ("nativevlm.train",), "model": ("nativevlm.train",
-                 "nativevlm.infer", "nativevlm.data"), "data": ("nativevlm.train", "nativevlm.infer", "nativevlm.eval")}
+    forbidden = {"infer": ("nativevlm.train", "nativevlm.eval"), "eval": ("nativevlm.train",),
+                 "model": ("nativevlm.train", "nativevlm.infer", "nativevlm.data"),
+                 "data": ("nativevlm.train", "nativevlm.infer", "nativevlm.eval")}
     bad = []
     for floor, higher in forbidden.items():
         for path in sorted((PACKAGE / floor).rglob("*.py")):

@@ -5,8 +5,8 @@ a fixed held-out subset of questions (a benchmark of `harness`, answered by the 
 `local.LocalAnswerer`: the path of every other evaluation), logs accuracy per family (the benchmark's
 category) and per kind against samples seen, keeps the per-question records under `<run>/curves/`, and at
 the end draws `<run>/curves.png` with each family's answer prior (`harness.answer_priors`: what a model that
-ignores the image and guesses the favourite answer scores) as a dashed line. A curve that sits on its prior line is a model that has not learnt that family yet, whatever
-the loss says.
+ignores the image and guesses the favourite answer scores) as a dashed line. A curve that sits on its prior
+line is a model that has not learnt that family yet, whatever the loss says.
 
 With `diagnostics.attention` / `diagnostics.sensitivity` it also logs the two measurements that explain a
 curve stuck at its prior (see `eval/diagnostics.py`).

@@ -220,7 +220,8 @@ def evaluate(bench: Benchmark, answerer: Answerer, progress: bool = False) -> Be
     """Ask and score every question once, in memory (no answers saved, nothing resumed): the learning
     curves' evaluation of a model mid-training, and the quickstart's."""
     asked = expand(bench.items, False)
-    return BenchResult(bench.name, bench.source, scored(asked, ask_all(answerer, asked, None, False, progress=progress)))
+    answers = ask_all(answerer, asked, None, False, progress=progress)
+    return BenchResult(bench.name, bench.source, scored(asked, answers))
 
 
 def run_benchmark(bench: Benchmark, answerer: Answerer, out_dir: Path, circular: bool = False,

@@ -15,8 +15,7 @@ class LocalAnswerer:
     """The harness's answerer for a loaded model: each call's requests run as one continuous batch of up to
     `batch_size` rows. A language model answers text-only requests (the reasoner of Extract+Think). The
     engine's cache is sized to the longest prompt seen plus `max_new_tokens` (grown when a longer one
-    comes), not to the model's whole context; it reads the model's weights as they are at each call, so
-    the learning curves reuse one answerer through training."""
+    comes), not to the model's whole context, and reads the model's weights as they are at each call."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 32):
         self.model, self.tokenizer = model, tokenizer
