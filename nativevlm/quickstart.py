@@ -5,7 +5,8 @@
 3. pre-train a small text LM on the world's text corpus (`recipes/text-lm.yaml`), our stand-in for a
    pretrained LLM;
 4. grow it into a native VLM and train it through NaViL's staged recipe (`recipes/native.yaml`);
-5. evaluate on the held-out test split: accuracy per task family, perception vs reasoning.
+5. evaluate on the held-out test split, through the benchmark harness and the serving engine: accuracy per
+   task family, perception vs reasoning.
 
 The shipped recipes are used as they are, with their data paths pointed into the run folder and the sizes
 and step counts scaled to a 2-core CPU (`SCALE` below: the only place the quickstart departs from them).
@@ -84,9 +85,9 @@ def prepare(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: i
 def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: int = 0,
                text_lm_overrides: list[str] = (), native_overrides: list[str] = ()) -> dict:
     """Run the five steps into `out`; the overrides go after `SCALE` (e.g. `stages.2.steps=2000`)."""
-    from .data.formats import read_samples
-    from .data.image import ImageProcessor
-    from .eval.world import evaluate_qa
+    from .eval.benchmarks import load_benchmark
+    from .eval.harness import evaluate
+    from .eval.local import LocalAnswerer
     from .model.loading import load_pretrained
     from .train.trainer import train
 
@@ -107,9 +108,8 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
 
     banner(5, 5, f"Evaluating on the held-out test split ({test_scenes} scenes, never seen in training)")
     model = load_pretrained(result.final)
-    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
-    test, _ = read_samples(world / "test.json")
-    evaluation = evaluate_qa(model, tokenizer, processor, test, batch_size=64)
+    evaluation = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tokenizer, 64, max_new_tokens=8),
+                          progress=True)
     lap("evaluate")
 
     from .train.recipe import stage_steps
@@ -121,8 +121,8 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     print("\n" + evaluation.table())
     print("\nSample answers:")
     for r in report["samples"]:
-        mark = "ok " if r["correct"] else "MISS"
-        print(f"  [{mark}] {r['question']!r} -> {r['prediction']!r} (reference {r['reference']!r})  {r['image']}")
+        mark = "ok " if r["status"] == "correct" else "MISS"
+        print(f"  [{mark}] {r['question']!r} -> {r['prediction']!r} (reference {r['answer']!r})  {r['image']}")
     total = sum(timings.values())
     print(f"\nNative VLM: {throughput['native_samples']} training samples at {throughput['native_samples_per_s']:.1f} "
           "samples/s (learning-curve evaluations included)")
@@ -139,7 +139,7 @@ def write_report(out: Path, evaluation, timings: dict, final: Path, throughput: 
     """report.md + eval.json in the run folder: the table, timings and three sample answers."""
     picks = []
     for family in ("color", "count", "arithmetic"):
-        picks += [r for r in evaluation.records if r["family"] == family][:1]
+        picks += [r for r in evaluation.records if r["category"] == family][:1]
     world = out / "data" / "world"
     samples = []
     for r in picks:
@@ -157,6 +157,6 @@ def write_report(out: Path, evaluation, timings: dict, final: Path, throughput: 
               f"![learning curves]({(Path(final).parent / 'curves.png').resolve()})", "", "## Sample answers", ""]
     for s in samples:
         lines.append(f"- ![]({Path(s['image']).resolve()}) {s['question']!r} -> **{s['prediction']}** "
-                     f"(reference {s['reference']}, {'correct' if s['correct'] else 'wrong'})")
+                     f"(reference {s['answer']}, {s['status']})")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return report

@@ -12,13 +12,14 @@ import torch
 from nativevlm.config import from_dict
 from nativevlm.data.formats import read_samples
 from nativevlm.data.image import ImageProcessor
-from nativevlm.data.sample import Sample
 from nativevlm.data.tokenizer import Tokenizer
 from nativevlm.data.world import generate_world
 from nativevlm.data.world.cells import NUM_CELL_CLASSES, cell_class, cell_labels, class_name
 from nativevlm.data.world.render import render_scene
 from nativevlm.data.world.scene import Scene
-from nativevlm.eval.curves import LearningCurves, answer_priors, fixed_subset
+from nativevlm.eval.benchmarks import Item, llava_qa
+from nativevlm.eval.curves import LearningCurves, fixed_subset
+from nativevlm.eval.harness import answer_priors
 from nativevlm.eval.diagnostics import SensitivityProbe, answer_attention, recorded_attention, target_object
 from nativevlm.model.vlm import NativeVLM
 from nativevlm.train import checkpoint
@@ -80,9 +81,10 @@ def test_curve_at_step_n_equals_a_separate_evaluation_of_the_step_n_checkpoint(t
     again = hook.evaluate(model, tok)
     logged = [json.loads(line) for line in (tmp_path / "run" / "curves" / "step_0000002.jsonl").read_text().splitlines()]
     assert [r["prediction"] for r in again.records] == [r["prediction"] for r in logged]
-    assert again.accuracy == pytest.approx(points[2]["acc/all"])
-    for fam, (acc, _) in again.by("family").items():
-        assert points[2][f"acc/{fam}"] == pytest.approx(acc)
+    summary = again.summary()
+    assert summary["accuracy"] == pytest.approx(points[2]["acc/all"])
+    for fam, g in summary["by_category"].items():
+        assert points[2][f"acc/{fam}"] == pytest.approx(g["accuracy"])
 
 
 def test_curves_do_not_change_training(tiny_world, tmp_path):
@@ -96,14 +98,11 @@ def test_curves_do_not_change_training(tiny_world, tmp_path):
 
 
 def test_fixed_subset_is_round_robin_over_families_and_priors_are_majority_shares():
-    def s(fam, ans, i):
-        return Sample(id=str(i), messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": ans}],
-                      meta={"family": fam, "answer": ans})
-
-    samples = [s("a", "x", 0), s("a", "x", 1), s("a", "y", 2), s("a", "x", 3), s("b", "z", 4)]
-    sub = fixed_subset(samples, 3)
+    items = [Item(str(i), "q", ans, category=fam) for i, (fam, ans) in
+             enumerate([("a", "x"), ("a", "x"), ("a", "y"), ("a", "x"), ("b", "z")])]
+    sub = fixed_subset(items, 3)
     assert [x.id for x in sub] == ["0", "4", "1"]
-    assert answer_priors(samples) == {"a": 0.75, "b": 1.0}
+    assert answer_priors(items) == {"all": 0.8, "a": 0.75, "b": 1.0}
 
 
 def test_cell_labels_read_the_scene_back_from_pixels(tmp_path):
@@ -163,7 +162,7 @@ def test_recorded_attention_changes_nothing_and_rows_are_distributions(tiny_worl
     assert len(rows) == model.config.language.num_layers
     assert torch.allclose(rows[0].sum(-1), torch.ones(1, rows[0].shape[1]), atol=1e-5)
     scenes = {json.loads(x)["id"]: json.loads(x) for x in (tiny_world["root"] / "val_scenes.jsonl").read_text().splitlines()}
-    stats = answer_attention(model, tok, processor, samples[:12], scenes)
+    stats = answer_attention(model, tok, processor, llava_qa.read(tiny_world["root"] / "val.json").items[:12], scenes)
     assert 0 < stats["attn/image_mass"] <= 1 and 0 < stats["attn/entropy"] <= 1 + 1e-6
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from nativevlm.data.image import ImageProcessor
-from nativevlm.data.sample import IMAGE_MARKER
+from nativevlm.data.sample import user_turn
 from nativevlm.infer.chat import encode_prompt
 from nativevlm.infer.engine import Engine, Request, SamplingParams
-from nativevlm.infer.generate import generate
+from reference import generate
 from servekit import image, make_model, make_tokenizer
 
 
@@ -26,7 +26,7 @@ def prompts(kit):
              ("compare", [image(), image((0, 0, 0), (32, 64))]), ("red", [image((90, 90, 90), (48, 48))])]
     out = []
     for text, imgs in specs:
-        content = "".join(f"{IMAGE_MARKER}\n" for _ in imgs) + text
+        content = user_turn(text, len(imgs))
         enc = encode_prompt([{"role": "user", "content": content}], imgs, tok, proc)
         out.append((enc.input_ids, enc.pixel_values))
     return out

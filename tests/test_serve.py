@@ -102,6 +102,29 @@ def test_image_question_gets_the_engines_answer(server, model_dir):
     assert r.usage.prompt_tokens_details.image_tokens == 1 + 2 * (4 + 1) + 1
 
 
+def test_evaluation_answers_are_the_servers(server, model_dir):
+    """What evaluation measures is what the server answers: the same benchmark, asked in process
+    (`LocalAnswerer`, the path of the quickstart, curves and studies) and through the API (`EndpointAnswerer`),
+    gets the same answers and the same scores."""
+    from nativevlm.eval.benchmarks import Benchmark, Item
+    from nativevlm.eval.endpoint import EndpointAnswerer
+    from nativevlm.eval.harness import evaluate
+    from nativevlm.eval.local import LocalAnswerer
+
+    pictures = [png_bytes(image()), png_bytes(image((30, 160, 40), (64, 32))), png_bytes(image((0, 0, 0), (32, 64)))]
+    items = [Item("q0", "how many red", "2", [pictures[0]]),
+             Item("q1", "the blue square is left of", "red", [pictures[1]]),
+             Item("q2", "which is larger", "A", [pictures[2]], options={"A": "circle", "B": "square"}),
+             Item("q3", "compare the two", "no", [pictures[0], pictures[2]]),
+             Item("q4", "a small green triangle is", "above", [])]
+    bench = Benchmark("api", "api", items)
+    local = evaluate(bench, LocalAnswerer(load_pretrained(model_dir), Tokenizer.load(model_dir), 3, 12))
+    served = evaluate(bench, EndpointAnswerer(server.url + "/v1", NAME, KEY, concurrency=4, max_tokens=12, retries=0))
+    assert [r["prediction"] for r in local.records] == [r["prediction"] for r in served.records]
+    assert len({r["prediction"] for r in local.records}) > 1  # the answers depend on the question
+    assert local.records == served.records
+
+
 def test_streaming_yields_the_non_streaming_text(server):
     c = client(server)
     messages = user(data_uri(image()), "the red", data_uri(image((0, 0, 200), (32, 64))), "is left of")

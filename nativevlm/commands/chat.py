@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 def run(args, stdin=None, stdout=None) -> int:
     from ..data.image import ImageProcessor, load_image
-    from ..data.sample import IMAGE_MARKER
+    from ..data.sample import user_turn
     from ..data.tokenizer import Tokenizer
     from ..infer.chat import encode_prompt
     from ..infer.engine import Engine, Request, SamplingParams
@@ -63,7 +63,7 @@ def run(args, stdin=None, stdout=None) -> int:
             print(HELP, file=stdout)
             continue
         turn_images = [load_image(p) for p in pending]
-        messages.append({"role": "user", "content": "".join(f"{IMAGE_MARKER}\n" for _ in turn_images) + line})
+        messages.append({"role": "user", "content": user_turn(line, len(turn_images))})
         images += turn_images
         pending = []
         enc = encode_prompt(messages, images, tokenizer, processor)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -211,13 +211,13 @@ class Collator:
                      n_loss_tokens=sum(e.n_loss_tokens for e in encoded))
 
 
-def prompt_batch(encoded: list[EncodedSample], pad_id: int) -> Batch:
-    """Generation prompts, left-padded so every row ends where generation starts."""
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(encoded), width, dtype=torch.bool)
-    for i, e in enumerate(encoded):
-        ids[i, width - len(e.input_ids):] = torch.tensor(e.input_ids)
-        mask[i, width - len(e.input_ids):] = True
-    return Batch(input_ids=ids, attention_mask=mask, pixel_values=[p for e in encoded for p in e.pixel_values],
-                 image_downsample=[r for e in encoded for r in e.image_downsample], n_samples=len(encoded))
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generation prompts -> (ids, mask) [B, longest prompt], left-padded so every row ends where its answer
+    starts (the engine's prefill)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = True
+    return ids, mask

@@ -1,4 +1,4 @@
-"""Data for Extract+Think (Prism, REFERENCE.md section 4): the reasoner's text-only QA (each question
+"""Data for Extract+Think (Prism): the reasoner's text-only QA (each question
 with a description of its image in place of the image) and visual extraction tuning (image + question ->
 description). The answerer that runs the two stages is `nativevlm.infer.pipelines.ExtractThink`; both
 sides use the templates below, so what a reasoner is fine-tuned on is what it is asked.
@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from .formats import DataError
-from .sample import IMAGE_MARKER, strip_image_markers
+from .sample import strip_image_markers, user_turn
 
+EXTRACT_PROMPT = "Describe the image."  # the plain description prompt (the built-in world's captions ask it)
 GUIDED_PROMPT = "Describe what in the image is needed to answer this question: {question}"
 REASON_TEMPLATE = "Description: {description}\nQuestion: {question}"
 
@@ -64,7 +65,7 @@ def extraction_records(qa_records: Sequence[dict], descriptions: dict[str, str],
     """Visual extraction tuning data: the image and `prompt` (with the question) -> the description."""
     kept, skipped = _paired(qa_records, descriptions, "extraction data")
     out = [{"id": f"{r['id']}_extract", "image": r["image"],
-            "conversations": [{"from": "human", "value": f"{IMAGE_MARKER}\n" + prompt.format(question=question)},
+            "conversations": [{"from": "human", "value": user_turn(prompt.format(question=question), 1)},
                               {"from": "gpt", "value": descriptions[r["image"]]}],
             "meta": {**(r.get("meta") or {}), "family": "extract", "kind": "perception"}} for r, question, _ in kept]
     return out, skipped

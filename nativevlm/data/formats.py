@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 from ..errors import DataError, ImageError
 from .image import verify_image
-from .sample import IMAGE_MARKER, Sample
+from .sample import IMAGE_MARKER, Sample, user_turn
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 CHAT_ROLES = ("system", "user", "assistant")
@@ -207,7 +207,7 @@ def _llava_record(raw: dict, implicit_markers: bool) -> tuple[list[dict], list[s
     if implicit_markers and images and not any(IMAGE_MARKER in m["content"] for m in messages):
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is not None:
-            first_user["content"] = f"{IMAGE_MARKER}\n" * len(images) + first_user["content"]
+            first_user["content"] = user_turn(first_user["content"], len(images))
     return messages, images
 
 

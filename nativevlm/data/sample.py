@@ -6,6 +6,13 @@ from dataclasses import dataclass, field
 IMAGE_MARKER = "<image>"
 
 
+def user_turn(text: str, n_images: int) -> str:
+    """The prompt rule of this project, for a user turn with images: the images first, one marker each on
+    its own line, then the text -- the layout of the training data, so evaluation, chat, the server and the
+    data readers all ask the model the way it was taught."""
+    return f"{IMAGE_MARKER}\n" * n_images + text
+
+
 def strip_image_markers(text: str) -> str:
     """A user turn's text without its image markers (each with the newline after it, if any)."""
     return text.replace(f"{IMAGE_MARKER}\n", "").replace(IMAGE_MARKER, "").strip()

@@ -1,12 +1,12 @@
 """Learning curves: what a model can answer, per task family, as it trains.
 
 `LearningCurves` is the training hook behind a recipe's `curves:` block. At each evaluation point it answers
-a fixed held-out subset of questions by greedy generation (the same path as `evaluate_qa`), logs accuracy
-per family and per kind against samples seen, keeps the per-question records under `<run>/curves/`, and at
-the end draws `<run>/curves.png` with each family's answer prior (the share of its most common reference
-answer in the subset: what a model that ignores the image and guesses the favourite answer scores) as a
-dashed line. A curve that sits on its prior line is a model that has not learnt that family yet, whatever
-the loss says.
+a fixed held-out subset of questions (a benchmark of `harness`, answered by the serving engine through
+`local.LocalAnswerer`: the path of every other evaluation), logs accuracy per family (the benchmark's
+category) and per kind against samples seen, keeps the per-question records under `<run>/curves/`, and at
+the end draws `<run>/curves.png` with each family's answer prior (`harness.answer_priors`: what a model that
+ignores the image and guesses the favourite answer scores) as a dashed line. A curve that sits on its prior
+line is a model that has not learnt that family yet, whatever the loss says.
 
 With `diagnostics.attention` / `diagnostics.sensitivity` it also logs the two measurements that explain a
 curve stuck at its prior (see `eval/diagnostics.py`).
@@ -18,23 +18,22 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..data.formats import read_samples
 from ..data.image import ImageProcessor
-from ..data.sample import Sample
-from .matching import majority_counts
-from .world import EvalResult, evaluate_qa, reference_answer
+from .benchmarks import Benchmark, Item, llava_qa
+from .harness import BenchResult, answer_priors, evaluate
+from .local import LocalAnswerer
 
 KIND_ORDER = ("perception", "reasoning")
 
 
-def fixed_subset(samples: Sequence[Sample], n: int) -> list[Sample]:
-    """`n` samples taken round-robin over families in file order: every family is represented (up to its
-    size) and the subset is the same on every call and every rank."""
-    by_family: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_family[s.meta.get("family", "unknown")].append(s)
+def fixed_subset(items: Sequence[Item], n: int) -> list[Item]:
+    """`n` questions taken round-robin over families (categories) in file order: every family is represented
+    (up to its size) and the subset is the same on every call and every rank."""
+    by_family: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        by_family[item.category].append(item)
     queues = [list(v) for _, v in sorted(by_family.items())]
-    out: list[Sample] = []
+    out: list[Item] = []
     while len(out) < n and any(queues):
         for q in queues:
             if q and len(out) < n:
@@ -42,16 +41,11 @@ def fixed_subset(samples: Sequence[Sample], n: int) -> list[Sample]:
     return out
 
 
-def answer_priors(samples: Sequence[Sample]) -> dict[str, float]:
-    """Per family: the accuracy of always giving that family's most common (normalised) reference answer."""
-    counts = majority_counts((s.meta.get("family", "unknown"), reference_answer(s)) for s in samples)
-    return {fam: best / total for fam, (best, total) in counts.items()}
-
-
-def accuracy_row(result: EvalResult) -> dict[str, float]:
-    row = {"acc/all": result.accuracy}
-    row.update({f"acc/{k}": v for k, (v, _) in result.by("kind").items()})
-    row.update({f"acc/{k}": v for k, (v, _) in result.by("family").items()})
+def accuracy_row(result: BenchResult) -> dict[str, float]:
+    s = result.summary()
+    row = {"acc/all": s["accuracy"]}
+    row.update({f"acc/{k}": v["accuracy"] for k, v in s["by_kind"].items() if k})
+    row.update({f"acc/{k}": v["accuracy"] for k, v in s["by_category"].items()})
     return row
 
 
@@ -61,28 +55,26 @@ class LearningCurves:
 
     def __init__(self, cfg, log=print):
         self.cfg, self.diag = cfg.curves, cfg.diagnostics
-        samples, report = read_samples(self.cfg.data)
-        if report.n_skipped:
-            log(report.summary())
-        self.subset = fixed_subset(samples, self.cfg.samples)
+        data = llava_qa.read(Path(self.cfg.data), log)
+        self.subset = fixed_subset(data.items, self.cfg.samples)
+        self.bench = Benchmark(data.name, data.source, self.subset)
         self.priors = answer_priors(self.subset)
-        self.kinds = {s.meta.get("family", "unknown"): s.meta.get("kind", "unknown") for s in self.subset}
+        self.kinds = {item.category: item.kind or "unknown" for item in self.subset}
         self.scenes = _scenes_beside(self.cfg.data)
         self.sensitivity_probe = None
 
-    def evaluate(self, model, tokenizer, progress: bool = False, processor=None) -> EvalResult:
-        processor = processor or ImageProcessor.from_config(model.config.vision, model.config.connector)
-        return evaluate_qa(model, tokenizer, processor, self.subset, batch_size=self.cfg.batch_size,
-                           max_new_tokens=self.cfg.max_new_tokens, progress=progress)
+    def evaluate(self, model, tokenizer, progress: bool = False) -> BenchResult:
+        answerer = LocalAnswerer(model, tokenizer, self.cfg.batch_size, self.cfg.max_new_tokens)
+        return evaluate(self.bench, answerer, progress)
 
     def on_eval(self, model, *, tokenizer, step: int, stage: str, samples: int, out_dir: Path,
                 is_main: bool) -> dict:
-        processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
-        result = self.evaluate(model, tokenizer, processor=processor)
+        result = self.evaluate(model, tokenizer)
         row = accuracy_row(result)
         if self.diag.attention:
             from .diagnostics import answer_attention
 
+            processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
             row.update(answer_attention(model, tokenizer, processor, self.subset, self.scenes))
         if self.diag.sensitivity and self.scenes:
             from .diagnostics import SensitivityProbe

@@ -21,9 +21,9 @@ from typing import Optional, Sequence
 import torch
 
 from ..data.collate import encode_sample
-from ..data.sample import Sample
+from ..data.sample import Sample, user_turn
 from ..data.world.scene import CELL, PALETTE, SHAPES
-from .world import prompt_of
+from .benchmarks import Item
 
 
 @contextlib.contextmanager
@@ -67,8 +67,8 @@ def target_object(question: str, scene: dict) -> Optional[dict]:
 
 
 @torch.no_grad()
-def answer_attention(model, tokenizer, processor, samples: Sequence[Sample], scenes: dict) -> dict:
-    """Attention from the answer position over the image tokens, averaged over `samples` (one image each).
+def answer_attention(model, tokenizer, processor, items: Sequence[Item], scenes: dict) -> dict:
+    """Attention from the answer position over the image tokens, averaged over the questions (one image each).
     Returns `attn/image_mass`, `attn/entropy` (normalised, lowest layer mean) and, over questions naming one
     object, `attn/target_share` (highest layer mean) beside `attn/target_chance`."""
     model.eval()
@@ -76,10 +76,12 @@ def answer_attention(model, tokenizer, processor, samples: Sequence[Sample], sce
     image_id = model.config.image_token_id
     per_layer: dict[str, list[list[float]]] = {"mass": [], "entropy": [], "share": []}
     chance = []
-    for s in samples:
-        if len(s.images) != 1:
+    for item in items:
+        if len(item.images) != 1:
             continue
-        enc = encode_sample(prompt_of(s), tokenizer, processor, add_generation_prompt=True)
+        prompt = Sample(id=item.id, images=list(item.images),
+                        messages=[{"role": "user", "content": user_turn(item.prompt(), 1)}])
+        enc = encode_sample(prompt, tokenizer, processor, add_generation_prompt=True)
         ids = torch.tensor([enc.input_ids], device=device)
         img_pos = (ids[0] == image_id).nonzero().squeeze(1)
         if len(img_pos) < 2:
@@ -94,8 +96,8 @@ def answer_attention(model, tokenizer, processor, samples: Sequence[Sample], sce
         entropy = -(dist * dist.clamp_min(1e-12).log()).sum(-1) / math.log(len(img_pos))
         per_layer["mass"].append(mass.tolist())
         per_layer["entropy"].append(entropy.tolist())
-        scene = scenes.get(s.meta.get("scene_id", ""), {})
-        obj = target_object(prompt_of(s).messages[-1]["content"], scene) if scene else None
+        scene = scenes.get(item.meta.get("scene_id", ""), {})
+        obj = target_object(item.prompt(), scene) if scene else None
         if obj is not None:
             _, h, w = enc.pixel_values[0].shape
             cols = w // processor.factor

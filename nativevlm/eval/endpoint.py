@@ -19,7 +19,7 @@ import httpx
 from PIL import Image
 
 from ..data.image import load_image
-from .harness import Reply, Request
+from ..infer.types import Reply, Request
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_DELAY_S = 30.0
@@ -93,7 +93,7 @@ class EndpointAnswerer:
             else:
                 if response.status_code == 200:
                     try:
-                        return Reply(response.json()["choices"][0]["message"]["content"] or "")
+                        return Reply((response.json()["choices"][0]["message"]["content"] or "").strip())
                     except (ValueError, KeyError, IndexError, TypeError):
                         error = f"malformed reply: {response.text[:200]}"
                 else:

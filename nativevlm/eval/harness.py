@@ -1,6 +1,8 @@
 """Generation-based evaluation of any answerer (a model in this process, or an OpenAI-compatible endpoint)
 on benchmarks: prompts -> answers -> `matching` -> accuracy, parse-failure and request-failure rates per
 category and per kind, optional circular evaluation and visual reliance, results JSON and a markdown report.
+The one evaluation stack: `nativevlm eval`, the studies, the learning curves and the quickstart's table
+(the built-in world's test split is a benchmark like the others) all score and record answers here.
 
 Each benchmark's raw answers are appended to `OUT/<bench>/predictions.jsonl` as they arrive, so a run that
 stops (a crash, a dead server) resumes where it was: only questions without an answer are asked again.
@@ -9,11 +11,12 @@ scores it as an empty, wrong answer), and is asked again on the next run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -21,6 +24,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError
 from ..data.formats import DataError
 from ..data.image import ImageError
+from ..infer.types import Answerer, Reply, Request
 from .benchmarks import Benchmark, Item, open_image
 from .matching import CORRECT, PARSE_FAILURE, WRONG, Match, majority_counts, match_choice, match_open
 
@@ -28,22 +32,6 @@ REQUEST_FAILURE = "request_failure"
 STATUSES = (CORRECT, WRONG, PARSE_FAILURE, REQUEST_FAILURE)
 # A blank image is mid-grey: after the [-1, 1] normalisation it is all zeros, no signal of any colour.
 BLANK = (128, 128, 128)
-
-
-@dataclass
-class Request:
-    images: list  # PIL images or image paths
-    text: str
-
-
-@dataclass
-class Reply:
-    text: str = ""
-    error: Optional[str] = None  # set when the request failed for good (after the answerer's retries)
-    trace: Optional[dict] = None  # what a multi-stage answerer did on the way (Extract+Think: the description)
-
-
-Answerer = Callable[[list[Request]], list[Reply]]  # with a `chunk_size` attribute: requests per call
 
 
 @dataclass
@@ -71,6 +59,21 @@ class BenchResult:
                                       for key in ("category", "kind")}
             out["visual_reliance"]["all"] = rates(single.values())["accuracy"] - out["blank_image"]["accuracy"]
         return out
+
+    def table(self) -> str:
+        """Plain text: accuracy and parse failures per category (the world's task families) with its kind,
+        then per kind, then overall -- the quickstart's table."""
+        s, kinds = self.summary(), {r["category"]: r["kind"] for r in self.records}
+        lines = [f"{'family':14s} {'kind':11s} {'n':>5s} {'accuracy':>9s} {'unparsed':>9s}"]
+        for cat, g in s["by_category"].items():
+            lines.append(f"{cat:14s} {kinds[cat] or '-':11s} {g['n']:5d} {g['accuracy']:9.1%} "
+                         f"{g['parse_failure_rate']:9.1%}")
+        lines.append("-" * 52)
+        for kind, g in s["by_kind"].items():
+            if kind:
+                lines.append(f"{'all ' + kind:26s} {g['n']:5d} {g['accuracy']:9.1%} {g['parse_failure_rate']:9.1%}")
+        lines.append(f"{'overall':26s} {s['n']:5d} {s['accuracy']:9.1%} {s['parse_failure_rate']:9.1%}")
+        return "\n".join(lines)
 
 
 def item_statuses(records: list[dict], circular: bool) -> dict[str, dict]:
@@ -165,18 +168,21 @@ def read_predictions(path: Path) -> dict[str, dict]:
     return done
 
 
-def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, blank: bool, log=print,
+def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Optional[Path], blank: bool, log=print,
             progress: bool = True) -> dict:
-    """Answers for every key, reusing those already in `path` and appending new ones as they come."""
-    done = read_predictions(path)
+    """Answers for every key, reusing those already in `path` and appending new ones as they come (with no
+    `path`, in memory only)."""
+    done = read_predictions(path) if path else {}
     todo = [(key, item) for key, _, item in asked if key not in done or done[key].get("error") is not None]
     if len(todo) < len(asked):
         log(f"{path}: {len(asked) - len(todo)} of {len(asked)} answers already there; asking the other {len(todo)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     step = max(1, getattr(answerer, "chunk_size", 16))
-    bar = tqdm(total=len(todo), desc=path.parent.name, unit="q", disable=not progress or not todo)
-    cut = path.is_file() and not path.read_bytes().endswith(b"\n") and path.stat().st_size > 0
-    with path.open("a", encoding="utf-8") as f:
+    bar = tqdm(total=len(todo), desc=path.parent.name if path else "evaluate", unit="q",
+               disable=not progress or not todo)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    cut = path is not None and path.is_file() and not path.read_bytes().endswith(b"\n") and path.stat().st_size > 0
+    with path.open("a", encoding="utf-8") if path else contextlib.nullcontext() as f:
         if cut:
             f.write("\n")  # end the line cut short, so the next answer starts a line of its own
         for start in range(0, len(todo), step):
@@ -186,12 +192,36 @@ def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Path, 
                 row = {"key": key, "prediction": reply.text, "error": reply.error}
                 if reply.trace is not None:
                     row["trace"] = reply.trace
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 done[key] = row
-            f.flush()
+                if f:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if f:
+                f.flush()
             bar.update(len(chunk))
     bar.close()
     return done
+
+
+def scored(asked: list[tuple[str, int, Item]], answers: dict[str, dict]) -> list[dict]:
+    """The record of each question asked (the one schema every evaluation writes): what was asked, the
+    reference, the answer, what `matching` read from it and its status."""
+    records = []
+    for key, rotation, item in asked:
+        row = answers[key]
+        match = Match(REQUEST_FAILURE, None) if row["error"] is not None else score(item, row["prediction"])
+        records.append({"id": item.id, "rotation": rotation, "category": item.category, "kind": item.kind,
+                        "question": item.prompt(), "answer": item.answer, "prediction": row["prediction"],
+                        "parsed": match.parsed, "status": match.status, "error": row["error"],
+                        **({"trace": row["trace"]} if "trace" in row else {})})
+    return records
+
+
+def evaluate(bench: Benchmark, answerer: Answerer, progress: bool = False) -> BenchResult:
+    """Ask and score every question once, in memory (no answers saved, nothing resumed): the learning
+    curves' evaluation of a model mid-training, and the quickstart's."""
+    asked = expand(bench.items, False)
+    answers = ask_all(answerer, asked, None, False, progress=progress)
+    return BenchResult(bench.name, bench.source, scored(asked, answers))
 
 
 def run_benchmark(bench: Benchmark, answerer: Answerer, out_dir: Path, circular: bool = False,
@@ -201,15 +231,7 @@ def run_benchmark(bench: Benchmark, answerer: Answerer, out_dir: Path, circular:
     for blank in (False, True) if visual_reliance else (False,):
         folder = out_dir / (bench.name + ("-blank" if blank else ""))
         asked = expand(bench.items, circular and not blank)
-        answers = ask_all(answerer, asked, folder / "predictions.jsonl", blank, log, progress)
-        records = []
-        for key, rotation, item in asked:
-            row = answers[key]
-            match = Match(REQUEST_FAILURE, None) if row["error"] is not None else score(item, row["prediction"])
-            records.append({"id": item.id, "rotation": rotation, "category": item.category, "kind": item.kind,
-                            "question": item.prompt(), "answer": item.answer, "prediction": row["prediction"],
-                            "parsed": match.parsed, "status": match.status, "error": row["error"],
-                            **({"trace": row["trace"]} if "trace" in row else {})})
+        records = scored(asked, ask_all(answerer, asked, folder / "predictions.jsonl", blank, log, progress))
         with (folder / "records.jsonl").open("w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         results[blank] = records

@@ -90,11 +90,11 @@ def processor_configs(model: NativeVLM) -> tuple[dict, dict]:
 
 
 def generation_config(model: Union[NativeVLM, LanguageModel], tokenizer: Tokenizer) -> dict:
-    """Greedy until <|im_end|>; the image tokens can never be generated (as in `infer.engine`)."""
-    from ..infer.generate import image_token_ids
+    """Greedy until <|im_end|>; the image tokens can never be generated (the engine's list)."""
+    from ..infer.engine import banned_token_ids
 
     return {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id,
-            "do_sample": False, "suppress_tokens": image_token_ids(model)}
+            "do_sample": False, "suppress_tokens": banned_token_ids(model)}
 
 
 def check_tokenizer(model: NativeVLM, tokenizer: Tokenizer, source) -> None:

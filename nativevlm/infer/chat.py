@@ -8,7 +8,7 @@ import torch
 
 from ..data.collate import EncodedSample, encode_sample
 from ..data.image import ImageProcessor
-from ..data.sample import IMAGE_MARKER, Sample
+from ..data.sample import IMAGE_MARKER, Sample, user_turn
 from ..model.vlm import NativeVLM
 from .engine import Engine, Request, SamplingParams
 
@@ -23,10 +23,9 @@ def encode_prompt(messages: list[dict], images: Sequence, tokenizer, processor: 
 def ask(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tokens: int = 64,
         temperature: float = 0.0, processor: Optional[ImageProcessor] = None) -> str:
     """Images go before the question, one marker each, as in the training data."""
-    content = "".join(f"{IMAGE_MARKER}\n" for _ in images) + question
     processor = processor or (ImageProcessor.from_config(model.config.vision, model.config.connector)
                               if images else None)
-    enc = encode_prompt([{"role": "user", "content": content}], images, tokenizer, processor)
+    enc = encode_prompt([{"role": "user", "content": user_turn(question, len(images))}], images, tokenizer, processor)
     engine = Engine(model, tokenizer, max_batch_size=1, max_len=len(enc.input_ids) + max_new_tokens)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
     return engine.generate([Request(enc.input_ids, params, pixel_values=enc.pixel_values)])[0].text.strip()
@@ -40,7 +39,7 @@ def answer_logprob(model, tokenizer, image: str, prompt: str, answer: str,
     model.eval()
     prompt = prompt.replace(IMAGE_MARKER, "").strip()  # the image goes first, once, whatever the record said
     sample = Sample(id="score", images=[image], messages=[
-        {"role": "user", "content": f"{IMAGE_MARKER}\n{prompt}"}, {"role": "assistant", "content": answer}])
+        {"role": "user", "content": user_turn(prompt, 1)}, {"role": "assistant", "content": answer}])
     processor = processor or ImageProcessor.from_config(model.config.vision, model.config.connector)
     enc = encode_sample(sample, tokenizer, processor)
     device = next(model.parameters()).device

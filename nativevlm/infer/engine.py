@@ -1,5 +1,5 @@
-"""The one generation path (`ask`, the terminal chat, the server): prefill + decode over a KV cache, with
-continuous batching, per-request sampling and streaming.
+"""The one generation path (evaluation, learning curves, studies, Extract+Think, `ask`, the terminal chat, the
+server): prefill + decode over a KV cache, with continuous batching, per-request sampling and streaming.
 
 Cache layout, a "shared timeline": one static [slots, kv_heads, cache_len, head_dim] buffer per layer and one
 write pointer shared by every running request. Each decode step writes each running request's new key at the
@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .generate import image_token_ids
+from ..data.collate import left_pad
 
 # ---------------------------------------------------------------------------------------------------
 # Requests and results
@@ -178,6 +178,15 @@ class _PrefillView:
 # Sampling and detokenisation
 
 
+def banned_token_ids(model) -> list[int]:
+    """The image placeholder and framing token ids of a NativeVLM (none for a text LM): never valid output,
+    since a generated placeholder would need image features that do not exist."""
+    if getattr(model, "language", model) is model:
+        return []
+    return sorted({v for k, v in vars(model.config).items()
+                   if k.startswith("image_") and k.endswith("_id") and isinstance(v, int)})
+
+
 def sample_row(logits: torch.Tensor, p: SamplingParams, generator: Optional[torch.Generator]) -> int:
     """One token from logits [V] under temperature, top-k, then top-p (the order vLLM and HF apply them)."""
     if p.temperature == 0:
@@ -264,7 +273,7 @@ class Engine:
         self.max_prefill_tokens = max_prefill_tokens
         self.device = self.lm.embed_tokens.weight.device
         self.cache = BatchKVCache(self.lm, max_batch_size, self.max_len)
-        self.banned = image_token_ids(model)
+        self.banned = banned_token_ids(model)
         self.pad_id = tokenizer.pad_id
         self.eos_id = tokenizer.eos_id
         self.running: list[_Row] = []
@@ -396,11 +405,7 @@ class Engine:
             self._compact()
         end = max(self.cache.pointer, width)
         r0, r1 = len(self.running), len(self.running) + len(reqs)
-        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(reqs), width, dtype=torch.bool)
-        for i, r in enumerate(reqs):
-            ids[i, width - len(r.input_ids):] = torch.tensor(r.input_ids)
-            mask[i, width - len(r.input_ids):] = True
+        ids, mask = left_pad([r.input_ids for r in reqs], self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         view = _PrefillView(self.cache, r0, r1, end - width)
         try:

@@ -1,4 +1,4 @@
-"""Extract+Think (Prism, REFERENCE.md section 4): answer a visual question in two stages, so perception
+"""Extract+Think (Prism): answer a visual question in two stages, so perception
 and reasoning can be sized -- and blamed -- apart.
 
 1. A perception model (a VLM) looks at the image and writes a description: `extract_prompt`, which may
@@ -8,22 +8,22 @@ and reasoning can be sized -- and blamed -- apart.
    `data.extract_think.REASON_TEMPLATE`, the text it is fine-tuned on (`data.extract_think.reasoner_records`;
    the built-in world writes it as `<split>_reason.json`).
 
-`ExtractThink` is an answerer like any other (`eval.harness`), so `nativevlm eval --reasoner` and the
+`ExtractThink` is an answerer like any other (`infer.types`), so `nativevlm eval --reasoner` and the
 study runner's `extract_think:` pairs score it with the same matching, per family and per kind; each
 reply's trace carries the description, written beside the answer in `predictions.jsonl`.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
+from pathlib import Path
 from typing import Optional, Sequence
 
-from ..data.extract_think import reasoning_prompt
+from ..data.extract_think import EXTRACT_PROMPT, descriptions_by_image, reasoning_prompt
 from ..data.formats import DataError
-from ..data.world.captions import CAPTION_PROMPT
-from ..eval.harness import Answerer, Reply, Request
-
-EXTRACT_PROMPT = CAPTION_PROMPT  # "Describe the image.": what the world's models are trained to answer
+from ..data.image import load_image
+from .types import Answerer, Reply, Request
 
 
 def image_key(images: Sequence) -> str:
@@ -94,12 +94,6 @@ class KnownDescriptions:
     chunk_size = 256
 
     def __init__(self, captions_path):
-        import json
-        from pathlib import Path
-
-        from ..data.extract_think import descriptions_by_image
-        from ..data.image import load_image
-
         path = Path(captions_path)
         if not path.is_file():
             raise DataError(f"descriptions file {path} does not exist")

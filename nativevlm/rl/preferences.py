@@ -26,7 +26,6 @@ from typing import Callable, Optional, Sequence
 from ..data.collate import encode_sample
 from ..data.sample import Sample
 from ..errors import DataError, UserError
-from ..eval.world import prompt_of
 from ..infer.engine import Engine, Request, SamplingParams
 from .reward import reward
 
@@ -187,3 +186,9 @@ def read_pairs(path: Path) -> list[tuple[Sample, Sample]]:
                                      messages=[*r["messages"], {"role": "assistant", "content": answer}])
         out.append((make(r["chosen"]), make(r["rejected"])))
     return out
+
+
+def prompt_of(sample: Sample) -> Sample:
+    """The sample without its final assistant turn: what the model is asked."""
+    msgs = sample.messages[:-1] if sample.messages[-1]["role"] == "assistant" else sample.messages
+    return dataclasses.replace(sample, messages=msgs)

@@ -1,6 +1,6 @@
 """The verifiable reward of a sampled reply to a QA sample: is the answer right, read rule-first exactly as
-evaluation reads it (`eval.world.score`: multiple choice when the sample lists choices, else by value, yes/no
-or normalised exact match), plus a format term.
+evaluation reads it (`eval.harness.score` on the sample as a benchmark item: multiple choice when it lists
+choices, else by value, yes/no or normalised exact match), plus a format term.
 
 Format: the answer is non-empty and a rule can read it (not a parse failure); in thinking mode the reply
 also opens with one well-formed `<think>...</think>` block, and in direct mode it has no think tags. The
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from ..data.sample import Sample
 from ..data.thinking import split_thinking
 from ..eval.matching import PARSE_FAILURE
-from ..eval.world import score
+from ..eval.benchmarks.llava_qa import item_of
+from ..eval.harness import score
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def reward(sample: Sample, reply: str, thinking: bool = False, weights: RewardWe
     """The reward of `reply` (the generated text) to `sample` (its reference in `meta.answer` or its last
     assistant turn; choices in `meta.choices`). The answer is read after the think block, if any."""
     parts = split_thinking(reply)
-    match = score(sample, parts.answer)
+    match = score(item_of(sample, sample.meta.get("source", sample.id)), parts.answer)
     tags_ok = parts.well_formed and (parts.thinking is not None) == thinking
     formatted = tags_ok and match.status != PARSE_FAILURE
     value = weights.correct * match.correct + weights.format * formatted

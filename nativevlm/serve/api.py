@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..data.image import ImageError, ImageProcessor, load_image
-from ..data.sample import IMAGE_MARKER
+from ..data.sample import IMAGE_MARKER, user_turn
 from ..infer.chat import encode_prompt
 from ..infer.engine import Engine, Event, Request, SamplingParams
 from .media import MediaPolicy, RequestError, image_bytes, image_size
@@ -212,7 +212,7 @@ class ChatServer:
             parts = content
         else:
             raise RequestError(f"{param} must be a string or a list of content parts", param, "invalid_content")
-        text = ""
+        text, n_images = "", 0
         for j, part in enumerate(parts):
             p = f"{param}[{j}]"
             kind = part.get("type") if isinstance(part, dict) else None
@@ -227,11 +227,11 @@ class ChatServer:
                 if not isinstance(url, str) or not url:
                     raise RequestError(f"{p}.image_url must be {{\"url\": \"...\"}}", f"{p}.image_url", "invalid_image_url")
                 urls.append((url, f"{p}.image_url"))
-                text += f"{IMAGE_MARKER}\n"  # images before their text, as in the training data
+                n_images += 1
             else:
                 raise RequestError(f"{p} must be {{\"type\": \"text\", \"text\": ...}} or "
                                    f"{{\"type\": \"image_url\", \"image_url\": {{\"url\": ...}}}}", p, "invalid_content")
-        return text
+        return user_turn(text, n_images)
 
     # -- images and the prompt -----------------------------------------------------------------------
 

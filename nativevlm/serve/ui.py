@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..data.image import ImageProcessor, load_image
-from ..data.sample import IMAGE_MARKER
+from ..data.sample import user_turn
 from ..infer.chat import encode_prompt
 from ..infer.engine import Engine, Request, SamplingParams
 
@@ -37,7 +37,7 @@ def conversation(history: list[dict], message: dict) -> tuple[list[dict], list[s
             (paths if kind == "image" else texts).append(value)
         if not messages or messages[-1]["role"] != turn["role"]:  # Gradio may split a turn's files and text
             messages.append({"role": turn["role"], "content": ""})
-        messages[-1]["content"] += "".join(f"{IMAGE_MARKER}\n" for _ in paths) + "".join(texts)
+        messages[-1]["content"] += user_turn("".join(texts), len(paths))
         images += paths
     return messages, images
 

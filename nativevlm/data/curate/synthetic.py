@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..sample import user_turn
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
            "purple": (140, 50, 170), "orange": (240, 140, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -57,14 +59,14 @@ def generate(out_dir: Path, n: int, seed: int = 0, qa_per_image: int = 1) -> Pat
         rel = f"images/scene_{i:05d}.png"
         img.save(out_dir / rel)
         records.append({"id": f"cap-{i}", "image": rel, "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the image."},
+            {"from": "human", "value": user_turn("Describe the image.", 1)},
             {"from": "gpt", "value": caption(objects)}]})
         for q in range(qa_per_image):
             o = rng.choice(objects)
             qa = rng.choice([(f"What colour is the {o['shape']} at the {o['where']}?", o["colour"]),
                              ("How many shapes are there?", str(len(objects)))])
             records.append({"id": f"qa-{i}-{q}", "image": rel, "conversations": [
-                {"from": "human", "value": f"<image>\n{qa[0]}"}, {"from": "gpt", "value": qa[1]}]})
+                {"from": "human", "value": user_turn(qa[0], 1)}, {"from": "gpt", "value": qa[1]}]})
     path = out_dir / "data.json"
     path.write_text(json.dumps(records, indent=1))
     return path

@@ -5,9 +5,10 @@ Objects carry their grid row and column as well as a coarse place, so a text-onl
 """
 from __future__ import annotations
 
+from ..extract_think import EXTRACT_PROMPT
 from .scene import Scene
 
-CAPTION_PROMPT = "Describe the image."
+CAPTION_PROMPT = EXTRACT_PROMPT  # the world's models learn to describe as Extract+Think's perceiver is asked
 
 
 def place(x: float, y: float, width: int, height: int) -> str:

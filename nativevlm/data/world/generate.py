@@ -15,6 +15,7 @@ from typing import Iterator
 
 from ...config import ConfigError
 from ..extract_think import descriptions_by_image, reasoner_records
+from ..sample import strip_image_markers, user_turn
 from .captions import CAPTION_PROMPT, caption
 from .corpus import scene_document, word_problem
 from .questions import generate_questions
@@ -42,7 +43,7 @@ def conversation(record_id: str, image: str, prompt: str, answer: str, meta: dic
     return {
         "id": record_id,
         "image": image,
-        "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": answer}],
+        "conversations": [{"from": "human", "value": user_turn(prompt, 1)}, {"from": "gpt", "value": answer}],
         "meta": meta,
     }
 
@@ -54,7 +55,7 @@ def chat_record(scene_id: str, image: str, qa_records: list[dict]) -> dict:
     turns = []
     for k, r in enumerate(qa_records):
         human, gpt = r["conversations"]
-        turns += [{"from": "human", "value": human["value"] if k == 0 else human["value"].replace("<image>\n", "")},
+        turns += [{"from": "human", "value": human["value"] if k == 0 else strip_image_markers(human["value"])},
                   gpt]
     meta = {"family": "chat", "kind": "mixed", "scene_id": scene_id,
             "families": [r["meta"]["family"] for r in qa_records]}

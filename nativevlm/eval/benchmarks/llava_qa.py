@@ -13,10 +13,10 @@ from ..matching import normalize_answer, option_letters
 from . import Benchmark, Item
 
 
-def read(path: Path) -> Benchmark:
+def read(path: Path, log=print) -> Benchmark:
     samples, report = read_samples(path)
     if report.n_skipped:
-        print(report.summary())
+        log(report.summary())
     items, multi_turn = [], 0
     for s in samples:
         roles = [m["role"] for m in s.messages if m["role"] != "system"]
@@ -25,7 +25,7 @@ def read(path: Path) -> Benchmark:
             continue
         items.append(item_of(s, path))
     if multi_turn:
-        print(f"{path}: {multi_turn} records are not one question and one answer; left out")
+        log(f"{path}: {multi_turn} records are not one question and one answer; left out")
     return Benchmark(path.stem, str(path), items)
 
 
