@@ -392,3 +392,42 @@ def test_image_decoding_runs_off_the_event_loop(server, monkeypatch):
         return waited, await task
     waited, answers = asyncio.run(meanwhile())
     assert waited < 0.5 and isinstance(answers[0], str)
+
+
+def test_in_flight_and_running_gauges_return_to_zero_however_a_request_ends(server, monkeypatch):
+    """Answered, streamed, closed mid-stream by the client, refused after admission (an undecodable image) and
+    failed in the engine, each streamed and not: afterwards nothing is in flight and nothing runs."""
+    url, headers = server.url + "/v1/chat/completions", {"authorization": f"Bearer {KEY}"}
+    in_flight = lambda: metric(server.url, "nativevlm_in_flight_requests")  # noqa: E731
+    idle = lambda: in_flight() == 0 and metric(server.url, "nativevlm_running_requests") == 0  # noqa: E731
+
+    def post(stream: bool, messages=None, **body) -> tuple[int, str]:
+        body = {"model": NAME, "messages": messages or user("a"), "max_tokens": 4, "temperature": 0,
+                "stream": stream, **body}
+        r = httpx.post(url, json=body, headers=headers, timeout=30)
+        return r.status_code, r.text
+
+    for stream in (False, True):
+        status, text = post(stream)
+        assert status == 200 and ("[DONE]" in text) == stream and '"error"' not in text
+        assert idle()
+        status, text = post(stream, user(b64(b"not an image"), "hi"))
+        assert status == 400 and "invalid_image" in text and idle()
+
+    step = server.chat.engine.step
+    monkeypatch.setattr(server.chat.engine, "step", lambda: time.sleep(0.002) or step())
+    body = {"model": NAME, "messages": user("a"), "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=30) as h, h.stream("POST", url, json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert wait_until(lambda: in_flight() == 1 and metric(server.url, "nativevlm_running_requests") == 1)
+    assert wait_until(idle)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the accelerator fell over")
+    monkeypatch.setattr(server.chat.engine, "_forward", broken)
+    status, text = post(False)
+    assert status == 500 and "generation_failed" in text and "fell over" in text and idle()
+    status, text = post(True)
+    assert status == 200 and "generation_failed" in text and text.rstrip().endswith("[DONE]")
+    assert wait_until(idle)
