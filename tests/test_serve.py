@@ -19,7 +19,7 @@ from nativevlm.infer.engine import Engine, Request, SamplingParams
 from nativevlm.model.loading import load_pretrained
 from nativevlm.serve.api import ChatServer, ServeConfig
 from nativevlm.serve.media import MediaPolicy, RequestError, image_bytes
-from nativevlm.serve.vision_worker import VisionClient, VisionServer
+from nativevlm.serve.vision_worker import ENCODE_PATH, VisionClient, VisionServer
 from servekit import ServerThread, data_uri, image, make_model_dir, png_bytes
 
 KEY = "sk-test"
@@ -431,3 +431,23 @@ def test_in_flight_and_running_gauges_return_to_zero_however_a_request_ends(serv
     status, text = post(True)
     assert status == 200 and "generation_failed" in text and text.rstrip().endswith("[DONE]")
     assert wait_until(idle)
+
+
+def test_the_api_and_the_vision_worker_refuse_the_same_images_with_the_same_error(server, model_dir):
+    """Both servers take image bytes in through one intake: text, a truncated PNG, a decompression bomb and a
+    file over the byte limit get the same code and message from either."""
+    vision_model = load_pretrained(model_dir)
+    vision_model.language = None
+    bad = [b"hello, I am text", png_bytes(image((1, 2, 3), (64, 64)))[:60], bomb_png(), b"\x89PNG" + b"\0" * 300_000]
+    with ServerThread(VisionServer(vision_model, media=server.chat.config.media).app()) as vs:
+        refusals = []
+        for data in bad:
+            api = httpx.post(server.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                             json={"model": NAME, "messages": user(b64(data), "hi"), "max_tokens": 2})
+            worker = httpx.post(vs.url + ENCODE_PATH, content=data)
+            assert api.status_code == worker.status_code == 400
+            api, worker = api.json()["error"], worker.json()["error"]
+            assert (api["code"], api["message"]) == (worker["code"], worker["message"])
+            refusals.append((api["code"], api["message"]))
+    assert [code for code, _ in refusals] == ["invalid_image", "invalid_image", "image_too_large", "image_too_large"]
+    assert len(set(refusals)) == 4 and refusals[1][1].startswith("the image could not be decoded")

@@ -28,11 +28,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..data.image import ImageError, ImageProcessor, load_image
+from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER
 from ..infer.chat import encode_prompt
 from ..infer.engine import Engine, Event, Request, SamplingParams
-from .media import MediaPolicy, RequestError, image_bytes, image_size
+from .media import MediaPolicy, RequestError, decode_image, image_bytes, image_size
 
 ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "logit_bias",
@@ -274,10 +274,7 @@ class ChatServer:
         return Request(enc.input_ids, params, pixel_values=pixels), image_tokens
 
     def _decode(self, data: bytes, param: str) -> torch.Tensor:
-        try:
-            return self.processor(load_image(data))
-        except ImageError as e:
-            raise RequestError(f"the image could not be decoded: {e}", param, "invalid_image") from None
+        return decode_image(data, self.processor, self.config.media, param)
 
     # -- the endpoint ----------------------------------------------------------------------------------
 
