@@ -16,6 +16,18 @@ import json
 import time
 from pathlib import Path
 
+from .config import read_yaml
+from .data.formats import read_samples
+from .data.image import ImageProcessor
+from .data.tokenizer import Tokenizer
+from .data.world import generate_world
+from .data.world.corpus import tokenizer_texts
+from .eval.curves import hooks_for
+from .eval.world import evaluate_qa
+from .model.loading import load_pretrained
+from .train.recipe import recipe_from_dict, relocate_paths, stage_steps
+from .train.trainer import samples_seen, train
+
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -42,9 +54,6 @@ SCALE = {
 
 
 def load_shipped_recipe(name: str, root: Path, extra: list[str] = ()):
-    from .config import read_yaml
-    from .train.recipe import recipe_from_dict, relocate_paths
-
     data = read_yaml(RECIPES / f"{name}.yaml", "recipe")
     return recipe_from_dict(relocate_paths(data, root), SCALE.get(name, []) + list(extra))
 
@@ -57,11 +66,6 @@ def prepare(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: i
             text_lm_overrides: list[str] = (), lap=lambda name: None):
     """Steps 1-3 into `out`: the world, the tokenizer and the pretrained text LM (what every native VLM run
     of the quickstart, and the learnability study, starts from). Returns the tokenizer."""
-    from .data.tokenizer import Tokenizer
-    from .data.world import generate_world
-    from .data.world.corpus import tokenizer_texts
-    from .train.trainer import train
-
     out = Path(out)
     world = out / "data" / "world"
     banner(1, 5, f"Generating the visual world ({train_scenes} train scenes, basic preset) in {world}")
@@ -84,12 +88,6 @@ def prepare(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: i
 def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed: int = 0,
                text_lm_overrides: list[str] = (), native_overrides: list[str] = ()) -> dict:
     """Run the five steps into `out`; the overrides go after `SCALE` (e.g. `stages.2.steps=2000`)."""
-    from .data.formats import read_samples
-    from .data.image import ImageProcessor
-    from .eval.world import evaluate_qa
-    from .model.loading import load_pretrained
-    from .train.trainer import train
-
     out = Path(out)
     world, t0, timings = out / "data" / "world", time.time(), {}
 
@@ -99,8 +97,6 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     tokenizer = prepare(out, train_scenes, test_scenes, seed, text_lm_overrides, lap)
 
     banner(4, 5, "Training the native VLM (recipes/native.yaml): S1.1 vision side, S1.2 + text attention, S2 all")
-    from .eval.curves import hooks_for
-
     native = load_shipped_recipe("native", out, native_overrides)
     result = train(native, out / "runs" / "native", hooks=hooks_for(native))
     lap("native_vlm")
@@ -111,9 +107,6 @@ def quickstart(out: Path, train_scenes: int = 4000, test_scenes: int = 300, seed
     test, _ = read_samples(world / "test.json")
     evaluation = evaluate_qa(model, tokenizer, processor, test, batch_size=64)
     lap("evaluate")
-
-    from .train.recipe import stage_steps
-    from .train.trainer import samples_seen
 
     seen = samples_seen(native.stages, len(native.stages) - 1, stage_steps(native.stages[-1]))
     throughput = {"native_samples": seen, "native_samples_per_s": seen / timings["native_vlm"]}

@@ -7,6 +7,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..data.image import ImageProcessor, load_image
+from ..data.sample import IMAGE_MARKER
+from ..data.tokenizer import Tokenizer
+from ..infer.chat import encode_prompt
+from ..infer.engine import Engine, Request, SamplingParams
+from .serve import load_model
+
 HELP = "commands: /image PATH (attach to the next question), /reset, /quit"
 
 
@@ -24,13 +31,6 @@ def register(sub) -> None:
 
 
 def run(args, stdin=None, stdout=None) -> int:
-    from ..data.image import ImageProcessor, load_image
-    from ..data.sample import IMAGE_MARKER
-    from ..data.tokenizer import Tokenizer
-    from ..infer.chat import encode_prompt
-    from ..infer.engine import Engine, Request, SamplingParams
-    from .serve import load_model
-
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     for image in args.image:
         if not Path(image).is_file():

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from ..data.formats import read_samples
 from ..data.image import ImageProcessor
 from ..data.sample import Sample
+from .diagnostics import SensitivityProbe, answer_attention
 from .matching import majority_counts
 from .world import EvalResult, evaluate_qa, reference_answer
 
@@ -81,12 +82,8 @@ class LearningCurves:
         result = self.evaluate(model, tokenizer, processor=processor)
         row = accuracy_row(result)
         if self.diag.attention:
-            from .diagnostics import answer_attention
-
             row.update(answer_attention(model, tokenizer, processor, self.subset, self.scenes))
         if self.diag.sensitivity and self.scenes:
-            from .diagnostics import SensitivityProbe
-
             self.sensitivity_probe = self.sensitivity_probe or SensitivityProbe(list(self.scenes.values()))
             row.update(self.sensitivity_probe(model))
         if is_main:
@@ -129,7 +126,7 @@ def read_curve_points(metrics_path: Path) -> list[dict]:
 def plot_curves(metrics_path: Path, png: Path, priors: dict[str, float], kinds: dict[str, str],
                 title: Optional[str] = None) -> None:
     """Accuracy per family against samples seen (one panel per kind), priors dashed, stage starts dotted."""
-    import matplotlib
+    import matplotlib  # deferred: heavy to import, and the backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

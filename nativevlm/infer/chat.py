@@ -9,6 +9,8 @@ import torch
 from ..data.collate import EncodedSample, encode_sample
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample
+from ..data.tokenizer import Tokenizer
+from ..model.loading import load_pretrained
 from ..model.vlm import NativeVLM
 from .engine import Engine, Request, SamplingParams
 
@@ -53,9 +55,6 @@ def answer_logprob(model, tokenizer, image: str, prompt: str, answer: str,
 def load_model_and_tokenizer(model_dir, tokenizer_path=None):
     """A trained model folder and its tokenizer (stored in the folder unless `tokenizer_path` says where),
     the tokenizer given the model's image tokens."""
-    from ..data.tokenizer import Tokenizer
-    from ..model.loading import load_pretrained
-
     model = load_pretrained(model_dir)
     special = model.config.special_tokens if isinstance(model, NativeVLM) else None
     return model, Tokenizer.load(tokenizer_path or model_dir, special_tokens=special)

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..model.batch import Batch
+from ..model.vlm import NativeVLM
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
@@ -30,8 +31,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
 def image_token_ids(model) -> list[int]:
     """The image placeholder and framing token ids of a NativeVLM (none for a text LM): never valid output,
     since a generated placeholder would need image features that do not exist."""
-    from ..model.vlm import NativeVLM
-
     if not isinstance(model, NativeVLM):
         return []
     return sorted({v for k, v in vars(model.config).items()

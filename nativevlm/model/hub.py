@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import gguf
 import numpy as np
 import torch
+from gguf.quants import dequantize
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -395,8 +397,6 @@ def _read_folder_tensors(folder: Path, keys: KeyMap, files: Optional[dict[str, P
 
 
 def _gguf_reader(path: Path):
-    import gguf
-
     if not path.is_file():
         raise CheckpointError(f"{path}: GGUF file not found")
     try:
@@ -462,8 +462,6 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 def _read_gguf_language_model(path: Path) -> tuple[LanguageConfig, dict[str, torch.Tensor]]:
     """Dequantise every tensor to fp32 (the GGUF block formats have no PyTorch kernel here) and map the
     llama.cpp names onto ours."""
-    from gguf.quants import dequantize
-
     reader = _gguf_reader(path)
     by_name = {t.name: t for t in reader.tensors}
     cfg = _gguf_language_config(reader, path, by_name)
