@@ -23,6 +23,7 @@ import httpx
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from safetensors.torch import load, save
 
 from ..data.image import ImageProcessor
 from .media import MediaPolicy, RequestError, decode_image
@@ -31,14 +32,10 @@ ENCODE_PATH = "/v1/encode"
 
 
 def pack_features(features: torch.Tensor) -> bytes:
-    from safetensors.torch import save
-
     return save({"features": features.contiguous()})
 
 
 def unpack_features(blob: bytes) -> torch.Tensor:
-    from safetensors.torch import load
-
     return load(blob)["features"]
 
 
