@@ -1,10 +1,12 @@
 """The `nativevlm` command. Each subcommand lives in `nativevlm/commands/<name>.py`, which registers its
-parser and calls into the library; heavy imports happen inside the handlers so `--help` stays fast. An error
-a user caused (`errors.UserError`, or a missing file) is printed as one line and exits 2, for every
-command."""
+parser and calls into the library, imported at the module's top; only the optional serving dependencies
+(fastapi, uvicorn, httpx) are imported inside the handlers that need them, so every other command runs
+without them. An error a user caused (`errors.UserError`, or a missing file) is printed as one line and exits
+2, for every command."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .errors import UserError, one_line
@@ -14,8 +16,6 @@ SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "chat", "serve", "ui
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = argparse.ArgumentParser(
         prog="nativevlm",
         description="Build, train, study, evaluate and serve native vision-language models.",

@@ -19,7 +19,7 @@ from nativevlm.infer.engine import Engine, Request, SamplingParams
 from nativevlm.model.loading import load_pretrained
 from nativevlm.serve.api import ChatServer, ServeConfig
 from nativevlm.serve.media import MediaPolicy, RequestError, image_bytes
-from nativevlm.serve.vision_worker import VisionClient, VisionServer
+from nativevlm.serve.vision_worker import ENCODE_PATH, VisionClient, VisionServer
 from servekit import ServerThread, data_uri, image, make_model_dir, png_bytes
 
 KEY = "sk-test"
@@ -415,3 +415,62 @@ def test_image_decoding_runs_off_the_event_loop(server, monkeypatch):
         return waited, await task
     waited, answers = asyncio.run(meanwhile())
     assert waited < 0.5 and isinstance(answers[0], str)
+
+
+def test_in_flight_and_running_gauges_return_to_zero_however_a_request_ends(server, monkeypatch):
+    """Answered, streamed, closed mid-stream by the client, refused after admission (an undecodable image) and
+    failed in the engine, each streamed and not: afterwards nothing is in flight and nothing runs."""
+    url, headers = server.url + "/v1/chat/completions", {"authorization": f"Bearer {KEY}"}
+    in_flight = lambda: metric(server.url, "nativevlm_in_flight_requests")  # noqa: E731
+    idle = lambda: in_flight() == 0 and metric(server.url, "nativevlm_running_requests") == 0  # noqa: E731
+
+    def post(stream: bool, messages=None, **body) -> tuple[int, str]:
+        body = {"model": NAME, "messages": messages or user("a"), "max_tokens": 4, "temperature": 0,
+                "stream": stream, **body}
+        r = httpx.post(url, json=body, headers=headers, timeout=30)
+        return r.status_code, r.text
+
+    for stream in (False, True):
+        status, text = post(stream)
+        assert status == 200 and ("[DONE]" in text) == stream and '"error"' not in text
+        assert idle()
+        status, text = post(stream, user(b64(b"not an image"), "hi"))
+        assert status == 400 and "invalid_image" in text and idle()
+
+    step = server.chat.engine.step
+    monkeypatch.setattr(server.chat.engine, "step", lambda: time.sleep(0.002) or step())
+    body = {"model": NAME, "messages": user("a"), "max_tokens": 1900, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=30) as h, h.stream("POST", url, json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert wait_until(lambda: in_flight() == 1 and metric(server.url, "nativevlm_running_requests") == 1)
+    assert wait_until(idle)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the accelerator fell over")
+    monkeypatch.setattr(server.chat.engine, "_forward", broken)
+    status, text = post(False)
+    assert status == 500 and "generation_failed" in text and "fell over" in text and idle()
+    status, text = post(True)
+    assert status == 200 and "generation_failed" in text and text.rstrip().endswith("[DONE]")
+    assert wait_until(idle)
+
+
+def test_the_api_and_the_vision_worker_refuse_the_same_images_with_the_same_error(server, model_dir):
+    """Both servers take image bytes in through one intake: text, a truncated PNG, a decompression bomb and a
+    file over the byte limit get the same code and message from either."""
+    vision_model = load_pretrained(model_dir)
+    vision_model.language = None
+    bad = [b"hello, I am text", png_bytes(image((1, 2, 3), (64, 64)))[:60], bomb_png(), b"\x89PNG" + b"\0" * 300_000]
+    with ServerThread(VisionServer(vision_model, media=server.chat.config.media).app()) as vs:
+        refusals = []
+        for data in bad:
+            api = httpx.post(server.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                             json={"model": NAME, "messages": user(b64(data), "hi"), "max_tokens": 2})
+            worker = httpx.post(vs.url + ENCODE_PATH, content=data)
+            assert api.status_code == worker.status_code == 400
+            api, worker = api.json()["error"], worker.json()["error"]
+            assert (api["code"], api["message"]) == (worker["code"], worker["message"])
+            refusals.append((api["code"], api["message"]))
+    assert [code for code, _ in refusals] == ["invalid_image", "invalid_image", "image_too_large", "image_too_large"]
+    assert len(set(refusals)) == 4 and refusals[1][1].startswith("the image could not be decoded")

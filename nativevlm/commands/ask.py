@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..infer.chat import ask, load_model_and_tokenizer
+
 
 def register(sub) -> None:
     p = sub.add_parser("ask", help="ask a trained model a question about an image")
@@ -16,8 +18,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..infer.chat import ask, load_model_and_tokenizer
-
     for image in args.image:
         if not Path(image).is_file():
             raise FileNotFoundError(f"image {image} does not exist")

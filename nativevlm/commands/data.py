@@ -2,11 +2,20 @@
 Extract+Think records, preference pairs)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ..config import ConfigError
+from ..data.curate.base import load_records
+from ..data.curate.cli import register as register_curate
+from ..data.extract_think import GUIDED_PROMPT, descriptions_by_image, extraction_records, reasoner_records
+from ..data.formats import DataError, read_samples
+from ..data.sample import IMAGE_MARKER, strip_image_markers
+from ..data.world.cli import register as register_world
+from ..infer.chat import model_logprob_fn
+
 
 def register(sub) -> None:
-    from ..data.curate.cli import register as register_curate
-    from ..data.world.cli import register as register_world
-
     p = sub.add_parser("data", help="generate the built-in visual world; curate datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     register_world(dsub)
@@ -47,8 +56,6 @@ def register(sub) -> None:
 def conversation_text(sample) -> str:
     """One document: each user turn as `Question: ...`, each assistant turn as `Answer: ...`, image markers
     dropped, on one line (the shape of the world's own text corpus)."""
-    from ..data.sample import IMAGE_MARKER
-
     parts = []
     for m in sample.messages:
         text = " ".join(m["content"].replace(IMAGE_MARKER, " ").split())
@@ -60,23 +67,14 @@ def conversation_text(sample) -> str:
 def text_only_messages(sample) -> list[dict]:
     """The sample's turns with image markers dropped (turns left empty dropped too): what the model would be
     asked and answer without the images, in the same chat template."""
-    from ..data.sample import strip_image_markers
-
     turns = [{"role": m["role"], "content": strip_image_markers(m["content"])} for m in sample.messages]
     turns = [m for m in turns if m["content"]]
     return turns if any(m["role"] == "assistant" for m in turns) else []
 
 
 def write_text_corpus(args) -> int:
-    import json
-    from pathlib import Path
-
-    from ..data.formats import read_samples
-
     chat = Path(args.out).suffix == ".jsonl"
     if not chat and Path(args.out).suffix != ".txt":
-        from ..config import ConfigError
-
         raise ConfigError(f"--out {args.out}: write a .jsonl (text-only chat conversations) or a .txt file")
     lines = []
     for path in args.data:
@@ -88,8 +86,6 @@ def write_text_corpus(args) -> int:
         else:
             lines += [t for t in (conversation_text(s) for s in samples) if t]
     if not lines:
-        from ..config import ConfigError
-
         raise ConfigError(f"{', '.join(args.data)}: no conversation text to write")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -98,13 +94,6 @@ def write_text_corpus(args) -> int:
 
 
 def write_extract_think(args) -> int:
-    import json
-    from pathlib import Path
-
-    from ..data.curate.base import load_records
-    from ..data.extract_think import GUIDED_PROMPT, descriptions_by_image, extraction_records, reasoner_records
-    from ..data.formats import DataError
-
     entries, malformed = load_records(Path(args.qa))  # the curator's reader: JSON list or JSONL, raw records kept
     qa = [e.record for e in entries]
     descriptions = descriptions_by_image([e.record for e in load_records(Path(args.descriptions))[0]])
@@ -162,6 +151,4 @@ def write_preferences(args) -> int:
 
 def _model_judge(model_dir: str):
     """The curation judge's scorer backed by a trained model (built here: data does not import inference)."""
-    from ..infer.chat import model_logprob_fn
-
     return model_logprob_fn(model_dir)

@@ -5,6 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import ConfigError
+from ..data.tokenizer import Tokenizer
+from ..eval.benchmarks import load_benchmark
+from ..eval.harness import check_run, run_benchmark, write_results
+from ..eval.local import LocalAnswerer
+from ..eval.loss import validation_loss
+from ..infer.pipelines import EXTRACT_PROMPT, ExtractThink
+from ..model.loading import load_pretrained
+from ..model.vlm import NativeVLM
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model (or an OpenAI-compatible endpoint) on benchmark files",
@@ -40,10 +50,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..config import ConfigError
-    from ..eval.benchmarks import load_benchmark
-    from ..eval.harness import check_run, run_benchmark, write_results
-
     if not args.bench:
         raise ConfigError("give at least one --bench SPEC (world:DIR, llava:FILE, tsv:FILE)")
     for name, value in (("--limit", args.limit), ("--concurrency", args.concurrency),
@@ -63,8 +69,6 @@ def run(args) -> int:
     # what the answers depend on: a results folder never mixes two of these
     run_info = {"model": args.model, "endpoint": args.endpoint, "max_new_tokens": args.max_new_tokens}
     if args.reasoner:
-        from ..infer.pipelines import EXTRACT_PROMPT
-
         extract_prompt = args.extract_prompt if args.extract_prompt is not None else EXTRACT_PROMPT
         run_info.update(reasoner=args.reasoner, extract_prompt=extract_prompt,
                         extract_max_new_tokens=args.extract_max_new_tokens)
@@ -72,16 +76,11 @@ def run(args) -> int:
     check_run(out, run_info)
     extra = {}
     if args.endpoint:
-        from ..eval.endpoint import EndpointAnswerer
+        from ..eval.endpoint import EndpointAnswerer  # deferred: needs httpx, an optional extra
 
         answerer = EndpointAnswerer(args.endpoint, args.model, args.api_key, args.concurrency, first_tokens,
                                     args.retries, args.timeout)
     else:
-        from ..data.tokenizer import Tokenizer
-        from ..eval.local import LocalAnswerer
-        from ..model.loading import load_pretrained
-        from ..model.vlm import NativeVLM
-
         model = load_pretrained(args.model)
         with_images = [b.name for b in benches if any(item.images for item in b.items)]
         if not isinstance(model, NativeVLM) and with_images:  # a text-only benchmark is fine for an LM
@@ -90,12 +89,8 @@ def run(args) -> int:
         tokenizer = Tokenizer.load(args.model)
         answerer = LocalAnswerer(model, tokenizer, args.batch_size, first_tokens)
         if args.val_data:
-            from ..eval.loss import validation_loss
-
             extra["val_loss"] = validation_loss(model, tokenizer, args.val_data, args.batch_size)
     if args.reasoner:
-        from ..infer.pipelines import ExtractThink
-
         answerer = ExtractThink(answerer, local_reasoner(args.reasoner, args.batch_size, args.max_new_tokens),
                                 extract_prompt)
     results = [run_benchmark(b, answerer, out, args.circular, args.visual_reliance) for b in benches]
@@ -111,12 +106,6 @@ def run(args) -> int:
 
 def local_reasoner(path: str, batch_size: int, max_new_tokens: int):
     """The text-only second stage of Extract+Think, loaded from a model folder."""
-    from ..config import ConfigError
-    from ..data.tokenizer import Tokenizer
-    from ..eval.local import LocalAnswerer
-    from ..model.loading import load_pretrained
-    from ..model.vlm import NativeVLM
-
     model = load_pretrained(path)
     if isinstance(model, NativeVLM):
         raise ConfigError(f"--reasoner {path} is a vision-language model; Extract+Think answers with a text-only "

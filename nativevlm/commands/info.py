@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from ..model.loading import config_dict, load_pretrained
+
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="print a checkpoint's config and parameter counts per module")
@@ -15,8 +17,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..model.loading import config_dict, load_pretrained
-
     model = load_pretrained(args.checkpoint, device="meta")
     counts, config = model.parameter_counts(), config_dict(model)
     if args.json:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..quickstart import quickstart
+
 
 def register(sub) -> None:
     p = sub.add_parser("quickstart", help="world data -> tokenizer -> text LM -> native VLM -> evaluation, "
@@ -19,8 +21,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..quickstart import quickstart
-
     quickstart(Path(args.out), args.train_scenes, args.test_scenes, args.seed,
                args.text_lm_overrides, args.native_overrides)
     return 0

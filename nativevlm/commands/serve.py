@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from ..data.tokenizer import Tokenizer
+from ..model.loading import load_pretrained
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over the OpenAI chat API (FastAPI + uvicorn)")
@@ -44,10 +49,6 @@ def _common(p, port: int) -> None:
 
 def load_model(path: str, device: str):
     """The model on `device` in its serving dtype: bf16 on GPU, fp32 on CPU."""
-    import torch
-
-    from ..model.loading import load_pretrained
-
     if not Path(path).exists():
         raise FileNotFoundError(f"model folder {path} does not exist")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -56,9 +57,9 @@ def load_model(path: str, device: str):
 
 
 def run_serve(args) -> int:
+    # deferred: uvicorn, fastapi and httpx are the optional `serve` extra; the other commands run without them
     import uvicorn
 
-    from ..data.tokenizer import Tokenizer
     from ..serve.api import ChatServer, ServeConfig
     from ..serve.media import MediaPolicy
     from ..serve.vision_worker import VisionClient
@@ -84,7 +85,7 @@ def run_serve(args) -> int:
 
 
 def run_serve_vision(args) -> int:
-    import uvicorn
+    import uvicorn  # deferred, as in run_serve
 
     from ..serve.media import MediaPolicy
     from ..serve.vision_worker import VisionServer

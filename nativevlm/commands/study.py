@@ -2,6 +2,15 @@
 `nativevlm study fit CSV --out DIR` (learning-curve fits, sample ratios, optimal encoder size, plots)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ..config import ConfigError
+from ..studies.fit import fit_study
+from ..studies.plots import plot_accuracy, plot_curves, plot_encoder_grid, plot_final_accuracy, plot_optimal_encoder
+from ..studies.runner import benchmark_priors, run_study
+from ..studies.spec import load_fit_spec
+
 
 def register(sub) -> None:
     p = sub.add_parser("study", help="scaling studies: run a grid of training cells, fit the results")
@@ -26,23 +35,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..studies.runner import run_study
-
     csv_path = run_study(args.study, args.out, args.launcher, args.cluster)
     print(f"study CSV: {csv_path}\nfit it with: nativevlm study fit {csv_path} --out {csv_path.parent / 'fit'}")
     return 0
 
 
 def fit(args) -> int:
-    import json
-    from pathlib import Path
-
-    from ..config import ConfigError
-    from ..studies.fit import fit_study
-    from ..studies.plots import (plot_accuracy, plot_curves, plot_encoder_grid, plot_final_accuracy,
-                                 plot_optimal_encoder)
-    from ..studies.spec import load_fit_spec
-
     csv_path, out = Path(args.csv), Path(args.out)
     beside = csv_path.parent / "study.yaml"
     spec = load_fit_spec(beside) if beside.is_file() else None
@@ -55,7 +53,6 @@ def fit(args) -> int:
     if not compare and spec is not None:
         compare = [tuple(p) for p in spec.compare]
     lam = args.lam if args.lam is not None else (spec.encoder_lambda if spec is not None else 0.01)
-    from ..studies.runner import benchmark_priors
 
     result = fit_study(csv_path, compare, lam)
     result["priors"] = benchmark_priors(beside)  # each kind's answer prior, drawn on the accuracy plots

@@ -5,7 +5,10 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import DataError
+from ..data.formats import RecordError, parse_record
+from ..data.sample import IMAGE_MARKER
+from ..data.tokenizer import Tokenizer
+from ..errors import ConfigError, DataError, UserError
 
 
 def register(sub) -> None:
@@ -33,9 +36,6 @@ def corpus_texts(path: Path) -> Iterator[str]:
     """Documents of one corpus file: lines of a text file, or the message texts of a LLaVA .json or chat
     .jsonl file (read by `formats.parse_record`; records it can't read are skipped) with `<image>` markers
     removed (markers become image tokens, never text). Images are not opened."""
-    from ..data.formats import RecordError, parse_record
-    from ..data.sample import IMAGE_MARKER
-
     try:
         if path.suffix not in (".json", ".jsonl"):
             with path.open(encoding="utf-8") as f:  # streamed: text corpora can be large
@@ -58,9 +58,6 @@ def corpus_texts(path: Path) -> Iterator[str]:
 
 
 def train(args) -> int:
-    from ..data.tokenizer import Tokenizer
-    from ..errors import ConfigError, UserError
-
     paths = [Path(p) for p in args.corpus]
     for p in paths:
         if not p.is_file():

@@ -2,6 +2,11 @@
 command runs data-parallel under `torchrun --nproc_per_node N -m nativevlm train ...`."""
 from __future__ import annotations
 
+from ..eval.curves import hooks_for
+from ..train import distributed
+from ..train.recipe import load_recipe
+from ..train.trainer import train
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="run a training recipe (stages of data, trainable modules, schedules)")
@@ -16,11 +21,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..eval.curves import hooks_for
-    from ..train import distributed
-    from ..train.recipe import load_recipe
-    from ..train.trainer import train
-
     cfg = load_recipe(args.recipe, args.overrides)
     try:
         train(cfg, args.out, resume=args.resume, max_steps=args.max_steps, hooks=hooks_for(cfg))

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.tokenizer import Tokenizer
+from ..infer.engine import Engine
+from ..serve.ui import build_ui
+from .serve import load_model
+
 
 def register(sub) -> None:
     p = sub.add_parser("ui", help="a web chat page (Gradio) with image upload, on 127.0.0.1")
@@ -15,11 +20,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..data.tokenizer import Tokenizer
-    from ..infer.engine import Engine
-    from ..serve.ui import build_ui
-    from .serve import load_model
-
     engine = Engine(load_model(args.model, args.device), Tokenizer.load(args.tokenizer or args.model)).start()
     build_ui(engine, f"nativevlm: {Path(args.model).resolve().name}", args.max_new_tokens).launch(
         server_name="127.0.0.1", server_port=args.port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import gguf
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 # llama.cpp's token types (`gguf.TokenType`).
@@ -55,8 +56,6 @@ PRE_TOKENIZERS = {
 
 def _read_metadata(path: Path) -> dict:
     """All scalar and array metadata of the file (tensors are not read)."""
-    import gguf
-
     if not path.is_file():
         raise FileNotFoundError(f"{path}: GGUF file not found")
     try:

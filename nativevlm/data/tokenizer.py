@@ -15,6 +15,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..config import SpecialTokens
+from .gguf_tokenizer import load_gguf_tokenizer
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -103,8 +104,6 @@ class Tokenizer:
         are the image tokens of the model it serves (its `ModelConfig.special_tokens`; default: ours)."""
         path = Path(path)
         if path.suffix == ".gguf":
-            from .gguf_tokenizer import load_gguf_tokenizer
-
             tk, names = load_gguf_tokenizer(path)
             return cls(tk, **names, special_tokens=special_tokens)
         file = path / "tokenizer.json" if path.is_dir() else path

@@ -1,6 +1,10 @@
 """Pretrained weights in and out: Hugging Face checkpoint folders (Llama / Qwen2 / Qwen3 language models,
 SigLIP vision towers), llama.cpp GGUF files, and an HF-format writer for `LanguageModel`.
 
+This module sits below the model classes: it reads a checkpoint into (our config, our state dict) and
+`assemble` builds whichever class it is given, so `LanguageModel.from_hf` / `VisionEncoder.from_hf` call down
+into it and nothing here imports them back.
+
 Every mapping is an explicit table from our parameter names to the source's names, so a checkpoint with
 a missing or misshapen tensor (or, in a GGUF, one we would ignore) fails loudly, naming the file and the
 tensor, instead of silently loading half a model. Models are built on the meta device and the loaded tensors are assigned, so no time
@@ -12,15 +16,15 @@ import json
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import gguf
 import numpy as np
 import torch
+from gguf.quants import dequantize
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import LanguageConfig, VisionConfig, read_json_object
 from ..errors import CheckpointError
-from .language import LanguageModel
-from .vision import VisionEncoder
 
 PathLike = Union[str, Path]
 
@@ -36,31 +40,40 @@ GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
 # Public API
 
 
-def load_language_model(path: PathLike, dtype: torch.dtype = torch.float32) -> LanguageModel:
-    """A Hugging Face Llama / Qwen2 / Qwen3 checkpoint folder, or a llama.cpp `.gguf` file."""
+def read_language_checkpoint(path: PathLike) -> tuple[LanguageConfig, dict[str, torch.Tensor]]:
+    """A Hugging Face Llama / Qwen2 / Qwen3 checkpoint folder, or a llama.cpp `.gguf` file, as our language
+    config and our state dict (`LanguageModel.from_hf` assembles them)."""
     path = Path(path)
     if path.suffix == ".gguf":
-        cfg, tensors = _read_gguf_language_model(path)
-    else:
-        cfg = language_config_from_hf(_read_config(path), path / "config.json")
-        tensors = _read_folder_tensors(path, _language_keys(cfg, "hf"))
-    return _assemble(LanguageModel, cfg, tensors, dtype)
+        return _read_gguf_language_model(path)
+    cfg = language_config_from_hf(_read_config(path), path / "config.json")
+    return cfg, _read_folder_tensors(path, _language_keys(cfg, "hf"))
 
 
-def load_vision_encoder(path: PathLike, dtype: torch.dtype = torch.float32) -> VisionEncoder:
+def read_vision_checkpoint(path: PathLike) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
     """A SigLIP checkpoint folder (`siglip_vision_model`, or a full `siglip` model whose vision tower is
-    taken) -> the `arch="vit"` VisionEncoder. The attention-pooling head is not part of the encoder."""
+    taken) as the config and state dict of the `arch="vit"` VisionEncoder. The attention-pooling head is not
+    part of the encoder."""
     path = Path(path)
     cfg = vision_config_from_hf(_read_config(path), path / "config.json")
     files = _tensor_files(path)
     tensors = _read_folder_tensors(path, _siglip_keys(cfg, _siglip_prefix(files, path)), files)
     tensors["patch_embed.weight"] = tensors["patch_embed.weight"].reshape(cfg.hidden_size, -1)
-    return _assemble(VisionEncoder, cfg, tensors, dtype)
+    return cfg, tensors
 
 
-def save_language_model(lm: LanguageModel, directory: PathLike) -> None:
-    """Write `lm` as a standard Hugging Face folder (config.json + model.safetensors with HF tensor
-    names) that transformers' `AutoModelForCausalLM.from_pretrained` loads as is."""
+def assemble(cls: type[torch.nn.Module], cfg, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
+    """`cls(cfg)` built on the meta device (no random init) with the loaded tensors assigned; strict, so a
+    parameter left without a tensor is an error, not a silently random weight."""
+    with torch.device("meta"):
+        model = cls(cfg)
+    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
+    return model.eval()
+
+
+def save_language_model(lm: torch.nn.Module, directory: PathLike) -> None:
+    """Write `lm` (a `LanguageModel`) as a standard Hugging Face folder (config.json + model.safetensors with
+    HF tensor names) that transformers' `AutoModelForCausalLM.from_pretrained` loads as is."""
     moe = lm.moe_config
     if moe.modality_experts or moe.num_experts > 0:
         raise ValueError("save_language_model: visual experts and sparse MoE layers have no Hugging Face "
@@ -331,15 +344,6 @@ def _gather(keys: KeyMap, get: Callable[[str], torch.Tensor], source: Path) -> d
     return out
 
 
-def _assemble(cls, cfg, tensors: dict[str, torch.Tensor], dtype: torch.dtype):
-    """Build on the meta device (no random init) and assign the loaded tensors; strict, so a parameter
-    left without a tensor is an error, not a silently random weight."""
-    with torch.device("meta"):
-        model = cls(cfg)
-    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
-    return model.eval()
-
-
 # ---------------------------------------------------------------------------------------------------
 # safetensors folders
 
@@ -393,8 +397,6 @@ def _read_folder_tensors(folder: Path, keys: KeyMap, files: Optional[dict[str, P
 
 
 def _gguf_reader(path: Path):
-    import gguf
-
     if not path.is_file():
         raise CheckpointError(f"{path}: GGUF file not found")
     try:
@@ -460,8 +462,6 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 def _read_gguf_language_model(path: Path) -> tuple[LanguageConfig, dict[str, torch.Tensor]]:
     """Dequantise every tensor to fp32 (the GGUF block formats have no PyTorch kernel here) and map the
     llama.cpp names onto ours."""
-    from gguf.quants import dequantize
-
     reader = _gguf_reader(path)
     by_name = {t.name: t for t in reader.tensors}
     cfg = _gguf_language_config(reader, path, by_name)

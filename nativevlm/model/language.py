@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..config import LanguageConfig, MoEConfig
 from .batch import Batch
 from .experts import ModalityRoute, SparseMoE, route_apply
+from .hub import assemble, read_language_checkpoint
 from .layers import (AttentionInputs, KVCache, RMSNorm, SwiGLU, apply_rope, attention, build_causal_mask,
                      init_weights, rope_cos_sin)
 
@@ -157,9 +158,7 @@ class LanguageModel(nn.Module):
     @classmethod
     def from_hf(cls, path, dtype: torch.dtype = torch.float32) -> "LanguageModel":
         """Load a Hugging Face Qwen2 / Qwen3 / Llama checkpoint folder or a `.gguf` file."""
-        from .hub import load_language_model
-
-        return load_language_model(path, dtype=dtype)
+        return assemble(cls, *read_language_checkpoint(path), dtype)
 
     def add_visual_experts(self, per_modality_norms: Optional[bool] = None) -> None:
         """Visual experts in every layer, copies of the text weights (`per_modality_norms`: the norms too;

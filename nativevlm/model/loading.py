@@ -15,6 +15,7 @@ from typing import Union
 
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from ..config import LanguageConfig, MoEConfig, from_dict, read_json_object, to_dict
 from .hub import language_config_from_hf, save_language_model
@@ -54,8 +55,6 @@ def write_model(model: Union[NativeVLM, LanguageModel], folder: Path) -> None:
     if isinstance(model, NativeVLM):
         model.write_files(folder)
     elif model.moe_config.modality_experts or model.moe_config.num_experts > 0:
-        from safetensors.torch import save_file
-
         config = {"model_type": LANGUAGE_TYPE, "language": to_dict(model.config), "moe": to_dict(model.moe_config)}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_NAME))

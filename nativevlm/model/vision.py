@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import VisionConfig
+from .hub import assemble, read_vision_checkpoint
 from .layers import GeluMLP, RMSNorm, SwiGLU, apply_rope, attention, init_weights, rope_cos_sin_2d
 
 
@@ -67,9 +68,7 @@ class VisionEncoder(nn.Module):
     @classmethod
     def from_hf(cls, path, dtype: torch.dtype = torch.float32) -> "VisionEncoder":
         """Load a SigLIP vision checkpoint folder (config.json + safetensors) into the ViT variant."""
-        from .hub import load_vision_encoder
-
-        return load_vision_encoder(path, dtype=dtype)
+        return assemble(cls, *read_vision_checkpoint(path), dtype)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, (H/p)(W/p), C*p*p], patches row-major, each flattened as (c, y, x)."""

@@ -14,6 +14,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ..config import ConnectorConfig, ModelConfig, SpecialTokens, VisionConfig, from_dict, read_json_object, to_dict
 from ..errors import CheckpointError
@@ -94,8 +96,6 @@ class NativeVLM(nn.Module):
 
     def write_files(self, folder: Path) -> None:
         """config.json + model.safetensors into `folder` (what `save_pretrained` commits)."""
-        from safetensors.torch import save_file
-
         (folder / CONFIG_NAME).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "library": "nativevlm"})
@@ -217,9 +217,6 @@ class NativeVLM(nn.Module):
 
 def read_weights(path: Path, device=None) -> dict:
     """A safetensors file's tensors on `device`; with device "meta", names and shapes only (the header)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     try:
         if str(device) != "meta":
             return load_file(str(path), device=str(device or "cpu"))

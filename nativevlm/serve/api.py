@@ -16,9 +16,9 @@ import time
 import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import AsyncIterator, Iterator, Optional
 
 import httpx
 import torch
@@ -32,7 +32,7 @@ from ..data.image import ImageError, ImageProcessor, load_image
 from ..data.sample import IMAGE_MARKER, user_turn
 from ..infer.chat import encode_prompt
 from ..infer.engine import Engine, Event, Request, SamplingParams
-from .media import MediaPolicy, RequestError, image_bytes, image_size
+from .media import MediaPolicy, RequestError, decode_image, image_bytes, image_size
 
 ROLES = ("system", "developer", "user", "assistant")
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "logit_bias",
@@ -124,6 +124,16 @@ class _Parsed:
     max_tokens_given: bool
     stream: bool
     include_usage: bool
+
+
+@dataclass
+class _Reply:
+    """What the response loop learns about one request, for the reply that consumes it."""
+    start: float  # monotonic time the request arrived
+    req: Optional[Request] = None
+    image_tokens: int = 0
+    first: Optional[float] = None  # time of the first event
+    reason: Optional[str] = None  # the finish reason, once finished
 
 
 class ChatServer:
@@ -264,15 +274,12 @@ class ChatServer:
         return Request(enc.input_ids, params, pixel_values=pixels), image_tokens
 
     def _decode(self, data: bytes, param: str) -> torch.Tensor:
-        try:
-            return self.processor(load_image(data))
-        except ImageError as e:
-            raise RequestError(f"the image could not be decoded: {e}", param, "invalid_image") from None
+        return decode_image(data, self.processor, self.config.media, param)
 
     # -- the endpoint ----------------------------------------------------------------------------------
 
     async def chat(self, request):
-        start = time.monotonic()
+        reply = _Reply(time.monotonic())
         try:
             raw = await request.body()
             try:
@@ -280,99 +287,99 @@ class ChatServer:
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise RequestError(f"the request body is not valid JSON: {e}", None, "invalid_json") from None
             parsed = self.parse(body)
-            if self.in_flight >= self.config.max_batch_size + self.config.max_queue:
-                raise RequestError(f"the server is at capacity ({self.in_flight} requests in flight); retry later",
-                                   None, "queue_full", status=429, type="rate_limit_error")
-            self.in_flight += 1
-            try:
-                req, image_tokens = await asyncio.wait_for(self.prepare(parsed), self.config.request_timeout_s)
-                events = self._submit(req)
-            except BaseException:
-                self.in_flight -= 1
-                raise
         except RequestError as e:
-            self.metrics.observe(e.status, time.monotonic() - start)
+            self.metrics.observe(e.status, time.monotonic() - reply.start)
             return JSONResponse(e.envelope(), status_code=e.status)
-        except asyncio.TimeoutError:
-            e = _timeout(self.config.request_timeout_s)
-            self.metrics.observe(e.status, time.monotonic() - start)
+        pieces = self._generate(request, parsed, reply)
+        try:
+            await anext(pieces)  # admitted, images ready, submitted: a refusal up to here is a plain 4xx
+            if not parsed.stream:
+                text = "".join([piece async for piece in pieces])
+        except RequestError as e:
             return JSONResponse(e.envelope(), status_code=e.status)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.config.model_name}
-        deadline = start + self.config.request_timeout_s
         if parsed.stream:
-            return StreamingResponse(self._sse(request, req, events, head, image_tokens, parsed.include_usage, start,
-                                               deadline), media_type="text/event-stream")
-        text, reason, first, checks = "", None, None, {}
-        try:
-            while reason is None:
-                ev = await self._next(request, events, deadline, checks)
-                first = first or time.monotonic()
-                text += ev.text
-                reason = ev.finish_reason
-                if reason == "error":
-                    raise RequestError(f"generation failed: {ev.error}", None, "generation_failed", status=500,
-                                       type="server_error")
-        except RequestError as e:
-            self.metrics.observe(e.status, time.monotonic() - start)
-            return JSONResponse(e.envelope(), status_code=e.status)
-        finally:
-            if reason is None:
-                self.engine.cancel(req.id)  # time-out or client gone: free the slot now
-        self._observe_ok(start, first, req)
+            return StreamingResponse(self._sse(pieces, reply, head, parsed.include_usage),
+                                     media_type="text/event-stream")
         return JSONResponse({**head, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}],
-            "usage": self._usage(req, image_tokens)})
+            "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reply.reason,
+            "logprobs": None}], "usage": self._usage(reply)})
 
-    async def _sse(self, request, req, events, head, image_tokens, include_usage, start, deadline):
+    async def _generate(self, request, parsed: _Parsed, reply: _Reply) -> AsyncIterator[str]:
+        """The one response loop, which the streamed and the plain reply both consume: a place in the queue
+        bound, the images, then the engine's text pieces up to the finish reason (left in `reply`). The first
+        piece is empty and says the request is in the engine. The place is held by one context manager, so
+        it is given back however this ends: answered, refused, timed out, failed, or closed because the client
+        left; a request that ends unfinished is cancelled in the engine, freeing its slot now."""
+        try:
+            with self._place():
+                try:
+                    reply.req, reply.image_tokens = await asyncio.wait_for(self.prepare(parsed),
+                                                                           self.config.request_timeout_s)
+                except asyncio.TimeoutError:
+                    raise _timeout(self.config.request_timeout_s) from None
+                events = self._submit(reply.req)
+                try:
+                    yield ""
+                    deadline, checks = reply.start + self.config.request_timeout_s, {}
+                    while reply.reason is None:
+                        ev = await self._next(request, events, deadline, checks)
+                        reply.first = reply.first or time.monotonic()
+                        reply.reason = ev.finish_reason
+                        if reply.reason == "error":
+                            raise RequestError(f"generation failed: {ev.error}", None, "generation_failed",
+                                               status=500, type="server_error")
+                        if ev.text:
+                            yield ev.text
+                finally:
+                    if reply.reason is None:
+                        self.engine.cancel(reply.req.id)
+            self._observe_ok(reply)
+        except RequestError as e:
+            self.metrics.observe(e.status, time.monotonic() - reply.start)
+            raise
+
+    @contextmanager
+    def _place(self) -> Iterator[None]:
+        """A place in the bound of requests in flight (running + queued): 429 past it."""
+        if self.in_flight >= self.config.max_batch_size + self.config.max_queue:
+            raise RequestError(f"the server is at capacity ({self.in_flight} requests in flight); retry later",
+                               None, "queue_full", status=429, type="rate_limit_error")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def _sse(self, pieces: AsyncIterator[str], reply: _Reply, head: dict, include_usage: bool):
         def chunk(delta: dict, reason=None) -> str:
             return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [
                 {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}) + "\n\n"
 
-        reason, first, checks = None, None, {}
         try:
             yield chunk({"role": "assistant", "content": ""})
-            while reason is None:
-                ev = await self._next(request, events, deadline, checks)
-                first = first or time.monotonic()
-                reason = ev.finish_reason
-                if reason == "error":
-                    raise RequestError(f"generation failed: {ev.error}", None, "generation_failed", status=500,
-                                       type="server_error")
-                if ev.text:
-                    yield chunk({"content": ev.text})
-            yield chunk({}, reason)
+            async for piece in pieces:
+                yield chunk({"content": piece})
+            yield chunk({}, reply.reason)
             if include_usage:
                 yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [],
-                                             "usage": self._usage(req, image_tokens)}) + "\n\n"
-            self._observe_ok(start, first, req)
+                                             "usage": self._usage(reply)}) + "\n\n"
         except RequestError as e:  # headers are sent: the error travels as an event
-            self.metrics.observe(e.status, time.monotonic() - start)
             yield "data: " + json.dumps(e.envelope()) + "\n\n"
         finally:
-            if reason is None:
-                self.engine.cancel(req.id)  # includes the client closing the stream (this generator is closed)
+            await pieces.aclose()  # the client closing the stream closes this generator, and the loop with it
         yield "data: [DONE]\n\n"
 
     def _submit(self, req: Request) -> asyncio.Queue:
-        """Hands the request to the engine thread; its events come back through an asyncio queue, and its
-        place in the queue bound is given back when it finishes, however that happens."""
+        """Hands the request to the engine thread; its events come back through an asyncio queue."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-
-        def on_event(ev: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, ev)
-            if ev.finish_reason is not None:
-                loop.call_soon_threadsafe(self._release)
-
-        req.on_event = on_event
+        req.on_event = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
         try:
             self.engine.submit(req)
         except ValueError as e:
             raise RequestError(str(e), None, "invalid_value") from None
         return events
-
-    def _release(self) -> None:
-        self.in_flight -= 1
 
     async def _next(self, request, events: asyncio.Queue, deadline: float, checks: dict) -> Event:
         """The next event, checking the deadline and, every 0.25 s (`checks` keeps when it last looked), whether
@@ -390,18 +397,17 @@ class ChatServer:
             except asyncio.TimeoutError:
                 pass
 
-    def _observe_ok(self, start: float, first: Optional[float], req: Request) -> None:
-        if first is not None:
-            self.metrics.ttft_sum += first - start
+    def _observe_ok(self, reply: _Reply) -> None:
+        if reply.first is not None:
+            self.metrics.ttft_sum += reply.first - reply.start
             self.metrics.ttft_count += 1
-        self.metrics.observe(200, time.monotonic() - start, req.completion.completion_tokens if req.completion else 0)
+        self.metrics.observe(200, time.monotonic() - reply.start, reply.req.completion.completion_tokens)
 
     @staticmethod
-    def _usage(req: Request, image_tokens: int) -> dict:
-        done = req.completion.completion_tokens
-        n = len(req.input_ids)
+    def _usage(reply: _Reply) -> dict:
+        done, n = reply.req.completion.completion_tokens, len(reply.req.input_ids)
         return {"prompt_tokens": n, "completion_tokens": done, "total_tokens": n + done,
-                "prompt_tokens_details": {"image_tokens": image_tokens}}
+                "prompt_tokens_details": {"image_tokens": reply.image_tokens}}
 
     # -- the app ---------------------------------------------------------------------------------------
 

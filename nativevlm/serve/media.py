@@ -3,7 +3,8 @@
 `data:` URIs are always accepted; http(s) URLs only when remote images are enabled, for allow-listed domains,
 within a time-out and a size cap; local paths only under one allowed folder (as vLLM's
 `--allowed-local-media-path`). The pixel count is read from the file header, so a decompression bomb is
-refused before a single pixel of it is decoded."""
+refused before a single pixel of it is decoded. `decode_image` is the one intake of image bytes for both
+servers (the chat API and the DvD vision worker), so both refuse the same files with the same error."""
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,10 @@ from typing import Optional
 from urllib.parse import urlparse
 
 import httpx
+import torch
 from PIL import Image
+
+from ..data.image import ImageError, ImageProcessor, load_image
 
 
 class RequestError(Exception):
@@ -48,7 +52,7 @@ async def image_bytes(url: str, policy: MediaPolicy, param: str, http) -> bytes:
         if not sep or not header.endswith(";base64"):
             raise RequestError("a data: image URL must look like data:image/png;base64,<data>", param, "invalid_image_url")
         if len(payload) * 3 // 4 > policy.max_image_bytes:
-            raise RequestError(f"the image is over the {policy.max_image_bytes}-byte limit", param, "image_too_large")
+            raise _too_many_bytes(policy, param)
         try:
             return base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
@@ -78,8 +82,7 @@ async def _fetch(url: str, policy: MediaPolicy, param: str, http) -> bytes:
             async for chunk in r.aiter_bytes():  # stop reading at the cap instead of trusting Content-Length
                 data += chunk
                 if len(data) > policy.max_image_bytes:
-                    raise RequestError(f"the image is over the {policy.max_image_bytes}-byte limit", param,
-                                       "image_too_large")
+                    raise _too_many_bytes(policy, param)
             return bytes(data)
     except httpx.TimeoutException:
         raise RequestError(f"fetching the image timed out after {policy.fetch_timeout_s} s", param,
@@ -99,12 +102,18 @@ def _read_local(path: str, policy: MediaPolicy, param: str) -> bytes:
     if not file.is_file():
         raise RequestError(f"image file {path} does not exist", param, "image_not_found")
     if file.stat().st_size > policy.max_image_bytes:
-        raise RequestError(f"the image is over the {policy.max_image_bytes}-byte limit", param, "image_too_large")
+        raise _too_many_bytes(policy, param)
     return file.read_bytes()
 
 
-def image_size(data: bytes, policy: MediaPolicy, param: str) -> tuple[int, int]:
-    """(width, height) from the header alone, checked against the pixel limit before any decoding."""
+def _too_many_bytes(policy: MediaPolicy, param: Optional[str]) -> RequestError:
+    return RequestError(f"the image is over the {policy.max_image_bytes}-byte limit", param, "image_too_large")
+
+
+def image_size(data: bytes, policy: MediaPolicy, param: Optional[str]) -> tuple[int, int]:
+    """(width, height) from the header alone, checked against the byte and pixel limits before any decoding."""
+    if len(data) > policy.max_image_bytes:
+        raise _too_many_bytes(policy, param)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -122,3 +131,13 @@ def image_size(data: bytes, policy: MediaPolicy, param: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise RequestError(f"the image is {w}x{h} pixels", param, "invalid_image")
     return w, h
+
+
+def decode_image(data: bytes, processor: ImageProcessor, policy: MediaPolicy, param: Optional[str]) -> torch.Tensor:
+    """An image file's bytes -> the model's pixels: the checks of `image_size`, then the decode and resize.
+    Slow for a large image, so the servers run it in a worker pool, never on the event loop."""
+    image_size(data, policy, param)
+    try:
+        return processor(load_image(data))
+    except ImageError as e:
+        raise RequestError(f"the image could not be decoded: {e}", param, "invalid_image") from None

@@ -43,7 +43,7 @@ def conversation(history: list[dict], message: dict) -> tuple[list[dict], list[s
 
 
 def build_ui(engine: Engine, title: str, max_new_tokens: int = 128):
-    import gradio as gr
+    import gradio as gr  # deferred: optional (the `serve` extra) and slow to import; only `nativevlm ui` needs it
 
     model = engine.model
     processor = ImageProcessor.from_config(model.config.vision, model.config.connector) if engine.is_vlm else None

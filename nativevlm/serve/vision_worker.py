@@ -23,22 +23,19 @@ import httpx
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from safetensors.torch import load, save
 
-from ..data.image import ImageError, ImageProcessor, load_image
-from .media import MediaPolicy, RequestError, image_size
+from ..data.image import ImageProcessor
+from .media import MediaPolicy, RequestError, decode_image
 
 ENCODE_PATH = "/v1/encode"
 
 
 def pack_features(features: torch.Tensor) -> bytes:
-    from safetensors.torch import save
-
     return save({"features": features.contiguous()})
 
 
 def unpack_features(blob: bytes) -> torch.Tensor:
-    from safetensors.torch import load
-
     return load(blob)["features"]
 
 
@@ -54,12 +51,6 @@ class VisionServer:
         self.wire_dtype = torch.bfloat16 if next(model.parameters()).is_cuda else torch.float32
         self.queue: Optional[asyncio.Queue] = None
         self.stats = {"images": 0, "batches": 0}
-
-    def _decode(self, data: bytes) -> torch.Tensor:
-        try:
-            return self.processor(load_image(data))
-        except ImageError as e:
-            raise RequestError(f"the image could not be decoded: {e}", None, "invalid_image") from None
 
     @torch.inference_mode()
     def _encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -84,9 +75,8 @@ class VisionServer:
             self.stats["images"] += len(batch)
 
     async def encode(self, data: bytes) -> torch.Tensor:
-        image_size(data, self.media, None)  # the pixel limit, from the header, before decoding
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self.pool, self._decode, data)
+        pixels = await loop.run_in_executor(self.pool, decode_image, data, self.processor, self.media, None)
         fut = loop.create_future()
         await self.queue.put((pixels, fut))
         return await fut
@@ -105,12 +95,8 @@ class VisionServer:
 
         @app.post(ENCODE_PATH)
         async def encode(request: Request):
-            data = await request.body()
-            if len(data) > self.media.max_image_bytes:
-                e = RequestError(f"the image is over the {self.media.max_image_bytes}-byte limit", None, "image_too_large")
-                return JSONResponse(e.envelope(), status_code=400)
             try:
-                feats = await self.encode(data)
+                feats = await self.encode(await request.body())
             except RequestError as e:
                 return JSONResponse(e.envelope(), status_code=e.status)
             return Response(pack_features(feats), media_type="application/octet-stream")

@@ -33,7 +33,7 @@ def power_law(x, e, log_a, alpha):
 def fit_power_law(x, y) -> Optional[dict]:
     """Least-squares `y = E + A x^-alpha` (A fitted in log space, which keeps it positive and the problem
     well scaled); the best of a few starting exponents, since the problem is not convex. None if it fails."""
-    from scipy.optimize import curve_fit
+    from scipy.optimize import curve_fit  # deferred: scipy is optional (the `study` extra)
 
     x, y = np.asarray(x, float), np.asarray(y, float)
     best = None
@@ -145,7 +145,7 @@ def sample_ratio(arm: dict, baseline: dict) -> dict:
 def optimal_encoders(fits: dict[str, dict], lam: float = 0.01) -> dict:
     """Per LLM size the optimal encoder size (continuous, from the fitted L(E), and on the grid), then the
     log-log slope of optimal encoder size vs LLM size with its 95% confidence interval."""
-    from scipy import stats
+    from scipy import stats  # deferred: optional, as in fit_power_law
 
     by_llm = defaultdict(list)
     for f in fits.values():

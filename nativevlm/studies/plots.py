@@ -1,6 +1,7 @@
 """The study's figures: learning curves with their fits, and the optimal-encoder line."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +11,7 @@ from .fit import loss_at, read_study_csv
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: heavy to import, and the backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")  # files only: no display on a cluster node
     import matplotlib.pyplot as plt
@@ -21,9 +22,7 @@ def _pyplot():
 def _colours(ax, n: int) -> None:
     """Distinct colours for up to 20 lines (the default cycle repeats after 10)."""
     if n > 10:
-        import matplotlib.pyplot as plt
-
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+        ax.set_prop_cycle(color=_pyplot().cm.tab20.colors)
 
 
 def plot_curves(csv_path, fit: dict, path: Path) -> None:
@@ -75,8 +74,6 @@ def plot_optimal_encoder(fit: dict, path: Path) -> None:
 
 
 def _accuracy_rows(csv_path, prefix: str = "acc/") -> list[dict]:
-    import csv
-
     with open(csv_path, newline="") as f:
         return [r for r in csv.DictReader(f) if any(k.startswith(prefix) and r[k] for k in r)]
 

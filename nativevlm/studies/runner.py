@@ -20,14 +20,25 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError, read_yaml
-from .spec import CellSpec, StudySpec, load_study
+from ..data.tokenizer import Tokenizer
+from ..data.world import generate_world
+from ..data.world.corpus import tokenizer_texts
+from ..errors import UserError
+from ..eval.benchmarks import load_benchmark
+from ..eval.curves import hooks_for
+from ..eval.harness import answer_priors, run_benchmark
+from ..eval.local import LocalAnswerer
+from ..infer.pipelines import ExtractThink, KnownDescriptions
+from ..model.loading import load_pretrained
+from ..model.vlm import NativeVLM
+from ..train.recipe import recipe_from_dict, relocate_paths
+from ..train.trainer import samples_seen, train
+from .spec import TRUTH, CellSpec, StudySpec, load_study
 
 ROWS = "rows.json"
 
 
 def cell_recipe(spec: StudySpec, cell: CellSpec, out: Path):
-    from ..train.recipe import recipe_from_dict, relocate_paths
-
     try:
         data = read_yaml(cell.recipe, "recipe")
     except ConfigError as e:
@@ -44,8 +55,6 @@ def prepare_data(spec: StudySpec, out: Path, log=print) -> None:
     """The world and tokenizer the recipes' `data/` paths name, made once."""
     world = out / "data" / "world"
     if spec.world is not None:
-        from ..data.world import generate_world
-
         for split in ("train", "val", "test"):
             n = getattr(spec.world, split)
             if n and not (world / f"{split}_config.json").is_file():
@@ -53,9 +62,6 @@ def prepare_data(spec: StudySpec, out: Path, log=print) -> None:
                 generate_world(str(world), n, seed=spec.world.seed, split=split, preset=spec.world.preset)
     tok_dir = out / "data" / "tokenizer"
     if spec.tokenizer is not None and not (tok_dir / "tokenizer.json").is_file():
-        from ..data.tokenizer import Tokenizer
-        from ..data.world.corpus import tokenizer_texts
-
         if not (world / "train.json").is_file():
             raise ConfigError("tokenizer: trained on the world's text; add a `world:` section to the study")
         Tokenizer.train(tokenizer_texts(world), vocab_size=spec.tokenizer.vocab_size).save(tok_dir)
@@ -64,8 +70,6 @@ def prepare_data(spec: StudySpec, out: Path, log=print) -> None:
 
 def samples_at(cfg, stage_name: str, stage_step: int) -> int:
     """Training samples seen after `stage_step` steps of stage `stage_name` (batch sizes are global)."""
-    from ..train.trainer import samples_seen
-
     names = [stage.name for stage in cfg.stages]
     if stage_name not in names:
         raise AssertionError(f"metrics.jsonl names stage {stage_name!r}, which the recipe doesn't have")
@@ -81,18 +85,11 @@ def param_counts(model) -> dict:
 def evaluate_final(spec: StudySpec, model, tokenizer_path, out: Path, run_dir: Path) -> dict:
     """Accuracy per kind and category (and visual reliance) of a cell's final model on the study's
     benchmarks, as `acc/<kind>` columns (`<bench>:acc/<kind>` with several benchmarks)."""
-    from ..data.tokenizer import Tokenizer
-    from ..eval.local import LocalAnswerer
-
     answerer = LocalAnswerer(model, Tokenizer.load(tokenizer_path), spec.eval.batch_size, spec.eval.max_new_tokens)
     return score_answerer(spec, answerer, out, run_dir, spec.eval.visual_reliance)
 
 
 def score_answerer(spec: StudySpec, answerer, out: Path, run_dir: Path, visual_reliance: bool) -> dict:
-    from ..eval.benchmarks import load_benchmark
-    from ..eval.harness import run_benchmark
-    from ..train.recipe import relocate_paths
-
     shutil.rmtree(run_dir / "eval", ignore_errors=True)  # answers saved from an earlier final model don't count
     cols = {}
     for bench_spec in relocate_paths(spec.eval.bench, out):
@@ -116,11 +113,6 @@ def benchmark_priors(study_yaml: Path) -> Optional[dict]:
     """The answer priors (`eval.harness.answer_priors`) of a study's benchmark, read through the study file
     beside its CSV (paths relative to that folder, as `study run` wrote them); None when the study has
     not exactly one benchmark or its data is not there (a CSV copied away from its study folder)."""
-    from ..errors import UserError
-    from ..eval.benchmarks import load_benchmark
-    from ..eval.harness import answer_priors
-    from ..train.recipe import relocate_paths
-
     if not study_yaml.is_file():
         return None
     ev = read_yaml(study_yaml, "study file").get("eval") or {}
@@ -141,14 +133,6 @@ def pair_name(perceiver: str, reasoner: str) -> str:
 def run_pair(spec: StudySpec, perceiver: str, reasoner: str, out: Path, log=print) -> list[dict]:
     """Prism's decoupled evaluation of two trained cells: the perceiver describes, the reasoner answers from
     the description (infer.pipelines.ExtractThink). One row: the pair's accuracies and both sides' sizes."""
-    from ..data.tokenizer import Tokenizer
-    from ..eval.local import LocalAnswerer
-    from ..infer.pipelines import ExtractThink, KnownDescriptions
-    from ..model.loading import load_pretrained
-    from ..model.vlm import NativeVLM
-    from ..train.recipe import relocate_paths
-    from .spec import TRUTH
-
     name, t0, ts = pair_name(perceiver, reasoner), time.time(), spec.extract_think
 
     def load(cell: str):
@@ -181,10 +165,6 @@ def run_pair(spec: StudySpec, perceiver: str, reasoner: str, out: Path, log=prin
 def run_cell(study_path: str, name: str, out: str, cwd: str, log=print) -> list[dict]:
     """Train one cell (resuming whatever is there) and return its rows; a job of its own under submitit,
     hence plain arguments and the working directory the study's relative paths are read from."""
-    from ..eval.curves import hooks_for
-    from ..model.vlm import NativeVLM
-    from ..train.trainer import train
-
     if os.getcwd() != cwd:
         os.chdir(cwd)
     spec, out = load_study(study_path), Path(out)
@@ -247,7 +227,7 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 
 def make_executor(spec: StudySpec, out: Path, cluster):
-    import submitit
+    import submitit  # deferred: optional (the `study` extra), needed by the slurm launcher only
 
     executor = submitit.AutoExecutor(folder=str(out / "submitit" / "%j"), cluster=cluster)
     try:
@@ -294,7 +274,7 @@ def run_study(study_path, out, launcher: str = "local", cluster=None, log=print)
 
 def _wait(jobs: list, out: Path, log, done) -> None:
     """Wait for every job, hand each one's rows to `done` as it is collected; name the failed ones."""
-    import submitit
+    import submitit  # deferred: optional, as in make_executor
 
     failed = []
     for name, job in jobs:

@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..utils import atomic
 from . import distributed
@@ -65,8 +66,6 @@ def _jsonable(x):
 def save(root: Path, global_step: int, model_state: dict, optim_state: dict, trainer_state: dict,
          rank: int, keep: int) -> Path:
     """Collective: every rank calls it (each writes its RNG file); rank 0 writes the rest and commits."""
-    from safetensors.torch import save_file
-
     final = root / f"{PREFIX}{global_step:08d}"
     tmp = root / f".tmp-{final.name}"
     if rank == 0:
@@ -111,8 +110,6 @@ def latest(root: Path) -> Optional[Path]:
 
 def load(path: Path, rank: int) -> tuple[dict, dict, dict, dict]:
     """(model state, optimizer state, trainer state, this rank's RNG state)."""
-    from safetensors.torch import load_file
-
     model_state = load_file(str(path / "model.safetensors"))
     optim_state = torch.load(path / "optimizer.pt", weights_only=True)
     trainer_state = json.loads((path / "trainer.json").read_text())

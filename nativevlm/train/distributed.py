@@ -112,6 +112,8 @@ def wrap(model: nn.Module, strategy: str, ctx: DistContext) -> nn.Module:
     if ctx.world == 1:
         return model
     if strategy == "fsdp":
+        # Deferred here and below: torch builds without distributed support lack these modules, and only a
+        # multi-process run needs them.
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         if not isinstance(model, FSDPModule):

@@ -41,7 +41,7 @@ class MetricsLog:
             self.path.write_text("".join(r + "\n" for r in rows))
         elif resume_step is None:
             self.path.write_text("")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # deferred: loading tensorboard takes seconds
 
         purge = resume_step + 1 if resume_step is not None else None
         self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)

@@ -9,6 +9,7 @@ import torch
 
 from ..sample import IMAGE_MARKER
 from .base import Entry, Stage, Verdict
+from .embed import SentenceEmbedder
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 25, seed: int = 0) -> torch.Tensor:
@@ -55,8 +56,6 @@ class Balance(Stage):
         self.embedder = embedder
 
     def prepare(self, entries: list[Entry]) -> None:
-        from .embed import SentenceEmbedder
-
         self.keep: set[int] = set()
         self.bucket: dict[int, int] = {}
         self.sizes: list[int] = []

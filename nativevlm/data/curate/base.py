@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from tqdm import tqdm
+
 from ...errors import CurationError
 from ..formats import RecordError
 from ..formats import parse_record as parse_messages
@@ -177,8 +179,6 @@ def run_pipeline(stages: Iterable[Stage], entries: list[Entry], load_drops: list
     """Run stages in order over the surviving entries; every input record ends with exactly one outcome.
     Under `strict`, broken input raises a CurationError naming file and records as soon as a stage finds it,
     so a bad file fails before the expensive stages run."""
-    from tqdm import tqdm
-
     stages = list(stages)
     outcomes = {e.index: Outcome(e.index, e.id) for e in entries}
     outcomes.update({o.index: o for o in load_drops})

@@ -6,12 +6,13 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
+from ...errors import CurationError, one_line
+from .run import DEFAULT_STAGES, STAGE_NAMES, build_stages, curate_file
+
 
 def register(sub, model_judge: Optional[Callable] = None) -> None:
     """`model_judge(model_dir) -> logprob_fn` backs `--judge-model`; the command passes it in (a model's
     scoring is inference, which data does not import)."""
-    from .run import DEFAULT_STAGES, STAGE_NAMES
-
     p = sub.add_parser("curate", help="filter a LLaVA JSON dataset (SAIL-VL2-style curation)",
                        description="Drop broken, duplicate, degenerate and misaligned records from a LLaVA "
                                    "conversation JSON; kept records are written unchanged.")
@@ -33,9 +34,6 @@ def register(sub, model_judge: Optional[Callable] = None) -> None:
 
 
 def handler(args, model_judge: Optional[Callable] = None) -> int:
-    from ...errors import CurationError, one_line
-    from .run import build_stages, curate_file
-
     try:
         if args.judge_model and model_judge is None:
             raise CurationError("--judge-model needs the nativevlm command (it loads the model to score with)")

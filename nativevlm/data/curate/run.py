@@ -5,8 +5,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from .balance import Balance
 from .base import CurationError, CurationResult, Stage, load_records, run_pipeline
-from .judge import LogprobFn
+from .dedup import Dedup
+from .integrity import ImageIntegrity
+from .judge import ImageTextJudge, LogprobFn
+from .report import write_report
+from .text import TextQuality
 
 STAGE_NAMES = ("integrity", "text", "dedup", "judge", "balance")
 DEFAULT_STAGES = ("integrity", "text", "dedup", "judge")
@@ -18,12 +23,6 @@ def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket
     """`judge_fn(image_path, prompt, answer) -> log-likelihood` scores alignment (a trained model's, built by
     the caller, e.g. `infer.chat.model_logprob_fn`; a few negatives, since each costs a forward pass);
     without it the judge uses its proxy matcher."""
-    from .balance import Balance
-    from .dedup import Dedup
-    from .integrity import ImageIntegrity
-    from .judge import ImageTextJudge
-    from .text import TextQuality
-
     unknown = [n for n in names if n not in STAGE_NAMES]
     if unknown:
         raise CurationError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)}")
@@ -57,7 +56,5 @@ def curate_file(src: Path, out: Path, stages: list[Stage], image_root: Optional[
     result = run_pipeline(stages, entries, load_drops, src, progress=progress, strict=strict)
     write_records([e.record for e in result.kept], Path(out))
     if report_dir is not None:
-        from .report import write_report
-
         write_report(result, Path(report_dir))
     return result

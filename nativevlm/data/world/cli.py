@@ -1,6 +1,7 @@
 """`nativevlm data world`: generate one split of the built-in visual world."""
 from __future__ import annotations
 
+from .generate import generate_world
 from .scene import KINDS, PRESETS, SPLIT_BUCKETS
 
 PRESET_HELP = ("basic: objects only, 1-3 large shapes, 4 colours, 4 shapes, sides 64-128 (a tiny model learns "
@@ -25,8 +26,6 @@ def register(sub) -> None:
 
 
 def handler(args) -> int:
-    from .generate import generate_world
-
     counts = generate_world(
         args.out, args.n, seed=args.seed, split=args.split, preset=args.preset, progress=not args.no_progress,
         min_side=args.min_side, max_side=args.max_side, max_objects=args.max_objects,

@@ -6,7 +6,9 @@ word problem that exercises the same counting and arithmetic with no image at al
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+from ..formats import read_samples
 from .qa import QA
 from .scene import CATEGORIES, WorldConfig
 
@@ -42,10 +44,6 @@ def word_problem(rng: random.Random, cfg: WorldConfig) -> str:
 def tokenizer_texts(world_dir) -> list[str]:
     """What a tokenizer for a generated world trains on: its text corpus and the first 4,000 QA records'
     turns (the quickstart's and the study runner's tokenizers)."""
-    from pathlib import Path
-
-    from ..formats import read_samples
-
     world = Path(world_dir)
     texts = (world / "train_text.txt").read_text().splitlines()
     qa, _ = read_samples(world / "train.json", check_images=False)

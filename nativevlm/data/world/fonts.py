@@ -12,7 +12,7 @@ REFERENCE_SIZE = 64
 
 @functools.lru_cache(maxsize=1)
 def font_path() -> str:
-    import matplotlib
+    import matplotlib  # deferred: heavy to import, for one font file
 
     path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans-Bold.ttf")
     if not os.path.exists(path):

@@ -13,6 +13,8 @@ import random
 from dataclasses import asdict
 from typing import Iterator
 
+from tqdm import tqdm
+
 from ...config import ConfigError
 from ..extract_think import descriptions_by_image, reasoner_records
 from ..sample import strip_image_markers, user_turn
@@ -89,8 +91,6 @@ def generate_world(out_dir: str, n: int, seed: int = 0, split: str = "train", pr
 
     Returns counts of what was written.
     """
-    from tqdm import tqdm
-
     if split not in SPLIT_BUCKETS:
         raise ConfigError(f"unknown split {split!r}; choose from {sorted(SPLIT_BUCKETS)}")
     cfg = make_config(preset, **overrides)

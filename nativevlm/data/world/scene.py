@@ -12,6 +12,7 @@ import random
 from dataclasses import asdict, dataclass, fields, replace
 
 from ...config import ConfigError
+from .fonts import fit_font_size, text_bbox
 
 CELL = 32  # grid cell in pixels; image sides are multiples of it (16-px patches, 2x2 merge)
 
@@ -196,8 +197,6 @@ def sample_objects(rng: random.Random, cfg: WorldConfig) -> Scene:
 
 
 def sample_text(rng: random.Random, cfg: WorldConfig) -> Scene:
-    from .fonts import fit_font_size, text_bbox
-
     w, h = _side(rng, cfg.min_side, cfg.max_side), _side(rng, cfg.min_side, cfg.max_side)
     is_number = rng.random() < 0.4
     text = str(rng.randint(0, 999)) if is_number else rng.choice(WORDS)

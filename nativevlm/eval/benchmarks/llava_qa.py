@@ -10,7 +10,7 @@ from pathlib import Path
 from ...data.formats import DataError, read_samples
 from ...data.sample import strip_image_markers
 from ..matching import normalize_answer, option_letters
-from . import Benchmark, Item
+from .base import Benchmark, Item
 
 
 def read(path: Path, log=print) -> Benchmark:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ...data.formats import DataError
-from . import Benchmark, Item
+from .base import Benchmark, Item
 
 SUFFIX = "Please select the correct answer from the options above."
 REFERENCE_MAX_CHARS = 64

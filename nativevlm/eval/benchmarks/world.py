@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...config import ConfigError
-from . import Benchmark, llava_qa
+from . import llava_qa
+from .base import Benchmark
 
 SPLIT = "test"
 
