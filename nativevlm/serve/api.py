@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..data.image import ImageError, ImageProcessor, load_image
+from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, user_turn
 from ..infer.chat import encode_prompt
 from ..infer.engine import Engine, Event, Request, SamplingParams
