@@ -29,8 +29,8 @@ from nativevlm.quickstart import load_shipped_recipe  # noqa: E402
 from nativevlm.train.data import StageData  # noqa: E402
 from nativevlm.train.export import build_model, load_tokenizer  # noqa: E402
 from nativevlm.train.optim import build_optimizer  # noqa: E402
+from nativevlm.train.objectives import StageContext, build as build_objectives  # noqa: E402
 from nativevlm.train.step import train_step  # noqa: E402
-from nativevlm.data.world.cells import class_word_ids  # noqa: E402
 
 
 def main() -> None:
@@ -51,17 +51,20 @@ def main() -> None:
     data = StageData(stage, collator, seed="bench")
     optimizer = build_optimizer(model, stage)
     params = [p for p in model.parameters() if p.requires_grad]
-    words = class_word_ids(tokenizer)
-    variants = {"without cell loss (before)": dict(cell_loss=0.0, cell_words=None),
-                "word-aligned cell loss (after)": dict(cell_loss=1.0, cell_words=words)}
+    variants = {"without cell loss (before)": build_objectives([{"name": "sft"}], "sft"),
+                "word-aligned cell loss (after)": build_objectives(stage.objectives, "native's S2")}
+    for objectives in variants.values():
+        for o in objectives:
+            o.objective.setup(StageContext(model=model, tokenizer=tokenizer, stage=stage, data=data,
+                                           processor=collator.image_processor, device=torch.device("cpu")))
     seconds = {k: 0.0 for k in variants}
     samples = {k: 0 for k in variants}
     for _ in range(args.rounds):
-        for name, kw in variants.items():
+        for name, objectives in variants.items():
             for _ in range(args.steps):
                 t0 = time.perf_counter()
                 batches = data.next_batches()  # loading is timed too, as in the trainer's step time
-                train_step(model, batches, optimizer, params, stage.grad_clip, 1, torch.device("cpu"), False, **kw)
+                train_step(model, batches, optimizer, params, stage.grad_clip, 1, torch.device("cpu"), False, objectives)
                 seconds[name] += time.perf_counter() - t0
                 samples[name] += sum(b.n_samples for b in batches)
     curves = LearningCurves(cfg)

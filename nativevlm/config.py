@@ -55,9 +55,6 @@ class ConnectorConfig:
     # Start image tokens at the RMS of the LM's token embeddings (Connector.match_output_scale) rather than
     # at the MLP's default scale, which is many times a word's and throws a pretrained LM off its inputs.
     match_text_scale: bool = True
-    # > 0 adds a linear head over the image tokens for a per-token auxiliary target (the world's cell classes,
-    # `nativevlm.data.world.cells`); used only by stages with `cell_loss` > 0.
-    cell_classes: int = 0
 
 
 @dataclass

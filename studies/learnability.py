@@ -56,6 +56,10 @@ def grid_captions(scenes: Path, captions: Path, dst: Path) -> str:
     return str(dst)
 
 
+CELLS_HEAD = [{"name": "sft"}, {"name": "cells", "weight": 1.0, "target": "head"}]
+CELLS_WORDS = [{"name": "sft"}, {"name": "cells", "weight": 1.0, "target": "words"}]
+
+
 def stage(name, data, trainable=("*",), steps=100, lr=1.5e-3, schedule="constant", warmup=20, **kw):
     return {"name": name, "data": [{"path": p, "weight": w} for p, w in data], "trainable": list(trainable),
             "steps": steps, "batch_size": 16, "lr": lr, "schedule": schedule, "warmup_steps": warmup,
@@ -89,18 +93,16 @@ def arm_recipe(arm: str, prep: Path) -> dict:
     elif arm == "combined":
         # cell_loss + identity_first: the per-token target through S1 and the identity stage, then all
         # families with the visual side frozen.
-        cfg["model"]["connector"]["cell_classes"] = 41
         s = cfg["stages"]
         s[2:] = [stage("s2a-identity", [(ident, 1.0)], steps=400, lr=1.5e-3),
                  stage("s2b-all-frozen-vision", s2_all, trainable=["language.*"], steps=600, lr=1.5e-3,
                        schedule="cosine", weight_decay=0.05)]
         for st in s[:3]:
-            st["cell_loss"] = 1.0
+            st["objectives"] = CELLS_HEAD
     elif arm == "word_align":
         # The cell loss toward the LM's own colour and shape word embeddings (cosine), in every stage.
-        cfg["model"]["connector"]["cell_classes"] = 41
         for st in cfg["stages"]:
-            st["cell_loss"], st["cell_target"] = 1.0, "words"
+            st["objectives"] = CELLS_WORDS
     elif arm == "frozen_vision_s2":
         # The usual S1 stages, then S2 with the visual side (encoder + connector) frozen.
         cfg["stages"][2]["trainable"] = ["language.*"]
@@ -112,13 +114,11 @@ def arm_recipe(arm: str, prep: Path) -> dict:
                 if src["path"] == caps:
                     src["path"] = grid
     elif arm == "cell_loss":
-        cfg["model"]["connector"]["cell_classes"] = 41
         for s in cfg["stages"]:
-            s["cell_loss"] = 1.0
+            s["objectives"] = CELLS_HEAD
     elif arm == "cell_loss_prealign":
-        cfg["model"]["connector"]["cell_classes"] = 41
         for s in cfg["stages"][:2]:
-            s["cell_loss"] = 1.0
+            s["objectives"] = CELLS_HEAD
     else:
         raise SystemExit(f"unknown arm {arm!r}")
     cfg["curves"] = {"data": str(w / "val.json"), "every": 100, "samples": 240, "max_new_tokens": 8,

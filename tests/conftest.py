@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from trainkit import make_world
+from trainkit import make_object_world, make_world
 
 # One intra-op thread unless the caller chose: the tensors here are tiny, so more threads barely help, and on
 # a busy 2-core machine a second spinning thread slowed some tests 15x (SmolLM2 greedy: 7.5 s vs 0.4 s).
@@ -19,3 +19,9 @@ if "OMP_NUM_THREADS" not in os.environ:
 def train_world(tmp_path_factory) -> dict:
     """The tiny training world of `trainkit.make_world`, written once; tests only read it."""
     return make_world(tmp_path_factory.mktemp("train_world"))
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> dict:
+    """A tiny built-in world (object scenes) with its tokenizer (`trainkit.make_object_world`)."""
+    return make_object_world(tmp_path_factory.mktemp("curve_world"))

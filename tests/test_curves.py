@@ -14,50 +14,22 @@ from nativevlm.data.formats import read_samples
 from nativevlm.data.image import ImageProcessor
 from nativevlm.data.tokenizer import Tokenizer
 from nativevlm.data.world import generate_world
-from nativevlm.data.world.cells import NUM_CELL_CLASSES, cell_class, cell_labels, class_name
+from nativevlm.data.world.cells import NUM_CELL_CLASSES, cell_class, cell_labels, class_name, class_word_ids
 from nativevlm.data.world.render import render_scene
 from nativevlm.data.world.scene import Scene
 from nativevlm.eval.benchmarks import Item, llava_qa
 from nativevlm.eval.curves import LearningCurves, fixed_subset
 from nativevlm.eval.harness import answer_priors
 from nativevlm.eval.diagnostics import SensitivityProbe, answer_attention, recorded_attention, target_object
+from nativevlm.model import layers
 from nativevlm.model.vlm import NativeVLM
 from nativevlm.train import checkpoint
 from nativevlm.train.config import TrainConfig
 from nativevlm.train.export import build_model
 from nativevlm.train.recipe import recipe_from_dict
+from nativevlm.train.objectives.cells import word_loss
 from nativevlm.train.trainer import train
-from nativevlm.config import ConfigError
-from trainkit import tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("curve_world")
-    generate_world(str(root), 24, split="train", preset="basic", progress=False)
-    generate_world(str(root), 8, split="val", preset="basic", progress=False)
-    texts = (root / "train_text.txt").read_text().splitlines()
-    Tokenizer.train(texts, vocab_size=400, min_frequency=1).save(root / "tok")
-    return {"root": root, "tok": root / "tok"}
-
-
-def curve_recipe(world: dict, **top) -> dict:
-    root = world["root"]
-    model = tiny_model(vocab=420)
-    model["vision"].update(patch_size=16, min_patches=16, max_patches=64)
-    recipe = {
-        "kind": "vlm", "model": model, "tokenizer": str(world["tok"]), "max_length": 200, "seed": 0,
-        "device": "cpu", "checkpoint_every": 2, "keep_checkpoints": 5, "progress": False,
-        "curves": {"data": str(root / "val.json"), "every": 2, "samples": 10, "batch_size": 4},
-        "stages": [
-            {"name": "a", "data": [{"path": str(root / "train_chat.json")}], "trainable": ["*"], "steps": 2,
-             "batch_size": 4, "lr": 3e-3},
-            {"name": "b", "data": [{"path": str(root / "train_captions.json")}], "trainable": ["*"], "steps": 2,
-             "batch_size": 2, "lr": 1e-3},
-        ],
-    }
-    recipe.update(top)
-    return recipe
+from trainkit import curve_recipe, tiny_model
 
 
 def test_curve_at_step_n_equals_a_separate_evaluation_of_the_step_n_checkpoint(tiny_world, tmp_path):
@@ -118,21 +90,6 @@ def test_cell_labels_read_the_scene_back_from_pixels(tmp_path):
     assert NUM_CELL_CLASSES == 41 and class_name(cell_class("red", "star")) == "red star"
 
 
-def test_cell_loss_trains_the_head_and_needs_one(tiny_world, tmp_path):
-    recipe = curve_recipe(tiny_world, curves={})
-    for s in recipe["stages"]:
-        s["cell_loss"] = 1.0
-    with pytest.raises(ConfigError, match="cell_classes"):
-        recipe_from_dict(recipe)
-    recipe["model"]["connector"] = {"cell_classes": NUM_CELL_CLASSES}
-    recipe["stages"][0]["steps"] = 6
-    train(recipe_from_dict(recipe), tmp_path / "run", log=lambda *a, **k: None)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    cell = [r["cell_loss"] for r in rows if "cell_loss" in r]
-    assert len(cell) == 8 and cell[0] == pytest.approx(torch.log(torch.tensor(41.0)).item(), abs=0.6)
-    assert min(cell[3:]) < cell[0]
-
-
 def test_target_object_is_the_one_object_the_question_names():
     scene = {"objects": [{"color": "red", "shape": "circle", "row": 0, "col": 1},
                          {"color": "blue", "shape": "circle", "row": 1, "col": 0}]}
@@ -156,14 +113,38 @@ def test_recorded_attention_changes_nothing_and_rows_are_distributions(tiny_worl
     ids = torch.tensor([enc.input_ids])
     plain = model(ids, pixel_values=enc.pixel_values).logits
     rows: list = []
-    with recorded_attention(rows):
+    with recorded_attention(model, rows):
         recorded = model(ids, pixel_values=enc.pixel_values).logits
     assert torch.equal(plain, recorded)
     assert len(rows) == model.config.language.num_layers
     assert torch.allclose(rows[0].sum(-1), torch.ones(1, rows[0].shape[1]), atol=1e-5)
+    # The rows recorded by swapping the module-level attention function (before attention became a
+    # per-model hook), for this model and input: each layer's sum of position * probability over heads.
+    assert [float((r.detach() * torch.arange(r.shape[-1])).sum()) for r in rows] == pytest.approx([55.072136, 55.032787],
+                                                                                          abs=2e-5)
     scenes = {json.loads(x)["id"]: json.loads(x) for x in (tiny_world["root"] / "val_scenes.jsonl").read_text().splitlines()}
     stats = answer_attention(model, tok, processor, llava_qa.read(tiny_world["root"] / "val.json").items[:12], scenes)
     assert 0 < stats["attn/image_mass"] <= 1 and 0 < stats["attn/entropy"] <= 1 + 1e-6
+
+
+def test_recording_one_models_attention_leaves_another_untouched(tiny_world):
+    """Two models in one process: while the first records its attention, the second keeps its own
+    attention function and gives the same outputs, and records nothing."""
+    cfg = recipe_from_dict(curve_recipe(tiny_world))
+    tok = Tokenizer.load(tiny_world["tok"])
+    recording, other = (build_model(cfg, tok).eval() for _ in range(2))
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        before = other(ids).logits
+        rows: list = []
+        with recorded_attention(recording, rows):
+            assert other.language.attention_fn is layers.attention
+            during = other(ids).logits
+            assert rows == []
+            recording(ids)
+        assert len(rows) == cfg.model.language.num_layers
+    assert torch.equal(before, during)
+    assert recording.language.attention_fn is layers.attention  # restored after the block
 
 
 def test_sensitivity_of_a_constant_connector_is_zero_and_of_a_random_one_is_not(tiny_world):
@@ -185,7 +166,6 @@ def test_word_cell_loss_points_tokens_at_their_words(tiny_world, tmp_path):
     """The word-aligned cell loss is low when each occupied token is its colour word's embedding plus its
     shape word's, high when the words are swapped, and training with it lowers it."""
     from nativevlm.data.world.cells import COLOURS, SHAPES
-    from nativevlm.data.world.cells import class_word_ids
 
     cfg = recipe_from_dict(curve_recipe(tiny_world, curves={}))
     tok = Tokenizer.load(tiny_world["tok"])
@@ -198,12 +178,12 @@ def test_word_cell_loss_points_tokens_at_their_words(tiny_world, tmp_path):
         return unit(table[words[0][COLOURS.index(colour)]].mean(0)) + unit(table[words[1][SHAPES.index(shape)]].mean(0))
     right = torch.stack([torch.zeros(table.shape[1]), token("red", "star"), token("blue", "circle")])
     wrong = torch.stack([torch.zeros(table.shape[1]), token("blue", "circle"), token("red", "star")])
-    assert model.word_cell_loss(right, targets, *words) < model.word_cell_loss(wrong, targets, *words)
+    assert word_loss(right, targets, table, *words) < word_loss(wrong, targets, table, *words)
 
     recipe = curve_recipe(tiny_world, curves={})
     recipe["stages"] = recipe["stages"][:1]
-    recipe["stages"][0].update(cell_loss=1.0, cell_target="words", steps=6)
+    recipe["stages"][0].update(objectives=[{"name": "sft"}, {"name": "cells", "target": "words"}], steps=6)
     train(recipe_from_dict(recipe), tmp_path / "run", log=lambda *a, **k: None)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    cell = [r["cell_loss"] for r in rows if "cell_loss" in r]
+    cell = [r["cells/loss"] for r in rows if "cells/loss" in r]
     assert len(cell) == 6 and min(cell[3:]) < cell[0]

@@ -81,3 +81,35 @@ def lm_recipe(world: dict, **top) -> dict:
 def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def make_object_world(root: Path, n_train: int = 24, n_val: int = 8) -> dict:
+    """A tiny built-in world (basic preset: object scenes) with a tokenizer trained on its text."""
+    from nativevlm.data.tokenizer import Tokenizer
+    from nativevlm.data.world import generate_world
+
+    generate_world(str(root), n_train, split="train", preset="basic", progress=False)
+    generate_world(str(root), n_val, split="val", preset="basic", progress=False)
+    texts = (root / "train_text.txt").read_text().splitlines()
+    Tokenizer.train(texts, vocab_size=400, min_frequency=1).save(root / "tok")
+    return {"root": root, "tok": root / "tok"}
+
+
+def curve_recipe(world: dict, **top) -> dict:
+    """Two stages over a `make_object_world` world, with learning curves on its val split."""
+    root = world["root"]
+    model = tiny_model(vocab=420)
+    model["vision"].update(patch_size=16, min_patches=16, max_patches=64)
+    recipe = {
+        "kind": "vlm", "model": model, "tokenizer": str(world["tok"]), "max_length": 200, "seed": 0,
+        "device": "cpu", "checkpoint_every": 2, "keep_checkpoints": 5, "progress": False,
+        "curves": {"data": str(root / "val.json"), "every": 2, "samples": 10, "batch_size": 4},
+        "stages": [
+            {"name": "a", "data": [{"path": str(root / "train_chat.json")}], "trainable": ["*"], "steps": 2,
+             "batch_size": 4, "lr": 3e-3},
+            {"name": "b", "data": [{"path": str(root / "train_captions.json")}], "trainable": ["*"], "steps": 2,
+             "batch_size": 2, "lr": 1e-3},
+        ],
+    }
+    recipe.update(top)
+    return recipe

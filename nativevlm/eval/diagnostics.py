@@ -27,12 +27,13 @@ from .benchmarks import Item
 
 
 @contextlib.contextmanager
-def recorded_attention(rows: list):
-    """Within the block, every decoder attention call appends the probabilities of its last query row
-    ([B, H, S]) to `rows`; outputs are unchanged (the real attention still runs)."""
-    from ..model import language
-
-    original = language.attention
+def recorded_attention(model, rows: list):
+    """Within the block, every decoder attention call of `model` (a NativeVLM or a LanguageModel) appends
+    the probabilities of its last query row ([B, H, S]) to `rows`; outputs are unchanged (the real
+    attention still runs). It wraps that model's own `attention_fn`, so other models in the process, and
+    this one after the block, compute attention as before."""
+    lm = getattr(model, "language", model)
+    original = lm.attention_fn
 
     def recording(q, k, v, mask, causal):
         if k.shape[1] != q.shape[1]:
@@ -46,11 +47,11 @@ def recorded_attention(rows: list):
         rows.append(scores.softmax(-1))
         return original(q, k, v, mask, causal)
 
-    language.attention = recording
+    lm.attention_fn = recording
     try:
         yield rows
     finally:
-        language.attention = original
+        lm.attention_fn = original
 
 
 def target_object(question: str, scene: dict) -> Optional[dict]:
@@ -87,7 +88,7 @@ def answer_attention(model, tokenizer, processor, items: Sequence[Item], scenes:
         if len(img_pos) < 2:
             continue
         rows: list = []
-        with recorded_attention(rows):
+        with recorded_attention(model, rows):
             model(ids, pixel_values=[p.to(device) for p in enc.pixel_values])
         probs = torch.stack([r[0].mean(0) for r in rows])  # [layers, S], mean over heads
         on_image = probs[:, img_pos]

@@ -46,16 +46,6 @@ class Connector(nn.Module):
         self.mlp1 = ProjectorMLP(vision_dim * f * f, hidden, llm_dim)
         e = config.extra_downsample
         self.mlp2 = ProjectorMLP(vision_dim * e * e, hidden, llm_dim) if e else None
-        self.cell_head = nn.Linear(llm_dim, config.cell_classes) if config.cell_classes else None
-
-    def cell_loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of each image token's class (see `ConnectorConfig.cell_classes`). The head reads the
-        RMS-normalised token, so a class is only easy to read when it is a sizeable part of the token's
-        direction, which is how the language model reads it too (its layers start with an RMSNorm)."""
-        if self.cell_head is None:
-            raise ValueError("cell_loss needs a cell head: set model.connector.cell_classes")
-        logits = self.cell_head(torch.nn.functional.rms_norm(tokens, tokens.shape[-1:]))
-        return torch.nn.functional.cross_entropy(logits.float(), targets)
 
     @torch.no_grad()
     def match_output_scale(self, target_rms: float) -> None:

@@ -34,7 +34,7 @@ class ModelOutput:
     loss_sum: Optional[torch.Tensor] = None
     weight_sum: Optional[torch.Tensor] = None
     aux_loss: Optional[torch.Tensor] = None
-    cell_loss: Optional[torch.Tensor] = None  # NativeVLM with cell targets: the image tokens' class loss
+    image_features: Optional[list[torch.Tensor]] = None  # NativeVLM: each image's tokens, as spliced in
 
 
 class AttentionProjections(nn.Module):
@@ -108,7 +108,7 @@ class DecoderLayer(nn.Module):
         k = apply_rope(k, ai.cos, ai.sin)
         if ai.kv_cache is not None:
             k, v = ai.kv_cache.update(layer_idx, k, v)
-        y = attention(q, k, v, ai.mask, ai.causal).transpose(1, 2).reshape(b, t, nh * hd)
+        y = ai.attend(q, k, v, ai.mask, ai.causal).transpose(1, 2).reshape(b, t, nh * hd)
         x = x + route_apply(y, route, self.attn.o_proj, vattn.o_proj if vattn is not None else None)
 
         aux: list[torch.Tensor] = []
@@ -136,6 +136,10 @@ class LanguageModel(nn.Module):
     works), `document_ids` [B, T] (packed documents attend only within themselves), `kv_cache` (a
     `KVCache`, advanced by T), `image_mask` [B, T] (routes tokens to the visual experts), `logits_to_keep`
     (logits of the last N positions only).
+
+    `attention_fn` is the function every decoder layer computes attention with, `(q, k, v, mask, causal)
+    -> output` (default `layers.attention`, SDPA). It is this instance's own: a diagnostic that wraps it to
+    record attention (`eval.diagnostics.recorded_attention`) changes no other model in the process.
     """
 
     def __init__(self, config: LanguageConfig, moe: Optional[MoEConfig] = None):
@@ -149,6 +153,7 @@ class LanguageModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, self.moe_config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.attention_fn = attention
         self.apply(init_weights)
         if self.moe_config.modality_experts:
             self.add_visual_experts()
@@ -227,7 +232,7 @@ class LanguageModel(nn.Module):
             position_ids = default_position_ids(b, t, past, attention_mask, x.device)
         cos, sin = rope_cos_sin(position_ids, self.config.resolved_head_dim, self.config.rope_theta)
         mask = build_causal_mask(t, past, attention_mask, document_ids, x.device)
-        ai = AttentionInputs(cos=cos, sin=sin, mask=mask, causal=True, kv_cache=kv_cache)
+        ai = AttentionInputs(cos=cos, sin=sin, mask=mask, causal=True, attend=self.attention_fn, kv_cache=kv_cache)
         route = ModalityRoute.from_mask(image_mask) if self.moe_config.modality_experts else None
 
         aux = None

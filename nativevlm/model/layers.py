@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -101,12 +101,14 @@ class KVCache:
 @dataclass
 class AttentionInputs:
     """Everything attention needs besides the hidden states, computed once per forward and shared by
-    all layers: rotary tables and the SDPA mask (None together with `causal` for the fast path)."""
+    all layers: rotary tables, the SDPA mask (None together with `causal` for the fast path) and the
+    attention function itself (`attention`, or the model's own: `LanguageModel.attention_fn`)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
     mask: Optional[torch.Tensor]  # bool [B, 1, T, S], True = attend
     causal: bool
+    attend: Callable  # (q, k, v, mask, causal) -> [B, H, T, D], as `attention`
     kv_cache: Optional[KVCache] = None
 
 

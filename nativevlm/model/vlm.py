@@ -81,12 +81,18 @@ class NativeVLM(nn.Module):
             raise FileNotFoundError(f"{weights} not found: {holds}")
         data = read_json_object(cfg_file, holds)
         data.pop("image_eos_id", None)  # written before the unused <img_eos> token was dropped
+        # Written while the world's cell-loss head lived in the connector; it now belongs to the training
+        # objective that uses it (train.objectives.cells) and never reaches an exported model.
+        cell_head = isinstance(data.get("connector"), dict) and bool(data["connector"].pop("cell_classes", 0))
         if isinstance(data.get("special_tokens"), dict):
             data["special_tokens"].pop("image_eos", None)
         config = from_dict(ModelConfig, data)
         with torch.device("meta"):
             model = cls(config)
-        load_state_strict(model, read_weights(weights, device), weights)
+        state = read_weights(weights, device)
+        if cell_head:
+            state = {k: v for k, v in state.items() if not k.startswith("connector.cell_head.")}
+        load_state_strict(model, state, weights)
         return model if str(device) == "meta" else model.to(dtype)
 
     def save_pretrained(self, path) -> None:
@@ -157,48 +163,22 @@ class NativeVLM(nn.Module):
         loss_weights: Optional[torch.Tensor] = None,
         kv_cache: Optional[KVCache] = None,
         image_downsample: Optional[Sequence[int]] = None,
-        cell_targets: Optional[torch.Tensor] = None,
-        cell_words: Optional[tuple] = None,
     ) -> ModelOutput:
-        """`model(batch)` with a collated `Batch`, or the tensors one by one. `cell_targets` (all images'
-        token classes, concatenated) also returns the image tokens' cell loss (`ModelOutput.cell_loss`, a
-        mean over image tokens; the caller weighs it): against the connector's head, or, with `cell_words`
-        (see `word_cell_loss`), against the LM's own colour and shape word embeddings."""
+        """`model(batch)` with a collated `Batch`, or the tensors one by one. The output carries the image
+        tokens the forward spliced in (`ModelOutput.image_features`), so a training objective over them
+        (a loss on the connector's output) reads them without encoding the images a second time."""
         if isinstance(input_ids, Batch):
-            return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache, cell_targets=cell_targets,
-                                cell_words=cell_words)
-        if cell_targets is not None and image_features is None:
+            return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache)
+        if image_features is None and pixel_values is not None and len(pixel_values) > 0:
             image_features = self.encode_images(pixel_values, image_downsample)
-        embeds, image_mask = self.embed(input_ids, pixel_values, image_features, image_downsample)
+        embeds, image_mask = self.embed(input_ids, image_features=image_features)
         out = self.language(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
             document_ids=document_ids, kv_cache=kv_cache, image_mask=image_mask,
             targets=targets, loss_weights=loss_weights,
         )
-        if cell_targets is not None:
-            tokens = torch.cat(list(image_features))
-            out.cell_loss = (self.word_cell_loss(tokens, cell_targets, *cell_words) if cell_words is not None
-                             else self.connector.cell_loss(tokens, cell_targets))
+        out.image_features = image_features
         return out
-
-    def word_cell_loss(self, tokens: torch.Tensor, targets: torch.Tensor, colour_ids, shape_ids) -> torch.Tensor:
-        """Word-aligned cell loss: each occupied image token should point (cosine) toward the LM's own
-        embedding of its colour word and of its shape word, among the other colours and shapes, so that the
-        text circuits the LM learnt on words ("a green triangle ... What color is the triangle? green") meet
-        image tokens that look like those words. `colour_ids` / `shape_ids`: token ids of each colour / shape
-        word in class order (`nativevlm.data.world.cells`), a list of ids each (their embeddings averaged)."""
-        table = self.language.embed_tokens.weight.detach()
-        cols = torch.stack([table[ids].mean(0) for ids in colour_ids])
-        shps = torch.stack([table[ids].mean(0) for ids in shape_ids])
-        keep = targets > 0
-        t = torch.nn.functional.normalize(tokens[keep].float(), dim=-1)
-        cls = targets[keep] - 1
-        n_shapes = len(shape_ids)
-        loss_c = torch.nn.functional.cross_entropy(10 * t @ torch.nn.functional.normalize(cols.float(), dim=-1).T,
-                                                   cls // n_shapes)
-        loss_s = torch.nn.functional.cross_entropy(10 * t @ torch.nn.functional.normalize(shps.float(), dim=-1).T,
-                                                   cls % n_shapes)
-        return (loss_c + loss_s) / 2
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         return self.language.new_kv_cache(batch_size, max_len)

@@ -7,6 +7,8 @@ wrong type fails naming the field, and the resolved recipe saved in a run direct
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
 from ..config import ModelConfig
 
 
@@ -54,10 +56,9 @@ class StageConfig:
     grad_clip: float = 1.0
     eval_every: int = 0  # steps; 0 = only at the end of the stage (when val_data is set)
     eval_samples: int = 64
-    # Weight of the per-image-token cell loss (built-in world only: each token's cell class, read back from
-    # the pixels by nativevlm.data.world.cells; needs model.connector.cell_classes). 0 = off.
-    cell_loss: float = 0.0
-    cell_target: str = "head"  # head: a linear head over the token; words: the LM's colour/shape word embeddings
+    # What the stage optimises: objectives by name, each with a weight and its own options
+    # (nativevlm.train.objectives), e.g. [{name: sft}, {name: cells, weight: 1.0, target: words}].
+    objectives: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "sft"}])
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

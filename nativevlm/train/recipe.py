@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 from ..config import ConfigError, apply_overrides, from_dict, read_yaml
+from . import objectives
 from .config import TrainConfig
 
 CHOICES = {
@@ -45,6 +46,7 @@ def relocate_paths(node, root: Path):
 def recipe_from_dict(data: dict, overrides: list[str] = ()) -> TrainConfig:
     """A recipe from its parsed YAML (e.g. a shipped recipe whose paths a program rewrote), overridden and
     validated like `load_recipe`."""
+    _refuse_cell_loss_keys(data)
     cfg = apply_overrides(from_dict(TrainConfig, data), list(overrides))
     validate(cfg)
     return cfg
@@ -81,12 +83,6 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.curves.every < 0 or cfg.curves.samples <= 0:
         raise ConfigError(f"curves: every must be >= 0 and samples > 0, got every={cfg.curves.every}, "
                           f"samples={cfg.curves.samples}")
-    for i, st in enumerate(cfg.stages):
-        if st.cell_target not in ("head", "words"):
-            raise ConfigError(f"stages[{i}].cell_target: {st.cell_target!r} is not one of head, words")
-    if any(st.cell_loss and st.cell_target == "head" for st in cfg.stages) and not cfg.model.connector.cell_classes:
-        raise ConfigError("stages[*].cell_loss: the cell loss needs a cell head; set model.connector.cell_classes "
-                          "(41 for the built-in world)")
     if cfg.kind == "lm" and cfg.curves.data:
         raise ConfigError("curves.data: learning curves evaluate image questions; kind lm has no images")
     for i, stage in enumerate(cfg.stages):
@@ -120,6 +116,24 @@ def _validate_stage(stage, where: str) -> None:
         raise ConfigError(f"{where}.betas: expected two numbers, got {stage.betas}")
     if stage.lora.rank < 0 or (stage.lora.rank > 0 and not stage.lora.modules):
         raise ConfigError(f"{where}.lora.modules: LoRA with rank {stage.lora.rank} needs module patterns")
+    objectives.build(stage.objectives, f"{where}.objectives")
+
+
+def _refuse_cell_loss_keys(data: dict) -> None:
+    """Recipes written before the cell loss became an objective: say what to write instead."""
+    model = data.get("model")
+    connector = model.get("connector") if isinstance(model, dict) else None
+    if isinstance(connector, dict) and "cell_classes" in connector:
+        raise ConfigError("model.connector.cell_classes: the cell head now belongs to the cells objective; remove "
+                          "this key and give the stages `objectives: [{name: sft}, {name: cells, target: head}]`")
+    for i, stage in enumerate(data.get("stages") or []):
+        if isinstance(stage, dict) and ("cell_loss" in stage or "cell_target" in stage):
+            key = "cell_loss" if "cell_loss" in stage else "cell_target"
+            weight, target = stage.get("cell_loss", 1.0), stage.get("cell_target", "head")
+            instead = (f"objectives: [{{name: sft}}, {{name: cells, weight: {weight}, target: {target}}}]"
+                       if weight else "nothing (the default objectives: [{name: sft}])")
+            raise ConfigError(f"stages[{i}].{key}: the cell loss is now an objective; write {instead} instead of "
+                              "cell_loss and cell_target")
 
 
 def stage_steps(stage) -> int:

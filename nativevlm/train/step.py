@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..model.batch import Batch
 from .distributed import all_reduce_sum
+from .objectives import MicroBatch, StepInfo, Weighted
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -40,10 +41,11 @@ def keep_graph(model: nn.Module) -> Iterator[None]:
 
 def module_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable-or-not parameters by part, for per-group gradient norms: vision, connector, embeddings
-    (token table and head), visual_experts (NaViL's image-token weights in the LM), language (the rest)."""
+    (token table and head), visual_experts (NaViL's image-token weights in the LM), objectives (their own
+    modules, see `train.objectives`), language (the rest)."""
     groups: dict[str, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if name.startswith(("vision.", "connector.")):
+        if name.startswith(("vision.", "connector.", "objectives.")):
             part = name.split(".")[0]
         elif "embed_tokens" in name or "lm_head" in name:
             part = "embeddings"
@@ -67,54 +69,51 @@ def group_grad_norms(groups: dict[str, list[nn.Parameter]]) -> dict[str, float]:
 
 
 def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, grad_clip: float, world: int,
-               device: torch.device, bf16: bool, touch_all: bool = False, groups: Optional[dict] = None,
-               cell_loss: float = 0.0, cell_words: Optional[tuple] = None) -> dict:
-    """Forward + backward over this rank's micro-batches, clip, step. Returns the global loss, grad norm
-    and token count. `touch_all` (DDP) adds 0 * every trainable parameter to the loss: DDP reduces only
-    once a parameter's gradient is ready, and a micro-batch that reaches no trainable parameter on one
-    rank would otherwise leave the other rank waiting; it also spares DDP the unused-parameter search.
-    With `groups` (see `module_groups`) the result adds each group's gradient norm before clipping.
-    `cell_loss` > 0 adds that weight times the image tokens' cell loss (world images) per micro-batch,
-    against the LM's colour and shape word embeddings when `cell_words` (their token ids) are given."""
-    w_local = sum(b.loss_weights.sum() for b in batches).to(device, torch.float32)
-    w_global = all_reduce_sum(w_local)
-    if float(w_global) == 0:  # the same on every rank (all-reduced), so all ranks stop together
-        raise ValueError("a training step has no target tokens on any rank: every sample of the batch was "
-                         "dropped (longer than max_length?) or has no assistant answer; raise max_length "
-                         "or check the data")
-    loss_sum = torch.zeros((), device=device)
-    cells = []
-    for b in batches:
-        inputs = b.to(device).model_inputs()
-        if cell_loss and b.pixel_values:
-            from ..data.world.cells import cell_labels
-
-            inputs["cell_targets"] = torch.cat([cell_labels(p) for p in b.pixel_values]).to(device)
-            if cell_words is not None:
-                inputs["cell_words"] = cell_words
-        with autocast(device, bf16):
-            out = model(**inputs)
-        loss = out.loss_sum * (world / w_global)
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss / len(batches)
-        if out.cell_loss is not None:
-            loss = loss + cell_loss * out.cell_loss / len(batches)
-            cells.append(out.cell_loss.detach())
-        if touch_all:
+               device: torch.device, bf16: bool, objectives: list[Weighted], touch_all: bool = False,
+               groups: Optional[dict] = None, step: int = 0, stage_step: int = 0, rank: int = 0) -> dict:
+    """Forward + backward over this rank's micro-batches for every objective, clip, step. Returns each
+    objective's metrics (`<name>/<metric>`, global means), `loss` (the weighted sum of the objectives'
+    `loss` metrics), the grad norm and the token count. `touch_all` (DDP) adds 0 * every trainable
+    parameter to the loss: DDP reduces only once a parameter's gradient is ready, and a micro-batch that
+    reaches no trainable parameter on one rank would otherwise leave the other rank waiting; it also spares
+    DDP the unused-parameter search. A micro-batch that no objective has a loss for gets the same, so every
+    rank still runs a backward.
+    With `groups` (see `module_groups`) the result adds each group's gradient norm before clipping."""
+    w_local = sum(b.loss_weights.sum() if b.loss_weights is not None else 0 for b in batches)
+    info = StepInfo(step=step, stage_step=stage_step, micro_batches=len(batches), world=world, rank=rank,
+                    target_weight=all_reduce_sum(torch.as_tensor(w_local).to(device, torch.float32)))
+    names = [(o.objective.name, m) for o in objectives for m in o.objective.metrics]
+    slot = {name: k for k, name in enumerate(names)}
+    stats = torch.zeros(len(names), 2, device=device)  # (total, count) of each metric
+    for i, b in enumerate(batches):
+        mb = MicroBatch(model, b.to(device), i)
+        loss = torch.zeros((), device=device)
+        for o in objectives:
+            with autocast(device, bf16):
+                out = o.objective.loss(model, mb, info)
+            if out.loss is not None:
+                loss = loss + o.weight * out.loss
+            for metric, (total, count) in out.metrics.items():
+                k = slot.get((o.objective.name, metric))
+                if k is None:
+                    raise ValueError(f"objective {o.objective.name} reported {metric!r}, which is not among its "
+                                     f"metrics {o.objective.metrics}")
+                stats[k, 0] += total
+                stats[k, 1] += count
+        if touch_all or not loss.requires_grad:
             loss = loss + sum(p.sum() for p in params) * 0.0
         loss.backward()
-        loss_sum += out.loss_sum.detach().float()
     parts = group_grad_norms(groups) if groups else {}
-    if cells:
-        parts["cell_loss"] = float(torch.stack(cells).mean())
     grad_norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
         grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = all_reduce_sum(torch.tensor(sum(int(b.attention_mask.sum()) for b in batches), device=device))
-    return {"loss": float(all_reduce_sum(loss_sum) / w_global), "grad_norm": float(grad_norm), "tokens": int(tokens),
-            **parts}
+    stats = all_reduce_sum(stats)
+    metrics = {f"{name}/{metric}": float(t / c) for (name, metric), (t, c) in zip(names, stats) if c > 0}
+    total = sum(o.weight * metrics.get(f"{o.objective.name}/loss", 0.0) for o in objectives)
+    return {"loss": total, **metrics, "grad_norm": float(grad_norm), "tokens": int(tokens), **parts}
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from .export import build_model, load_tokenizer, save_model
 from .freeze import apply_trainable, check_patterns, contract_table
 from .lora import add_lora, merge_lora
 from .metrics import MetricsLog, flop_params, throughput
+from .objectives import StageContext, Weighted, build as build_objectives
 from .optim import build_optimizer, set_lr
 from .recipe import stage_steps
 from .schedule import stage_lr
@@ -57,6 +58,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
 
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.model.special_tokens)
     model = build_model(cfg, tokenizer).to(ctx.device)
+    stage_objectives = [build_objectives(st.objectives, f"stages[{i}].objectives") for i, st in enumerate(cfg.stages)]
+    owned = attach_objective_modules(model, stage_objectives, ctx.device)
     check_patterns(model, cfg.stages)
     vlm = isinstance(model, NativeVLM)
     mcfg = model.config if vlm else cfg.model
@@ -102,20 +105,22 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             if stage.lora.rank:
                 add_lora(model, stage.lora.modules, stage.lora.rank, stage.lora.alpha)
             apply_trainable(model, stage.trainable)
+            objs = stage_objectives[si]
+            for name, module in owned.items():  # an objective's own parameters train where it runs
+                module.requires_grad_(any(o.objective.name == name for o in objs))
             log(contract_table(model, f"stage {si + 1}/{len(cfg.stages)} '{stage.name}'"))
             wrapped = distributed.wrap(model, cfg.distributed, ctx)
             optimizer = build_optimizer(model, stage)
             params = [p for p in model.parameters() if p.requires_grad]
-            words = None
-            if vlm and stage.cell_loss and stage.cell_target == "words":
-                from ..data.world.cells import class_word_ids  # the world's vocabulary: only its recipes need it
-
-                words = class_word_ids(tokenizer)
             data = StageData(stage, collator, seed=f"{cfg.seed}:{si}", rank=ctx.rank, world=ctx.world, log=log)
             val = data.val_batches()
+            for o in objs:
+                o.objective.setup(StageContext(model=model, tokenizer=tokenizer, stage=stage, data=data,
+                                               processor=collator.image_processor, device=ctx.device,
+                                               module=owned.get(o.objective.name)))
             total, step = stage_steps(stage), 0
             if loaded and si == state["stage"]:
-                _restore(loaded, model, optimizer, data)
+                _restore(loaded, model, optimizer, data, objs)
                 step, loaded = state["step"], None
             bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (ctx.is_main and cfg.progress))
             while step < total and (max_steps is None or gs < max_steps):
@@ -123,8 +128,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 set_lr(optimizer, lr)
                 t0 = time.perf_counter()
                 res = train_step(wrapped, data.next_batches(), optimizer, params, stage.grad_clip, ctx.world,
-                                 ctx.device, bf16, touch_all=ctx.world > 1 and cfg.distributed == "ddp",
-                                 groups=groups, cell_loss=stage.cell_loss, cell_words=words)
+                                 ctx.device, bf16, objs, touch_all=ctx.world > 1 and cfg.distributed == "ddp",
+                                 groups=groups, step=gs, stage_step=step, rank=ctx.rank)
                 step, gs = step + 1, gs + 1
                 train_seconds += time.perf_counter() - t0
                 row = {"step": gs, "stage": stage.name, "stage_step": step, "loss": res.pop("loss"), "lr": lr,
@@ -141,7 +146,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
                     trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict(),
                                      "train_seconds": train_seconds}
-                    _save(out_dir, cfg, ctx, model, optimizer, trainer_state)
+                    _save(out_dir, cfg, ctx, model, optimizer, trainer_state, [o.objective.state_dict() for o in objs])
             bar.close()
             if collator.dropped:
                 log(f"samples dropped so far (longer than max_length {cfg.max_length}, or a corrupt image): "
@@ -149,11 +154,11 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             if step < total:
                 log(f"stopped at step {gs} (--max-steps); continue with --resume")
                 metrics.close()
-                return TrainResult(out_dir, model, gs, None)
+                return TrainResult(out_dir, detach_objective_modules(model), gs, None)
             if stage.lora.rank:
                 merge_lora(model)
 
-        final_state = distributed.full_model_state(model)
+        final_state = {k: v for k, v in distributed.full_model_state(model).items() if not k.startswith("objectives.")}
         if ctx.is_main:
             save_model(model, final_state, out_dir / "final", tokenizer)
         distributed.barrier()
@@ -162,7 +167,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             if ctx.is_main:
                 hook.on_end(out_dir)
         log(f"final model: {out_dir / 'final'} (load with nativevlm.model.loading.load_pretrained)")
-        return TrainResult(out_dir, model, gs, out_dir / "final")
+        return TrainResult(out_dir, detach_objective_modules(model), gs, out_dir / "final")
 
 
 class TrainHook(Protocol):
@@ -190,16 +195,41 @@ def preserved_rng():
         checkpoint.set_rng_state(state)
 
 
-def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict) -> None:
+def attach_objective_modules(model: nn.Module, stage_objectives: list[list[Weighted]], device) -> dict:
+    """Register the parameters objectives own (`Objective.module`) on the model as `objectives.<name>`,
+    one module per objective name for the whole run, before anything wraps or checkpoints the model: DDP
+    and FSDP then average their gradients, the optimizer and checkpoints hold them like the model's own."""
+    owned: dict[str, nn.Module] = {}
+    for objs in stage_objectives:
+        for o in objs:
+            if o.objective.name not in owned:
+                module = o.objective.module(model)
+                if module is not None:
+                    owned[o.objective.name] = module.to(device)
+    if owned:
+        model.objectives = nn.ModuleDict(owned)
+    return owned
+
+
+def detach_objective_modules(model: nn.Module) -> nn.Module:
+    """The model as exported: without the objectives' own modules."""
+    if isinstance(getattr(model, "objectives", None), nn.ModuleDict):
+        del model.objectives
+    return model
+
+
+def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict, objective_state: list) -> None:
     model_state, optim_state = distributed.full_state(model, optimizer)
     checkpoint.save(out_dir / "checkpoints", trainer_state["global_step"], model_state, optim_state, trainer_state,
-                    ctx.rank, cfg.keep_checkpoints)
+                    ctx.rank, cfg.keep_checkpoints, objective_state)
 
 
-def _restore(loaded: tuple, model: nn.Module, optimizer, data: StageData) -> None:
-    """Everything a checkpoint holds, restored after the stage is set up (LoRA added, optimizer built),
-    RNG last, so the run continues exactly as the uninterrupted one did."""
-    model_state, optim_state, trainer_state, rng = loaded
+def _restore(loaded: tuple, model: nn.Module, optimizer, data: StageData, objs: list[Weighted]) -> None:
+    """Everything a checkpoint holds, restored after the stage is set up (LoRA added, optimizer built,
+    objectives set up), RNG last, so the run continues exactly as the uninterrupted one did."""
+    model_state, optim_state, trainer_state, rng, objective_state = loaded
     distributed.load_full_state(model, optimizer, model_state, optim_state)
     data.sampler.load_state_dict(trainer_state["sampler"])
+    for o, state in zip(objs, objective_state):
+        o.objective.load_state_dict(state)
     checkpoint.set_rng_state(rng)
