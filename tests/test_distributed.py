@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from nativevlm.train.recipe import load_recipe
-from trainkit import vlm_recipe, write_recipe
+from trainkit import curve_recipe, vlm_recipe, write_recipe
 
 
 def free_port() -> int:
@@ -93,3 +93,33 @@ def test_two_process_stop_and_resume_is_bit_identical(single, strategy):
     two_processes(root, recipe, strategy, out, resume=True)
     resumed = load_file(out / "final" / "model.safetensors")
     assert all(torch.equal(resumed[k], v) for k, v in reference.items())
+
+
+@pytest.fixture(scope="module")
+def head_single(tmp_path_factory, tiny_world):
+    """A stage with an objective that owns parameters (the cells objective's head), on one process in
+    two micro-batches of 2 samples: the micro-batches each of two ranks takes with grad_accum 1. (The cell
+    loss is a mean per micro-batch, so unlike sft its value depends on the split.)"""
+    root = tmp_path_factory.mktemp("dist_head")
+    recipe = curve_recipe(tiny_world, curves={})
+    recipe["stages"] = [{**recipe["stages"][1], "steps": 3, "batch_size": 4, "grad_accum": 2,
+                         "objectives": [{"name": "sft"}, {"name": "cells", "target": "head"}]}]
+    path = write_recipe(root / "recipe.yaml", recipe)
+    mp.spawn(_worker, args=(1, free_port(), str(path), str(root / "single")), nprocs=1)
+    recipe["stages"][0]["grad_accum"] = 1
+    return root, write_recipe(root / "two.yaml", recipe)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_an_objectives_own_head_trains_alike_on_two_processes(head_single, strategy):
+    """The head is registered on the model before wrapping, so DDP and FSDP average its gradients like the
+    model's: the two-process run logs the single-process losses, the head's included."""
+    root, recipe = head_single
+    out = two_processes(root, recipe, strategy, root / strategy)
+    keys = ("loss", "sft/loss", "cells/loss")
+    rows = {name: [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("single", strategy)}
+    assert len(rows[strategy]) == len(rows["single"]) == 3
+    for got, ref in zip(rows[strategy], rows["single"]):
+        assert all(abs(got[k] - ref[k]) < 1e-5 for k in keys), (got, ref)
+    assert not any(k.startswith("objectives.") for k in load_file(out / "final" / "model.safetensors"))

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import textwrap
 
 import pytest
 import torch
@@ -24,7 +24,8 @@ from nativevlm.data.world.render import render_scene
 from nativevlm.data.world.scene import Scene, TextItem, WorldObject
 from nativevlm.train.data import StageData
 from nativevlm.train.export import build_model
-from nativevlm.train.objectives import MicroBatch, Objective, Output, StepInfo, register
+from nativevlm.train import objectives
+from nativevlm.train.objectives import MicroBatch, Output, StepInfo, register
 from nativevlm.train.recipe import recipe_from_dict
 from nativevlm.train.trainer import train
 from trainkit import tiny_model, vlm_recipe, write_recipe
@@ -170,31 +171,30 @@ def test_old_cell_head_key_says_what_to_write(train_world):
         recipe_from_dict(recipe)
 
 
-@dataclass
-class TokenNormOptions:
-    target: float = 1.0
+def documented_example() -> type:
+    """The objective the package docstring shows how to write, run as written (it registers itself)."""
+    doc = objectives.__doc__
+    code = doc[doc.index("    from dataclasses import dataclass"):doc.index("after which a recipe may say")]
+    namespace: dict = {}
+    exec(textwrap.dedent(code), namespace)
+    return namespace["TokenNorm"]
 
 
 @register("test_token_norm")
-class TokenNorm(Objective):
-    """The package docstring's example, plus state: how many image tokens it has seen, checkpointed."""
+class CountingTokenNorm(documented_example()):
+    """The documented example, plus state: how many image tokens it has seen, checkpointed."""
 
-    Options = TokenNormOptions
     metrics = ("loss", "rms", "seen")
 
     def setup(self, ctx) -> None:
-        self.stages = getattr(self, "stages", []) + [ctx.stage.name]
         self.seen = 0
 
     def loss(self, model, mb: MicroBatch, info: StepInfo) -> Output:
-        feats = mb.forward().image_features
-        if not feats:
-            return Output(None)
-        rms = torch.cat(list(feats)).float().pow(2).mean(-1).sqrt()
-        self.seen += len(rms)
-        penalty = (rms - self.options.target).pow(2).mean()
-        return Output(penalty / info.micro_batches, {"loss": (penalty.detach(), 1), "rms": (rms.detach().sum(), len(rms)),
-                                                      "seen": (self.seen, 1)})
+        out = super().loss(model, mb, info)
+        if out.loss is not None:
+            self.seen += out.metrics["rms"][1]
+            out.metrics["seen"] = (self.seen, 1)
+        return out
 
     def state_dict(self) -> dict:
         return {"seen": self.seen}
@@ -220,3 +220,25 @@ def test_a_new_objective_plugs_in_with_options_metrics_and_state(train_world, tm
     reference = load_file(tmp_path / "run/final/model.safetensors")
     resumed = load_file(tmp_path / "resumed/final/model.safetensors")
     assert all(torch.equal(resumed[k], v) for k, v in reference.items())
+
+
+def test_a_model_exported_with_the_old_connector_cell_head_still_loads(tmp_path):
+    """Models exported while the cell head lived in the connector carry `connector.cell_classes` and its
+    tensors: they load, the head left out, with every other tensor as saved."""
+    from safetensors.torch import save_file
+
+    from nativevlm.config import ModelConfig, from_dict
+    from nativevlm.model.vlm import NativeVLM
+
+    torch.manual_seed(0)
+    model = NativeVLM(from_dict(ModelConfig, tiny_model()))
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m/config.json").read_text())
+    config["connector"]["cell_classes"] = NUM_CELL_CLASSES
+    (tmp_path / "m/config.json").write_text(json.dumps(config))
+    state = {**model.state_dict(), "connector.cell_head.weight": torch.zeros(NUM_CELL_CLASSES, 32),
+             "connector.cell_head.bias": torch.zeros(NUM_CELL_CLASSES)}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m/model.safetensors"))
+    loaded = NativeVLM.from_pretrained(tmp_path / "m")
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())

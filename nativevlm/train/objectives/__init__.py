@@ -8,12 +8,13 @@ A stage lists its objectives with a weight each and their own options (default `
 
 The step (`train.step.train_step`) knows no objective: for each micro-batch it asks every objective of
 the stage for an `Output`, backpropagates the sum of `weight * output.loss`, and logs each objective's
-metrics as `<objective>/<metric>` (e.g. `sft/loss`, `cells/loss`) and the weighted total as `loss`.
+metrics as `<objective>/<metric>` (e.g. `sft/loss`, `cells/loss`) and the weighted sum of their `loss`
+metrics as `loss`.
 Built in: `sft` (next-token cross-entropy, normalised over the global batch) and `cells` (the built-in
 world's per-image-token cell loss, refusing any other images).
 
-An objective is a class registered by name (`@register("name")`, then imported here so recipes can name
-it) with:
+An objective is a class registered by name (`@register("name")`: the built-in ones are imported here; a
+new one registers when its module is imported, before the recipe is loaded) with:
 
 - `Options`: a dataclass of its recipe options (besides `name` and `weight`), type-checked like the rest
   of the recipe, and `choices` for options with a fixed set of values;
@@ -27,8 +28,9 @@ it) with:
   stage, its data and the image processor), e.g. to check the data or freeze a reference copy;
 - `module(model)`: parameters it owns (a head), registered on the model for the run as
   `objectives.<name>`: trained where the objective runs, averaged over ranks, checkpointed, not exported;
-- `state_dict()` / `load_state_dict()`: state saved with every checkpoint and restored on resume (a
-  running mean, an RNG), so a resumed run continues exactly.
+- `state_dict()` / `load_state_dict()`: state saved with every checkpoint (per rank) and restored on
+  resume (a running mean, an RNG's state; a frozen reference copy made in `setup` too, since a run resumed
+  mid-stage no longer has the weights the stage began with), so a resumed run continues exactly.
 
 A new objective, e.g. a regulariser that keeps image tokens near a chosen RMS:
 

@@ -12,6 +12,9 @@ label per image token (16-px patches, 2x2 shuffle). Two targets:
   palette and shape list). The head is this objective's own module (`objectives.cells` on the model while
   training): it trains and is checkpointed with the run and never reaches the exported model.
 
+The loss is a mean over a micro-batch's image tokens, averaged over micro-batches and ranks (as it was
+when the model computed it), so unlike `sft` its value depends on how the global batch is split.
+
 World-only in fact: a micro-batch image that is not drawn as the world draws object scenes (its
 background, palette, one object per cell, the world's shapes) stops training with an error naming the
 stage's data files, and each stage's files are checked up front (their first `CHECKED_PER_FILE` images).
@@ -19,6 +22,7 @@ stage's data files, and each stage's files are checked up front (their first `CH
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -90,7 +94,7 @@ class Cells(Objective):
         self.files = [src.path for src, samples in zip(ctx.stage.data, ctx.data.sources)
                       if any(s.images for s in samples)]
         for src, samples in zip(ctx.stage.data, ctx.data.sources):
-            for image in [path for s in samples for path in s.images][:CHECKED_PER_FILE]:
+            for image in islice((path for s in samples for path in s.images), CHECKED_PER_FILE):
                 try:
                     cell_labels(ctx.processor(image))
                 except NotAWorldRender as e:
