@@ -52,7 +52,8 @@ def main() -> None:
     optimizer = build_optimizer(model, stage)
     params = [p for p in model.parameters() if p.requires_grad]
     variants = {"without cell loss (before)": build_objectives([{"name": "sft"}], "sft"),
-                "word-aligned cell loss (after)": build_objectives(stage.objectives, "native's S2")}
+                "word-aligned cell loss (after)": build_objectives([{"name": "sft"}, {"name": "cells", "target": "words"}],
+                                                                   "sft and cells")}
     for objectives in variants.values():
         for o in objectives:
             o.objective.setup(StageContext(model=model, tokenizer=tokenizer, stage=stage, data=data,
