@@ -53,8 +53,11 @@ SFT_AND_WORDS = [{"name": "sft"}, {"name": "cells", "weight": 1.0, "target": "wo
 
 def test_cell_loss_trains_as_it_did_inside_the_model(tiny_world, tmp_path):
     """The values the same run logged when the cell loss was computed by the model's forward
-    (`cell_loss: 1.0, cell_target: words`, measured before the move): the same losses to float precision."""
-    train(recipe_from_dict(cell_recipe(tiny_world, SFT_AND_WORDS)), tmp_path / "run", **QUIET)
+    (`cell_loss: 1.0, cell_target: words`, measured before the move, with image tokens at the connector's
+    own initial scale as models were then built): the same losses to float precision."""
+    recipe = cell_recipe(tiny_world, SFT_AND_WORDS)
+    recipe["model"]["connector"] = {"match_text_scale": False}
+    train(recipe_from_dict(recipe), tmp_path / "run", **QUIET)
     got = rows(tmp_path / "run")
     before_ce = [6.0344719886779785, 6.043715000152588, 6.047975063323975, 6.031516075134277]
     before_cells = [2.935718059539795, 3.458568811416626, 1.9658360481262207, 1.5532374382019043]
