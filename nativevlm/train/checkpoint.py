@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `checkpoints/step-00000042/` holding `model.safetensors` (weights),
 `optimizer.pt` (the AdamW state dict, loaded back with `weights_only=True`), `trainer.json` (stage, step,
-sampler position, Python and NumPy RNG state) and one `rng-<rank>.json` per process (torch RNG states).
+sampler position, Python and NumPy RNG state) and one `rng-<rank>.json` per process (its RNG states, and
+under `rank` what only that process knows: its position in each streamed data source).
 It is written into `.tmp-step-...` in the same folder, then `COMPLETE` (a manifest of every file's size and
 SHA-256) is written last and the folder committed with `utils.atomic.commit_dir` (fsync, rename into place).
 Resume takes the newest folder whose manifest verifies, so a half-written checkpoint is never loaded.
@@ -64,8 +65,9 @@ def _jsonable(x):
 
 
 def save(root: Path, global_step: int, model_state: dict, optim_state: dict, trainer_state: dict,
-         rank: int, keep: int) -> Path:
-    """Collective: every rank calls it (each writes its RNG file); rank 0 writes the rest and commits."""
+         rank: int, keep: int, rank_state: Optional[dict] = None) -> Path:
+    """Collective: every rank calls it (each writes its RNG file, with its `rank_state`); rank 0 writes the
+    rest and commits."""
     final = root / f"{PREFIX}{global_step:08d}"
     tmp = root / f".tmp-{final.name}"
     if rank == 0:
@@ -74,7 +76,7 @@ def save(root: Path, global_step: int, model_state: dict, optim_state: dict, tra
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     distributed.barrier()
-    (tmp / f"rng-{rank}.json").write_text(json.dumps(rng_state()))
+    (tmp / f"rng-{rank}.json").write_text(json.dumps({**rng_state(), "rank": rank_state or {}}))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         atomic.fault_point("checkpoint.weights", tmp)
@@ -109,7 +111,7 @@ def latest(root: Path) -> Optional[Path]:
 
 
 def load(path: Path, rank: int) -> tuple[dict, dict, dict, dict]:
-    """(model state, optimizer state, trainer state, this rank's RNG state)."""
+    """(model state, optimizer state, trainer state, this rank's RNG state with its `rank` state)."""
     model_state = load_file(str(path / "model.safetensors"))
     optim_state = torch.load(path / "optimizer.pt", weights_only=True)
     trainer_state = json.loads((path / "trainer.json").read_text())

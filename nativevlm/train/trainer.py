@@ -141,7 +141,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
                     trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict(),
                                      "train_seconds": train_seconds}
-                    _save(out_dir, cfg, ctx, model, optimizer, trainer_state)
+                    _save(out_dir, cfg, ctx, model, optimizer, trainer_state, {"streams": data.stream_state()})
             bar.close()
             if collator.dropped:
                 log(f"samples dropped so far (longer than max_length {cfg.max_length}, or a corrupt image): "
@@ -190,10 +190,10 @@ def preserved_rng():
         checkpoint.set_rng_state(state)
 
 
-def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict) -> None:
+def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict, rank_state: dict) -> None:
     model_state, optim_state = distributed.full_state(model, optimizer)
     checkpoint.save(out_dir / "checkpoints", trainer_state["global_step"], model_state, optim_state, trainer_state,
-                    ctx.rank, cfg.keep_checkpoints)
+                    ctx.rank, cfg.keep_checkpoints, rank_state)
 
 
 def _restore(loaded: tuple, model: nn.Module, optimizer, data: StageData) -> None:
@@ -202,4 +202,5 @@ def _restore(loaded: tuple, model: nn.Module, optimizer, data: StageData) -> Non
     model_state, optim_state, trainer_state, rng = loaded
     distributed.load_full_state(model, optimizer, model_state, optim_state)
     data.sampler.load_state_dict(trainer_state["sampler"])
+    data.load_stream_state(rng.get("rank", {}).get("streams", []))
     checkpoint.set_rng_state(rng)
