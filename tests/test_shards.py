@@ -206,3 +206,12 @@ def test_a_parquet_file_with_image_bytes_reads_and_trains(train_world, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result.final is not None and result.global_step == 4
     assert all(0 < row["loss"] < 20 for row in rows if "loss" in row)
+
+
+def test_evaluation_reads_a_shard_folder_as_the_file_it_came_from(train_world, tmp_path):
+    from nativevlm.eval.benchmarks import load_benchmark
+
+    out = shard(train_world["val"], tmp_path / "val_shards", 2)
+    want, got = load_benchmark(str(train_world["val"])), load_benchmark(str(out))
+    assert [(i.id, i.question, i.answer) for i in got.items] == [(i.id, i.question, i.answer) for i in want.items]
+    assert [i.images for i in got.items] == [[Path(p).read_bytes() for p in i.images] for i in want.items]

@@ -1,12 +1,18 @@
-"""Curate one LLaVA JSON file end to end: read, run the chosen stages, write kept records and the report."""
+"""Curate one dataset end to end: read, run the chosen stages, write kept records and the report.
+
+The input is a LLaVA JSON / JSONL file or a sharded source (`data.shards`); the output is a JSON / JSONL
+file (records unchanged) when `out` ends in `.json` / `.jsonl`, otherwise a shard folder holding the kept
+records with their images' bytes.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
+from ..shards import Item, Shard, is_sharded, list_shards, write_shards
 from .balance import Balance
-from .base import CurationError, CurationResult, Stage, load_records, run_pipeline
+from .base import CurationError, CurationResult, Entry, Stage, image_bytes, load_records, run_pipeline
 from .dedup import Dedup
 from .integrity import ImageIntegrity
 from .judge import ImageTextJudge, LogprobFn
@@ -47,14 +53,50 @@ def write_records(records: list[dict], path: Path) -> None:
         path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
 
 
+def write_kept(kept: Iterable[Entry], out: Path, source: str, shard_size: int = 1000) -> None:
+    """Kept entries in input order: records as written to `.json` / `.jsonl`, else shards (their images'
+    bytes beside them, under the keys they were read with)."""
+    out = Path(out)
+    if out.suffix in (".json", ".jsonl"):
+        write_records([e.record for e in kept], out)
+        return
+
+    def item(e: Entry) -> Item:
+        stored = []
+        for ref in e.images:
+            try:
+                stored.append(image_bytes(ref))
+            except OSError:
+                stored.append(None)
+        return Item(e.key or f"{e.index:09d}", e.record, stored, Shard("", 0))
+
+    write_shards(map(item, kept), out, shard_size, source)
+
+
+def source_name(src: Path) -> str:
+    """The file the records came from, which shards carry on (for the ids of records without one)."""
+    return (list_shards(src)[0].source or src.name) if is_sharded(src) else src.name
+
+
 def curate_file(src: Path, out: Path, stages: list[Stage], image_root: Optional[Path] = None,
-                report_dir: Optional[Path] = None, strict: bool = False, progress: bool = False) -> CurationResult:
+                report_dir: Optional[Path] = None, strict: bool = False, progress: bool = False,
+                engine: str = "local", address: Optional[str] = None, workers: int = 2) -> CurationResult:
     """Under `strict`, broken input (malformed records, missing/corrupt images, marker mismatch) raises a
-    CurationError naming the file and records instead of being dropped; nothing is written then."""
+    CurationError naming the file and records instead of being dropped; nothing is written then.
+    `engine="ray"` runs the stages on Ray Data over shards (`ray_engine`): on the cluster at `address`, or
+    a local Ray with `workers` CPUs."""
     src = Path(src)
-    entries, load_drops = load_records(src, image_root)
-    result = run_pipeline(stages, entries, load_drops, src, progress=progress, strict=strict)
-    write_records([e.record for e in result.kept], Path(out))
+    if engine == "ray":
+        from .ray_engine import run_ray, start
+
+        start(address, workers)
+        result = run_ray(stages, src, Path(out), workers, strict)
+    elif engine == "local":
+        entries, load_drops = load_records(src, image_root)
+        result = run_pipeline(stages, entries, load_drops, src, progress=progress, strict=strict)
+        write_kept(result.kept, Path(out), source_name(src))
+    else:
+        raise CurationError(f"--engine {engine!r}: choose local or ray")
     if report_dir is not None:
         write_report(result, Path(report_dir))
     return result
