@@ -33,7 +33,8 @@ t1 = time.perf_counter()
 result = curate_file(src, out, build_stages(list(DEFAULT_STAGES)), engine=engine, workers=workers)
 t2 = time.perf_counter()
 print(json.dumps({"startup_s": round(t1 - t0, 2), "curate_s": round(t2 - t1, 2), "n_in": result.n_in,
-                  "n_kept": len(result.kept), "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()}}))
+                  "n_kept": len(result.kept),
+                  "stage_seconds": {k: round(v, 2) for k, v in result.stage_seconds.items()}}))
 """
 
 
@@ -72,7 +73,8 @@ def main() -> None:
                           "load_average_at_start": [round(x, 2) for x in load],
                           "note": "shared machine: other jobs ran alongside"},
               "shards": {"records": rows[0]["n_in"], "shard_size": args.shard_size},
-              "stages": "integrity,text,dedup,judge", "runs": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+              "stages": "integrity,text,dedup,judge", "runs": rows,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {args.out}")

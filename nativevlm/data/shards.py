@@ -22,7 +22,6 @@ exact without re-reading the stream from its start.
 """
 from __future__ import annotations
 
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -245,12 +244,12 @@ class ShardStream:
     so the position stays a pure function of the index."""
 
     def __init__(self, shards: list[Shard], to_sample: Callable[[Item], Any], seed: str, rank: int = 0,
-                 world: int = 1, buffer: int = 1024, name: str = "", log=print):
+                 world: int = 1, buffer: int = 1024, name: str = ""):
         if len(shards) < world:
             raise DataError(f"{name}: {len(shards)} shard(s) for {world} ranks; each rank reads its own shards, "
                             "so reshard with a smaller --shard-size")
         self.shards, self.to_sample, self.seed = shards, to_sample, seed
-        self.rank, self.world, self.buffer, self.name, self.log = rank, world, max(1, buffer), name, log
+        self.rank, self.world, self.buffer, self.name = rank, world, max(1, buffer), name
         self.position = 0
         self._cursor = (0, 0, 0)  # (epoch, window, position at its start): where the last record was found
         self._plans: dict[int, list[list[Shard]]] = {}

@@ -104,9 +104,17 @@ class StageData:
         self.val = load_source(stage.val_data, log, stage.eval_samples) if stage.val_data else []
 
     def _stream(self, src, seed: str, log) -> ShardStream:
-        read, _ = item_reader(src.path)
-        return ShardStream(list_shards(src.path), read, seed, self.rank, self.world, src.shuffle_buffer,
-                           name=src.path, log=log)
+        read, report = item_reader(src.path)
+
+        def sample(item):
+            """The reader's sample; its first few skips are logged (all are counted in `report`)."""
+            got = read(item)
+            if got is None and report.n_skipped <= report.max_examples:
+                log(f"skipped: {report.examples[-1]}")
+            return got
+
+        return ShardStream(list_shards(src.path), sample, seed, self.rank, self.world, src.shuffle_buffer,
+                           name=src.path)
 
     def stream_state(self) -> list[int | None]:
         """This rank's position in each streamed source (None for a source held in memory)."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from itertools import combinations
-from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
@@ -199,13 +198,14 @@ class Dedup(Stage):
                         if near is None:
                             kept["image"].add(k.index)
                         else:
-                            verdict = Verdict({"image_corr": near[1]}, "image_near",
-                                              f"near-duplicate image of record #{near[0]} (thumbnail corr {near[1]:.3f})")
+                            verdict = Verdict({"image_corr": near[1]}, "image_near", f"near-duplicate image of "
+                                              f"record #{near[0]} (thumbnail corr {near[1]:.3f})")
             self.verdicts[k.index] = verdict or self._text_verdict(k, seen_records, seen_texts, kept, first_kept)
 
     def _text_verdict(self, k: DedupKeys, seen_records: dict, seen_texts: dict, kept: dict, first_kept) -> Verdict:
         if k.record_key in seen_records:
-            return Verdict(reason="record_exact", detail=f"same images and text as record #{seen_records[k.record_key]}")
+            return Verdict(reason="record_exact",
+                           detail=f"same images and text as record #{seen_records[k.record_key]}")
         seen_records[k.record_key] = k.index
         if k.norm is None:
             return Verdict()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import random
 import zlib
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import numpy as np

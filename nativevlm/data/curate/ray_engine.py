@@ -47,8 +47,9 @@ def start(address: Optional[str] = None, workers: int = 2) -> None:
     import ray
 
     if not ray.is_initialized():
-        kwargs = ({"address": address} if address else
-                  {"num_cpus": workers, "include_dashboard": False, "_system_config": {"worker_niceness": 0}})
+        kwargs = ({"address": address} if address else {"address": "local", "num_cpus": workers,
+                                                         "include_dashboard": False,
+                                                         "_system_config": {"worker_niceness": 0}})
         ray.init(log_to_driver=False, logging_level=logging.WARNING, **kwargs)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
