@@ -94,6 +94,12 @@ def _checked(stage: Stage, alive, workers: int):
     return alive.map_batches(_check, fn_kwargs={"stage": stage}, batch_size=256)
 
 
+def _materialized(ds):
+    """`ds` computed now: an actor pool holding every CPU could otherwise wait forever on an upstream
+    task that needs one."""
+    return ds.materialize()
+
+
 def ray_actors(workers: int):
     import ray
 
@@ -188,7 +194,8 @@ def run_ray(stages: list[Stage], src: Path, out: Path, workers: int = 2, strict:
     for row in rows.select_columns(["index", "entry", "outcome"]).iter_rows():
         entry, outcome = pickle.loads(row["entry"]), pickle.loads(row["outcome"])
         outcomes[row["index"]] = outcome or Outcome(entry.index, entry.id)
-    alive = rows.filter(lambda row: pickle.loads(row["outcome"]) is None).select_columns(["index", "entry"])
+    alive = _materialized(rows.filter(lambda row: pickle.loads(row["outcome"]) is None)
+                          .select_columns(["index", "entry"]))
     strict_reasons = {"load/malformed"} | {f"{s.name}/{r}" for s in stages for r in s.strict_reasons}
     seconds: dict[str, float] = {}
 
@@ -210,7 +217,7 @@ def run_ray(stages: list[Stage], src: Path, out: Path, workers: int = 2, strict:
             o.scores.update({f"{stage.name}.{k}": float(x) for k, x in json.loads(row["scores"]).items()})
             if row["reason"]:
                 o.reason, o.detail = f"{stage.name}/{row['reason']}", row["detail"]
-        alive = checked.filter(lambda row: not row["reason"]).select_columns(["index", "entry"])  # fused into the next
+        alive = _materialized(checked.filter(lambda row: not row["reason"]).select_columns(["index", "entry"]))
         seconds[stage.name] = time.perf_counter() - t0
         fail_if_broken()
     kept: list[Entry] = []
