@@ -17,7 +17,7 @@ from nativevlm.data.curate.judge import ImageTextJudge
 from nativevlm.data.curate.run import curate_file
 from nativevlm.data.curate.text import TextQuality
 from nativevlm.data.formats import read_samples
-from nativevlm.data.shards import shard_file
+from nativevlm.data.formats import shard_file
 from nativevlm.errors import CurationError
 
 ray = pytest.importorskip("ray")

@@ -13,8 +13,8 @@ import pytest
 from test_resume import assert_bit_identical, finish, start, wait_for, weights
 from trainkit import vlm_recipe, write_recipe
 
-from nativevlm.data.formats import read_samples
-from nativevlm.data.shards import ShardStream, Shard, iter_items, list_shards, shard_file
+from nativevlm.data.formats import read_samples, shard_file
+from nativevlm.data.shards import ShardStream, Shard, iter_items, list_shards
 from nativevlm.errors import ConfigError, DataError
 from nativevlm.train.data import StageData
 from nativevlm.train.recipe import load_recipe

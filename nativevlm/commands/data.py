@@ -101,7 +101,7 @@ def write_text_corpus(args) -> int:
 
 
 def write_shards(args) -> int:
-    from ..data.shards import shard_file
+    from ..data.formats import shard_file
 
     shards = shard_file(args.data, args.out, args.shard_size, args.image_root)
     print(f"{sum(s.n for s in shards)} records -> {len(shards)} shards in {args.out}")

@@ -15,12 +15,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from ..errors import DataError, ImageError
 from .image import verify_image
 from .sample import IMAGE_MARKER, Sample, user_turn
-from .shards import Item, is_sharded, iter_items
+from .shards import Item, Shard, is_sharded, iter_items, list_shards, write_shards
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 CHAT_ROLES = ("system", "user", "assistant")
@@ -170,7 +170,8 @@ class _Reader:
                 raise RecordError(MARKER_MISMATCH,
                                   f"{sample.n_markers()} {IMAGE_MARKER} markers but {len(refs)} images")
             sample.images = ([self.image(p) for p in refs] if images is None
-                             else [self.stored_image(ref, data) for ref, data in zip(refs, images)])
+                             else [self.stored_image(ref, data)
+                                   for ref, data in zip(refs, images + [None] * (len(refs) - len(images)))])
         except RecordError as skip:
             message = f"{label or self.path} {where}: {skip.message}"
             if self.strict:
@@ -329,3 +330,56 @@ def write_llava(samples: list[Sample], path: Union[str, Path]) -> None:
         records.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def source_items(path: Union[str, Path], image_root: Union[str, Path, None] = None) -> Iterator[Item]:
+    """Records of any file we read, as shard items: a sharded source as stored; a LLaVA JSON list or JSONL
+    file with each image reference's bytes read from disk (relative to `image_root`, default the file's
+    folder). A JSONL line that is not JSON is kept as its text, so a reader reports it as the source would."""
+    path = Path(path)
+    if is_sharded(path):
+        yield from iter_items(path)
+        return
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    root = Path(image_root) if image_root is not None else path.parent
+    origin = Shard(str(path), 0, source=path.name)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
+        try:
+            records = list(enumerate(json.loads(text)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e}); expected a list of records") from None
+    elif path.suffix == ".jsonl":
+        records = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    else:
+        raise DataError(f"{path}: expected a JSON list of records, a .jsonl file, a shard folder or .parquet")
+    for n, raw in records:
+        record = raw
+        if isinstance(raw, str):
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                yield Item(f"{n:09d}", raw, [], origin)
+                continue
+        images, refs = [], _refs(record)
+        for ref in refs:
+            file = Path(ref) if Path(ref).is_absolute() else root / ref
+            images.append(file.read_bytes() if file.is_file() else None)
+        yield Item(f"{n:09d}", record, images, origin, refs)
+
+
+def shard_file(src: Union[str, Path], out: Union[str, Path], shard_size: int,
+               image_root: Union[str, Path, None] = None) -> list[Shard]:
+    """`nativevlm data shard`: any file we read (or a sharded source, to reshard) as tar shards in `out`."""
+    src = Path(src)
+    source = (list_shards(src)[0].source or src.name) if is_sharded(src) else src.name
+    return write_shards(source_items(src, image_root), out, shard_size, source)
+
+
+def _refs(record: Any) -> list[str]:
+    """The record's image references as written, none for a record the readers cannot parse."""
+    try:
+        return parse_record(record, implicit_markers=False)[1]
+    except RecordError:
+        return []

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -50,6 +50,7 @@ class Item:
     record: Any
     images: list[Optional[bytes]]
     shard: Shard
+    refs: list[str] = field(default_factory=list)  # the image references as written, when known (file exts)
 
     @property
     def where(self) -> str:
@@ -102,7 +103,9 @@ def read_shard(shard: Shard) -> Iterator[Item]:
     if shard.row_group is None:
         for s in _tar_samples(shard.path):
             record = json.loads(s["json"])
-            images = [next((s[k] for k in s if k.split(".")[0] == str(i)), None) for i in range(len(_refs(record)))]
+            stored = {int(k.split(".")[0]): v for k, v in s.items() if k[:1].isdigit()}
+            # a trailing missing image leaves no member: readers pad to the record's reference count
+            images = [stored.get(i) for i in range(max(stored, default=-1) + 1)]
             yield Item(s["__key__"], record, images, shard)
         return
     import pyarrow.parquet as pq
@@ -123,6 +126,7 @@ def _parquet_item(row: dict, key: str, shard: Shard) -> Item:
     """A Parquet row as a record: its image column(s) become references (the stored path, or KEY.I) with
     the bytes beside them, every other column stays."""
     images: list[Optional[bytes]] = []
+    names: list[str] = []
     record = dict(row)
     for column in ("image", "images"):
         value = record.pop(column, None)
@@ -135,50 +139,14 @@ def _parquet_item(row: dict, key: str, shard: Shard) -> Item:
             refs.append(ref)
             images.append(data)
         record[column] = refs if column == "images" else refs[0]
-    return Item(key, record, images, shard)
+        names += refs
+    return Item(key, record, images, shard, names)
 
 
 def iter_items(path: Union[str, Path]) -> Iterator[Item]:
     """Every record of a sharded source, shard by shard, in stored order."""
     for shard in list_shards(path):
         yield from read_shard(shard)
-
-
-def source_items(path: Union[str, Path], image_root: Union[str, Path, None] = None) -> Iterator[Item]:
-    """Records of any file we read, as shard items: a sharded source as stored; a LLaVA JSON list or JSONL
-    file with each image reference's bytes read from disk (relative to `image_root`, default the file's
-    folder). A JSONL line that is not JSON is kept as its text, so a reader reports it as the source would."""
-    path = Path(path)
-    if is_sharded(path):
-        yield from iter_items(path)
-        return
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    root = Path(image_root) if image_root is not None else path.parent
-    origin = Shard(str(path), 0, source=path.name)
-    text = path.read_text(encoding="utf-8")
-    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
-        try:
-            records = list(enumerate(json.loads(text)))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e}); expected a list of records") from None
-    elif path.suffix == ".jsonl":
-        records = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    else:
-        raise DataError(f"{path}: expected a JSON list of records, a .jsonl file, a shard folder or .parquet")
-    for n, raw in records:
-        record = raw
-        if isinstance(raw, str):
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                yield Item(f"{n:09d}", raw, [], origin)
-                continue
-        images = []
-        for ref in _refs(record):
-            file = Path(ref) if Path(ref).is_absolute() else root / ref
-            images.append(file.read_bytes() if file.is_file() else None)
-        yield Item(f"{n:09d}", record, images, origin)
 
 
 def write_shards(items: Iterable[Item], out: Union[str, Path], shard_size: int, source: str = "") -> list[Shard]:
@@ -205,10 +173,9 @@ def write_shards(items: Iterable[Item], out: Union[str, Path], shard_size: int, 
             close()
             writer, count = wds.TarWriter(str(out / f"shard-{len(shards):06d}.tar")), 0
         sample = {"__key__": item.key, "json": json.dumps(item.record, ensure_ascii=False).encode()}
-        refs = _refs(item.record)
         for i, data in enumerate(item.images):
             if data is not None:
-                ext = Path(refs[i]).suffix.lstrip(".").lower() if i < len(refs) else ""
+                ext = Path(item.refs[i]).suffix.lstrip(".").lower() if i < len(item.refs) else ""
                 sample[f"{i}.{ext or 'img'}"] = data
         writer.write(sample)
         count += 1
@@ -218,24 +185,6 @@ def write_shards(items: Iterable[Item], out: Union[str, Path], shard_size: int, 
     index = {"source": source, "shards": [{"file": Path(s.path).name, "n": s.n} for s in shards]}
     (out / INDEX).write_text(json.dumps(index, indent=1) + "\n")
     return shards
-
-
-def shard_file(src: Union[str, Path], out: Union[str, Path], shard_size: int,
-               image_root: Union[str, Path, None] = None) -> list[Shard]:
-    """`nativevlm data shard`: any file we read (or a sharded source, to reshard) as tar shards in `out`."""
-    src = Path(src)
-    source = (list_shards(src)[0].source or src.name) if is_sharded(src) else src.name
-    return write_shards(source_items(src, image_root), out, shard_size, source)
-
-
-def _refs(record: Any) -> list[str]:
-    """The record's image references as written, none for a record the readers cannot parse."""
-    from .formats import RecordError, parse_record
-
-    try:
-        return parse_record(record, implicit_markers=False)[1]
-    except RecordError:
-        return []
 
 
 class ShardStream:

@@ -180,7 +180,8 @@ def parse_record(index: int, rec: Any, image_root: Path,
     prompts = [m["content"] for m in messages if m["role"] == "user"]
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     images: list = ([(image_root / p).resolve() for p in refs] if stored is None
-                    else [StoredImage(image_root / p, data) for p, data in zip(refs, stored)])
+                    else [StoredImage(image_root / p, data)
+                          for p, data in zip(refs, stored + [None] * (len(refs) - len(stored)))])
     return Entry(index, rid, rec, images, prompts, answers, messages), None
 
 

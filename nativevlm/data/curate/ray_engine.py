@@ -36,6 +36,7 @@ from .balance import Balance, balance_text
 from .base import CurationResult, Entry, Outcome, Stage, StoredImage, item_entry
 from .dedup import Dedup
 from .judge import ImageTextJudge, image_features
+from .output import source_name, write_kept
 
 
 def start(address: Optional[str] = None, workers: int = 2) -> None:
@@ -170,8 +171,6 @@ def run_ray(stages: list[Stage], src: Path, out: Path, workers: int = 2, strict:
     """`run_pipeline` on Ray Data over the shards of `src`, the kept records streamed to `out` in input
     order (`run.write_kept`); the result's `kept` are those entries without their image bytes."""
     import ray
-
-    from .run import source_name, write_kept
 
     src = Path(src)
     if not is_sharded(src):

@@ -6,16 +6,15 @@ records with their images' bytes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
-from ..shards import Item, Shard, is_sharded, list_shards, write_shards
 from .balance import Balance
-from .base import CurationError, CurationResult, Entry, Stage, image_bytes, load_records, run_pipeline
+from .base import CurationError, CurationResult, Stage, load_records, run_pipeline
 from .dedup import Dedup
 from .integrity import ImageIntegrity
 from .judge import ImageTextJudge, LogprobFn
+from .output import source_name, write_kept
 from .report import write_report
 from .text import TextQuality
 
@@ -43,39 +42,6 @@ def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket
         "balance": lambda: Balance(balance_buckets, balance_per_bucket, balance_total, seed=seed),
     }
     return [make[n]() for n in names]
-
-
-def write_records(records: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    else:
-        path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
-
-
-def write_kept(kept: Iterable[Entry], out: Path, source: str, shard_size: int = 1000) -> None:
-    """Kept entries in input order: records as written to `.json` / `.jsonl`, else shards (their images'
-    bytes beside them, under the keys they were read with)."""
-    out = Path(out)
-    if out.suffix in (".json", ".jsonl"):
-        write_records([e.record for e in kept], out)
-        return
-
-    def item(e: Entry) -> Item:
-        stored = []
-        for ref in e.images:
-            try:
-                stored.append(image_bytes(ref))
-            except OSError:
-                stored.append(None)
-        return Item(e.key or f"{e.index:09d}", e.record, stored, Shard("", 0))
-
-    write_shards(map(item, kept), out, shard_size, source)
-
-
-def source_name(src: Path) -> str:
-    """The file the records came from, which shards carry on (for the ids of records without one)."""
-    return (list_shards(src)[0].source or src.name) if is_sharded(src) else src.name
 
 
 def curate_file(src: Path, out: Path, stages: list[Stage], image_root: Optional[Path] = None,
