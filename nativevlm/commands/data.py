@@ -20,6 +20,13 @@ def register(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     register_world(dsub)
     register_curate(dsub, model_judge=_model_judge)
+    s = dsub.add_parser("shard", help="write any dataset we read as WebDataset tar shards (image bytes + one JSON "
+                                      "per record) that training, evaluation and curation stream")
+    s.add_argument("data", help="LLaVA .json, chat .jsonl, a .parquet file or a shard folder (to reshard)")
+    s.add_argument("--out", required=True, help="output folder (shard-NNNNNN.tar and their index, shards.json)")
+    s.add_argument("--shard-size", type=int, default=1000, help="records per shard (default: %(default)s)")
+    s.add_argument("--image-root", help="folder image paths are relative to (default: the data file's)")
+    s.set_defaults(func=write_shards)
     t = dsub.add_parser("text", help="the text of the conversations of a LLaVA .json / chat .jsonl file, images "
                                      "dropped: what a small text LM pretrains on")
     t.add_argument("data", nargs="+", help="LLaVA .json or chat-messages .jsonl files (images are not opened)")
@@ -90,6 +97,14 @@ def write_text_corpus(args) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{len(lines)} documents -> {args.out}")
+    return 0
+
+
+def write_shards(args) -> int:
+    from ..data.formats import shard_file
+
+    shards = shard_file(args.data, args.out, args.shard_size, args.image_root)
+    print(f"{sum(s.n for s in shards)} records -> {len(shards)} shards in {args.out}")
     return 0
 
 

@@ -15,11 +15,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from ..errors import DataError, ImageError
 from .image import verify_image
 from .sample import IMAGE_MARKER, Sample, user_turn
+from .shards import Item, Shard, is_sharded, iter_items, list_shards, write_shards
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 CHAT_ROLES = ("system", "user", "assistant")
@@ -96,31 +97,44 @@ def read_samples(
 ) -> tuple[list[Sample], ReadReport]:
     """Read a LLaVA JSON file (a list of records) or a JSONL file (one record per line); each record may
     be in either LLaVA (`conversations`) or chat-messages (`messages`) form. Relative image paths resolve
-    against `image_root` (default: the data file's folder). `check_images` fully decodes every image once
-    `check_images` opens each image and verifies its file structure (a missing, truncated or non-image
-    file is skipped here, not met mid-training) without decoding its pixels: the collator decodes each
-    image once, and counts a sample whose pixels still fail to decode as dropped."""
+    against `image_root` (default: the data file's folder). `check_images` opens each image and verifies
+    its file structure (a missing, truncated or non-image file is skipped here, not met mid-training)
+    without decoding its pixels: the collator decodes each image once, and counts a sample whose pixels
+    still fail to decode as dropped. A shard folder or Parquet file (`data.shards`) is read whole, shard by
+    shard, its samples holding their images' bytes: for evaluation sets; training streams it instead."""
     path = Path(path)
+    if is_sharded(path):
+        read, report = item_reader(path, strict, check_images)
+        return [s for s in map(read, iter_items(path)) if s is not None], report
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     root = Path(image_root) if image_root is not None else path.parent
     report = ReadReport(str(path))
     reader = _Reader(path, root, report, strict, check_images)
     text = path.read_text(encoding="utf-8")
+    samples = []
     if path.suffix != ".jsonl" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e}); expected a list of records") from None
         for index, record in enumerate(records):
-            reader.record(record, f"record {index}", f"{path}:{index}")
+            samples.append(reader.record(record, f"record {index}", f"{path}:{index}"))
     elif path.suffix == ".json":
         raise DataError(f"{path}: expected a JSON list of records (or use .jsonl for one record per line)")
     else:
         for lineno, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                reader.record(line, f"line {lineno}", f"{path}:{lineno}")
-    return reader.samples, report
+                samples.append(reader.record(line, f"line {lineno}", f"{path}:{lineno}"))
+    return [s for s in samples if s is not None], report
+
+
+def item_reader(path: Union[str, Path], strict: bool = False,
+                check_images: bool = True) -> tuple[Callable[[Item], Optional[Sample]], ReadReport]:
+    """(item -> Sample or None when skipped, the report counting the skips) for the shards of `path`: the
+    same policy as `read_samples`, with each image reference's stored bytes in place of its file."""
+    report = ReadReport(str(path))
+    return _Reader(Path(path), Path(path), report, strict, check_images).item, report
 
 
 class _Reader:
@@ -129,10 +143,18 @@ class _Reader:
     def __init__(self, path: Path, root: Path, report: ReadReport, strict: bool, check_images: bool):
         self.path, self.root, self.report = path, root, report
         self.strict, self.check_images = strict, check_images
-        self.samples: list[Sample] = []
         self.image_ok: dict[str, Optional[RecordError]] = {}  # records often share images: check each once
 
-    def record(self, raw: Union[str, dict], where: str, source: str) -> None:
+    def item(self, item: Item) -> Optional[Sample]:
+        """A shard's record, its images the bytes stored beside it; ids as the source file would give them."""
+        stem = Path(item.shard.source or item.shard.path).stem
+        return self.record(item.record, f"record {item.where}", f"{item.shard.path}:{item.key}", item.images,
+                           label=item.shard.path, stem=stem)
+
+    def record(self, raw: Union[str, dict], where: str, source: str, images: Optional[list] = None,
+               label: str = "", stem: str = "") -> Optional[Sample]:
+        """The sample of one record, or None when it is skipped. `images`: the bytes of each image
+        reference (None where missing) instead of files under the root."""
         self.report.n_records += 1
         try:
             if isinstance(raw, str):
@@ -141,23 +163,35 @@ class _Reader:
                 except json.JSONDecodeError as e:
                     raise RecordError(MALFORMED_JSON, f"malformed JSON: {e}") from None
             messages, refs = parse_record(raw)
-            sample = Sample(id=str(raw.get("id", f"{self.path.stem}-{where.split()[-1]}")), messages=messages)
+            sample = Sample(id=str(raw.get("id", f"{stem or self.path.stem}-{where.split()[-1]}")), messages=messages)
             if not any(m["content"].strip() for m in messages):
                 raise RecordError(EMPTY_CONVERSATION, "conversation is empty")
             if sample.n_markers() != len(refs):
                 raise RecordError(MARKER_MISMATCH,
                                   f"{sample.n_markers()} {IMAGE_MARKER} markers but {len(refs)} images")
-            sample.images = [self.image(p) for p in refs]
+            sample.images = ([self.image(p) for p in refs] if images is None
+                             else [self.stored_image(ref, data)
+                                   for ref, data in zip(refs, images + [None] * (len(refs) - len(images)))])
         except RecordError as skip:
-            message = f"{self.path} {where}: {skip.message}"
+            message = f"{label or self.path} {where}: {skip.message}"
             if self.strict:
                 raise DataError(message) from None
             self.report.add_skip(skip.reason, message)
-            return
+            return None
         sample.meta = dict(raw["meta"]) if isinstance(raw.get("meta"), dict) else {}
         sample.meta["source"] = source
-        self.samples.append(sample)
         self.report.n_samples += 1
+        return sample
+
+    def stored_image(self, ref: str, data: Optional[bytes]) -> bytes:
+        if data is None:
+            raise RecordError(MISSING_IMAGE, f"image {ref} was missing when the shard was written")
+        if self.check_images:
+            try:
+                verify_image(data)
+            except ImageError as e:
+                raise RecordError(CORRUPT_IMAGE, f"{ref}: {e}") from None
+        return data
 
     def image(self, ref: str) -> str:
         path = os.path.abspath(ref if os.path.isabs(ref) else self.root / ref)
@@ -296,3 +330,56 @@ def write_llava(samples: list[Sample], path: Union[str, Path]) -> None:
         records.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def source_items(path: Union[str, Path], image_root: Union[str, Path, None] = None) -> Iterator[Item]:
+    """Records of any file we read, as shard items: a sharded source as stored; a LLaVA JSON list or JSONL
+    file with each image reference's bytes read from disk (relative to `image_root`, default the file's
+    folder). A JSONL line that is not JSON is kept as its text, so a reader reports it as the source would."""
+    path = Path(path)
+    if is_sharded(path):
+        yield from iter_items(path)
+        return
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    root = Path(image_root) if image_root is not None else path.parent
+    origin = Shard(str(path), 0, source=path.name)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
+        try:
+            records = list(enumerate(json.loads(text)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e}); expected a list of records") from None
+    elif path.suffix == ".jsonl":
+        records = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    else:
+        raise DataError(f"{path}: expected a JSON list of records, a .jsonl file, a shard folder or .parquet")
+    for n, raw in records:
+        record = raw
+        if isinstance(raw, str):
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                yield Item(f"{n:09d}", raw, [], origin)
+                continue
+        images, refs = [], _refs(record)
+        for ref in refs:
+            file = Path(ref) if Path(ref).is_absolute() else root / ref
+            images.append(file.read_bytes() if file.is_file() else None)
+        yield Item(f"{n:09d}", record, images, origin, refs)
+
+
+def shard_file(src: Union[str, Path], out: Union[str, Path], shard_size: int,
+               image_root: Union[str, Path, None] = None) -> list[Shard]:
+    """`nativevlm data shard`: any file we read (or a sharded source, to reshard) as tar shards in `out`."""
+    src = Path(src)
+    source = (list_shards(src)[0].source or src.name) if is_sharded(src) else src.name
+    return write_shards(source_items(src, image_root), out, shard_size, source)
+
+
+def _refs(record: Any) -> list[str]:
+    """The record's image references as written, none for a record the readers cannot parse."""
+    try:
+        return parse_record(record, implicit_markers=False)[1]
+    except RecordError:
+        return []

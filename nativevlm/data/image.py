@@ -96,11 +96,13 @@ def load_image(path: Union[str, Path, bytes]) -> Image.Image:
         raise ImageError(f"cannot read image {path}: {e}") from None
 
 
-def verify_image(path: Union[str, Path]) -> None:
+def verify_image(path: Union[str, Path, bytes]) -> None:
     """Check that `path` is an image file with an intact structure (header, chunk checksums) without
-    decoding its pixels: the cheap check a dataset reader runs before the collator decodes it once."""
+    decoding its pixels: the cheap check a dataset reader runs before the collator decodes it once.
+    `bytes` are an image file's contents (as a shard stores them)."""
+    source, path = (io.BytesIO(path), "(stored bytes)") if isinstance(path, bytes) else (path, path)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.verify()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot read image {path}: {e}") from None

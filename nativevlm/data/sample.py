@@ -24,7 +24,8 @@ class Sample:
 
     `messages` are `{"role": "system" | "user" | "assistant", "content": str}` (an assistant message may add
     `"thinking": str`, its reasoning: `data.thinking`); each `<image>` marker in a content string stands for
-    the next entry of `images` (absolute paths, in marker order), so the collator can replace markers by
+    the next entry of `images` (absolute paths, or an image file's bytes when read from shards; in
+    marker order), so the collator can replace markers by
     image token blocks without knowing where the sample came from. `meta` carries
     the source record's own `meta` (task family, answer, ...) plus `source` = "file:line" or "file:index".
     `image_downsample` is the compression rate of each image (empty: the model's default rate); the visual

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `checkpoints/step-00000042/` holding `model.safetensors` (weights),
 `optimizer.pt` (the AdamW state dict, loaded back with `weights_only=True`), `trainer.json` (stage, step,
-sampler position, Python and NumPy RNG state), one `rng-<rank>.json` per process (torch RNG states) and one
+sampler position, Python and NumPy RNG state), one `rng-<rank>.json` per process (its RNG states, and
+under `rank` what only that process knows: its position in each streamed data source) and one
 `objectives-<rank>.pt` per process (the stage's objectives' own state, `Objective.state_dict`).
 It is written into `.tmp-step-...` in the same folder, then `COMPLETE` (a manifest of every file's size and
 SHA-256) is written last and the folder committed with `utils.atomic.commit_dir` (fsync, rename into place).
@@ -65,9 +66,9 @@ def _jsonable(x):
 
 
 def save(root: Path, global_step: int, model_state: dict, optim_state: dict, trainer_state: dict,
-         rank: int, keep: int, objective_state: Optional[list] = None) -> Path:
-    """Collective: every rank calls it (each writes its RNG and objectives files); rank 0 writes the rest
-    and commits."""
+         rank: int, keep: int, objective_state: Optional[list] = None, rank_state: Optional[dict] = None) -> Path:
+    """Collective: every rank calls it (each writes its RNG file, with its `rank_state`, and its objectives
+    file); rank 0 writes the rest and commits."""
     final = root / f"{PREFIX}{global_step:08d}"
     tmp = root / f".tmp-{final.name}"
     if rank == 0:
@@ -76,7 +77,7 @@ def save(root: Path, global_step: int, model_state: dict, optim_state: dict, tra
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     distributed.barrier()
-    (tmp / f"rng-{rank}.json").write_text(json.dumps(rng_state()))
+    (tmp / f"rng-{rank}.json").write_text(json.dumps({**rng_state(), "rank": rank_state or {}}))
     torch.save(objective_state or [], tmp / f"objectives-{rank}.pt")
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
@@ -112,8 +113,8 @@ def latest(root: Path) -> Optional[Path]:
 
 
 def load(path: Path, rank: int) -> tuple[dict, dict, dict, dict, list]:
-    """(model state, optimizer state, trainer state, this rank's RNG state, this rank's objectives' states;
-    empty in a checkpoint written before objectives had state)."""
+    """(model state, optimizer state, trainer state, this rank's RNG state with its `rank` state, this rank's
+    objectives' states; empty in a checkpoint written before objectives had state)."""
     model_state = load_file(str(path / "model.safetensors"))
     optim_state = torch.load(path / "optimizer.pt", weights_only=True)
     trainer_state = json.loads((path / "trainer.json").read_text())

@@ -14,11 +14,14 @@ from ..config import ModelConfig
 
 @dataclass
 class DataSource:
-    """One file of a stage's data mix: LLaVA `.json`, chat `.jsonl`, or `.txt` (one text document per
-    line). `weight` is the relative probability of drawing the next sample from this file."""
+    """One file of a stage's data mix: LLaVA `.json`, chat `.jsonl`, `.txt` (one text document per line),
+    or a sharded source streamed rank by rank (a folder of tar shards from `nativevlm data shard`, a `.tar`,
+    a `.parquet` file or folder). `weight` is the relative probability of drawing the next sample from this
+    file; `shuffle_buffer` is how many records a sharded source shuffles within (its memory bound)."""
 
     path: str = ""
     weight: float = 1.0
+    shuffle_buffer: int = 1024
 
 
 @dataclass

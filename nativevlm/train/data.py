@@ -4,6 +4,11 @@ micro-batches and data-parallel shards.
 
 Text files (`.txt`, one document per line) become single assistant turns, so one collator (ChatML, loss
 on assistant tokens) serves text and image-text data alike, and a mix of both batches together.
+
+Sharded sources (a shard folder, a `.tar` or a `.parquet`: `data.shards`) are streamed, never loaded: each
+rank reads its own shards through a `ShardStream`, pulling a sample only for the slots of the global batch
+it trains on. The sampler still decides which source each slot draws from, identically on every rank; a
+stream's position (records this rank consumed) is per rank, so it is checkpointed in the rank's own file.
 """
 from __future__ import annotations
 
@@ -14,12 +19,27 @@ from ..config import ConfigError
 from ..data.collate import Collator
 from ..errors import DataError
 from ..model.batch import Batch
-from ..data.formats import read_samples
+from ..data.formats import item_reader, read_samples
 from ..data.sample import Sample
+from ..data.shards import ShardStream, is_sharded, iter_items, list_shards
 
 
-def load_source(path: str, log=print) -> list[Sample]:
+def load_source(path: str, log=print, limit: int | None = None) -> list[Sample]:
+    """A file's samples (at most `limit`: a sharded source is read in stored order until it has them)."""
     path = Path(path)
+    if is_sharded(path):
+        read, report = item_reader(path)
+        samples = []
+        for item in iter_items(path):
+            if limit is not None and len(samples) >= limit:
+                break
+            if (sample := read(item)) is not None:
+                samples.append(sample)
+        if report.n_skipped:
+            log(report.summary())
+        if not samples:
+            raise DataError(f"data {path} holds no usable samples")
+        return samples
     if path.suffix == ".txt":
         lines = path.read_text(encoding="utf-8").splitlines()
         return [Sample(id=f"{path}:{i}", messages=[{"role": "assistant", "content": line}])
@@ -29,15 +49,16 @@ def load_source(path: str, log=print) -> list[Sample]:
         log(report.summary())
     if not samples:
         raise DataError(f"data file {path} holds no usable samples")
-    return samples
+    return samples[:limit]
 
 
 class MixtureSampler:
     """Draw k picks a source with probability proportional to its weight (an RNG seeded by (seed, k));
-    each source is walked in a fresh seeded permutation per epoch. The state is the draw count and each
-    source's consumed count, so it is JSON and exact to resume."""
+    each source is walked in a fresh seeded permutation per epoch. A source of size None is a stream that
+    orders itself: its picks carry no index. The state is the draw count and each source's consumed count,
+    so it is JSON and exact to resume."""
 
-    def __init__(self, sizes: list[int], weights: list[float], seed: int | str):
+    def __init__(self, sizes: list[int | None], weights: list[float], seed: int | str):
         self.sizes, self.weights, self.seed = sizes, weights, seed
         self.draws = 0
         self.consumed = [0] * len(sizes)
@@ -55,8 +76,11 @@ class MixtureSampler:
         for _ in range(n):
             rng = random.Random(f"{self.seed}:draw:{self.draws}")
             source = rng.choices(range(len(self.sizes)), weights=self.weights)[0]
-            epoch, pos = divmod(self.consumed[source], self.sizes[source])
-            picks.append((source, self._perm(source, epoch)[pos]))
+            if self.sizes[source] is None:
+                picks.append((source, None))
+            else:
+                epoch, pos = divmod(self.consumed[source], self.sizes[source])
+                picks.append((source, self._perm(source, epoch)[pos]))
             self.consumed[source] += 1
             self.draws += 1
         return picks
@@ -73,9 +97,33 @@ class StageData:
 
     def __init__(self, stage, collator: Collator, seed: str, rank: int = 0, world: int = 1, log=print):
         self.stage, self.collator, self.rank, self.world = stage, collator, rank, world
-        self.sources = [load_source(src.path, log) for src in stage.data]
-        self.sampler = MixtureSampler([len(s) for s in self.sources], [src.weight for src in stage.data], seed)
-        self.val = load_source(stage.val_data, log)[: stage.eval_samples] if stage.val_data else []
+        self.sources = [self._stream(src, f"{seed}:{j}", log) if is_sharded(src.path) else load_source(src.path, log)
+                        for j, src in enumerate(stage.data)]
+        self.sampler = MixtureSampler([None if isinstance(s, ShardStream) else len(s) for s in self.sources],
+                                      [src.weight for src in stage.data], seed)
+        self.val = load_source(stage.val_data, log, stage.eval_samples) if stage.val_data else []
+
+    def _stream(self, src, seed: str, log) -> ShardStream:
+        read, report = item_reader(src.path)
+
+        def sample(item):
+            """The reader's sample; its first few skips are logged (all are counted in `report`)."""
+            got = read(item)
+            if got is None and report.n_skipped <= report.max_examples:
+                log(f"skipped: {report.examples[-1]}")
+            return got
+
+        return ShardStream(list_shards(src.path), sample, seed, self.rank, self.world, src.shuffle_buffer,
+                           name=src.path)
+
+    def stream_state(self) -> list[int | None]:
+        """This rank's position in each streamed source (None for a source held in memory)."""
+        return [s.position if isinstance(s, ShardStream) else None for s in self.sources]
+
+    def load_stream_state(self, positions: list[int | None]) -> None:
+        for source, position in zip(self.sources, positions):
+            if isinstance(source, ShardStream):
+                source.position = position
 
     @property
     def micro_size(self) -> int:
@@ -83,8 +131,11 @@ class StageData:
         return self.stage.batch_size // (self.stage.grad_accum * self.world)
 
     def next_batches(self) -> list[Batch]:
+        """This rank's micro-batches of the next global batch; a stream is read only for this rank's slots."""
         picks = self.sampler.draw(self.stage.batch_size)
-        samples = [self.sources[s][i] for s, i in picks]
+        m = self.micro_size
+        samples = [(self.sources[s].next() if i is None else self.sources[s][i])
+                   if (j % (m * self.world)) // m == self.rank else None for j, (s, i) in enumerate(picks)]
         return self._shard(samples)
 
     def val_batches(self) -> list[Batch]:

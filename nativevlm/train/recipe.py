@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 from ..config import ConfigError, apply_overrides, from_dict, read_yaml
+from ..data.shards import is_sharded
 from . import objectives
 from .config import TrainConfig
 
@@ -19,7 +20,7 @@ CHOICES = {
     "distributed": ("ddp", "fsdp"),
 }
 SCHEDULES = ("constant", "cosine")
-DATA_SUFFIXES = (".json", ".jsonl", ".txt")
+DATA_SUFFIXES = (".json", ".jsonl", ".txt", ".tar", ".parquet")
 
 
 def load_recipe(path, overrides: list[str] = ()) -> TrainConfig:
@@ -97,13 +98,18 @@ def _validate_stage(stage, where: str) -> None:
         raise ConfigError(f"{where}.data: a stage needs at least one data source")
     for j, src in enumerate(stage.data):
         field_name = f"{where}.data[{j}].path"
-        if Path(src.path).suffix not in DATA_SUFFIXES:
-            raise ConfigError(f"{field_name}: {src.path!r} must end in one of {', '.join(DATA_SUFFIXES)}")
-        if not Path(src.path).is_file():
+        if Path(src.path).is_dir() and not is_sharded(src.path):
+            raise ConfigError(f"{field_name}: folder {src.path} holds no shards (see `nativevlm data shard`)")
+        if not Path(src.path).is_dir() and Path(src.path).suffix not in DATA_SUFFIXES:
+            raise ConfigError(f"{field_name}: {src.path!r} must end in one of {', '.join(DATA_SUFFIXES)}, "
+                              "or be a shard folder")
+        if not Path(src.path).exists():
             raise ConfigError(f"{field_name}: data file {src.path} does not exist")
+        if src.shuffle_buffer < 1:
+            raise ConfigError(f"{where}.data[{j}].shuffle_buffer: must be at least 1, got {src.shuffle_buffer}")
         if src.weight <= 0:
             raise ConfigError(f"{where}.data[{j}].weight: must be positive, got {src.weight}")
-    if stage.val_data and not Path(stage.val_data).is_file():
+    if stage.val_data and not Path(stage.val_data).exists():
         raise ConfigError(f"{where}.val_data: data file {stage.val_data} does not exist")
     if stage.schedule not in SCHEDULES:
         raise ConfigError(f"{where}.schedule: {stage.schedule!r} is not one of {', '.join(SCHEDULES)}")

@@ -146,7 +146,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
                     trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict(),
                                      "train_seconds": train_seconds}
-                    _save(out_dir, cfg, ctx, model, optimizer, trainer_state, [o.objective.state_dict() for o in objs])
+                    _save(out_dir, cfg, ctx, model, optimizer, trainer_state, [o.objective.state_dict() for o in objs],
+                          {"streams": data.stream_state()})
             bar.close()
             if collator.dropped:
                 log(f"samples dropped so far (longer than max_length {cfg.max_length}, or a corrupt image): "
@@ -218,10 +219,11 @@ def detach_objective_modules(model: nn.Module) -> nn.Module:
     return model
 
 
-def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict, objective_state: list) -> None:
+def _save(out_dir: Path, cfg, ctx, model: nn.Module, optimizer, trainer_state: dict, objective_state: list,
+          rank_state: dict) -> None:
     model_state, optim_state = distributed.full_state(model, optimizer)
     checkpoint.save(out_dir / "checkpoints", trainer_state["global_step"], model_state, optim_state, trainer_state,
-                    ctx.rank, cfg.keep_checkpoints, objective_state)
+                    ctx.rank, cfg.keep_checkpoints, objective_state, rank_state)
 
 
 def _restore(loaded: tuple, model: nn.Module, optimizer, data: StageData, objs: list[Weighted]) -> None:
@@ -232,4 +234,5 @@ def _restore(loaded: tuple, model: nn.Module, optimizer, data: StageData, objs: 
     data.sampler.load_state_dict(trainer_state["sampler"])
     for o, state in zip(objs, objective_state):
         o.objective.load_state_dict(state)
+    data.load_stream_state(rng.get("rank", {}).get("streams", []))
     checkpoint.set_rng_state(rng)

@@ -46,6 +46,11 @@ def even_quota(sizes: list[int], total: int) -> list[int]:
     return quota
 
 
+def balance_text(entry: Entry) -> str:
+    """What a record is embedded by: its conversation without image markers."""
+    return entry.text.replace(IMAGE_MARKER, "").strip()
+
+
 class Balance(Stage):
     name = "balance"
 
@@ -56,18 +61,25 @@ class Balance(Stage):
         self.embedder = embedder
 
     def prepare(self, entries: list[Entry]) -> None:
+        if not entries:
+            self.fit([], torch.zeros(0, 1))
+            return
+        embedder = self.embedder or SentenceEmbedder()
+        self.fit([e.index for e in entries], embedder.encode([balance_text(e) for e in entries]))
+
+    def fit(self, indices: list[int], x: torch.Tensor) -> None:
+        """Bucket and subsample from the embeddings `x` of the records `indices` (in input order), computed
+        here by `prepare` or elsewhere (the Ray engine embeds in parallel)."""
         self.keep: set[int] = set()
         self.bucket: dict[int, int] = {}
         self.sizes: list[int] = []
-        if not entries:
+        if not indices:
             return
-        embedder = self.embedder or SentenceEmbedder()
-        x = embedder.encode([e.text.replace(IMAGE_MARKER, "").strip() for e in entries])
         assign = kmeans(x, self.buckets, seed=self.seed).tolist()
         members: dict[int, list[int]] = {}
-        for e, b in zip(entries, assign):
-            members.setdefault(b, []).append(e.index)
-            self.bucket[e.index] = b
+        for index, b in zip(indices, assign):
+            members.setdefault(b, []).append(index)
+            self.bucket[index] = b
         groups = list(members.values())
         self.sizes = [len(m) for m in groups]
         quota = ([min(s, self.per_bucket) for s in self.sizes] if self.per_bucket is not None

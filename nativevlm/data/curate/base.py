@@ -7,20 +7,70 @@ byte-for-byte equivalent, so whatever reads the input reads the output. Markers 
 text stage flags an image record without its `<image>` marker). A record that cannot be understood is
 dropped at load time with reason `load/malformed`, never silently skipped, and `--strict` turns it into an
 error.
+
+From shards (`data.shards`) an entry's images are `StoredImage`s: the bytes the shard holds under the
+reference the record makes, which stages open with `open_image` exactly as they open a file.
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
+
+from PIL import Image
 
 from tqdm import tqdm
 
 from ...errors import CurationError
 from ..formats import RecordError
 from ..formats import parse_record as parse_messages
+from ..shards import Item, is_sharded, iter_items
+
+
+@dataclass(frozen=True, order=True)
+class StoredImage:
+    """An image a shard stores: `path` is its reference (what identifies and orders it, as a file's path
+    does), `data` its bytes, None when the file was missing when the shard was written."""
+
+    path: Path
+    data: Optional[bytes] = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    def is_file(self) -> bool:
+        return self.data is not None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+ImageRef = Union[Path, StoredImage]
+
+
+def open_image(ref: ImageRef) -> Image.Image:
+    """`Image.open` of a file or of a shard's stored bytes (OSError when missing, as for a file)."""
+    if isinstance(ref, StoredImage):
+        if ref.data is None:
+            raise FileNotFoundError(f"{ref.path} was missing when its shard was written")
+        return Image.open(io.BytesIO(ref.data))
+    return Image.open(ref)
+
+
+def image_bytes(ref: ImageRef) -> bytes:
+    if isinstance(ref, StoredImage):
+        if ref.data is None:
+            raise FileNotFoundError(f"{ref.path} was missing when its shard was written")
+        return ref.data
+    return Path(ref).read_bytes()
 
 
 @dataclass
@@ -30,10 +80,11 @@ class Entry:
     index: int  # position in the input list, the stable handle used in reports
     id: str
     record: dict  # the raw record, written back unchanged if kept
-    images: list[Path]  # absolute paths, in record order
+    images: list[ImageRef]  # absolute paths (or a shard's stored images), in record order
     prompts: list[str]  # user turns
     answers: list[str]  # assistant turns
     messages: list[dict] = field(default_factory=list)  # every turn, as `formats.parse_record` reads it
+    key: str = ""  # the shard key it was read under (kept shards keep it)
 
     @property
     def text(self) -> str:
@@ -115,9 +166,10 @@ def _malformed(index: int, rid: str, why: str) -> Outcome:
     return Outcome(index=index, id=rid, reason="load/malformed", detail=why)
 
 
-def parse_record(index: int, rec: Any, image_root: Path) -> tuple[Optional[Entry], Optional[Outcome]]:
+def parse_record(index: int, rec: Any, image_root: Path,
+                 stored: Optional[list[Optional[bytes]]] = None) -> tuple[Optional[Entry], Optional[Outcome]]:
     """One LLaVA or OpenAI-messages record (single or multi-image); returns (entry, None) or (None,
-    malformed outcome)."""
+    malformed outcome). `stored`: the images' bytes from a shard, in reference order."""
     rid = str(rec.get("id", f"#{index}")) if isinstance(rec, dict) else f"#{index}"
     if not isinstance(rec, dict):
         return None, _malformed(index, rid, f"record is a {type(rec).__name__}, not an object")
@@ -127,15 +179,37 @@ def parse_record(index: int, rec: Any, image_root: Path) -> tuple[Optional[Entry
         return None, _malformed(index, rid, e.message)
     prompts = [m["content"] for m in messages if m["role"] == "user"]
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
-    images = [(image_root / p).resolve() for p in refs]
+    images: list = ([(image_root / p).resolve() for p in refs] if stored is None
+                    else [StoredImage(image_root / p, data)
+                          for p, data in zip(refs, stored + [None] * (len(refs) - len(stored)))])
     return Entry(index, rid, rec, images, prompts, answers, messages), None
 
 
+def item_entry(index: int, item: Item) -> tuple[Optional[Entry], Optional[Outcome]]:
+    """A shard item as an entry (or a malformed outcome); `index` is its position among the shards'
+    records, which is its position in the source (the index of a JSON list, the record of a JSONL file)."""
+    rec = item.record
+    if isinstance(rec, str):  # a JSONL line that was not JSON when sharded
+        try:
+            rec = json.loads(rec)
+        except json.JSONDecodeError as e:
+            return None, _malformed(index, f"line {item.where}", f"invalid JSON: {e.msg}")
+    entry, outcome = parse_record(index, rec, Path(), item.images)
+    if entry is not None:
+        entry.key = item.key
+    return entry, outcome
+
+
 def load_records(path: Path, image_root: Optional[Path] = None) -> tuple[list[Entry], list[Outcome]]:
-    """Read a JSON list of records (or JSONL, one record a line), each LLaVA or OpenAI messages. Unparseable
-    lines and malformed records become `load/malformed` outcomes; an unreadable file or a top level that is
-    not a list is a CurationError."""
+    """Read a JSON list of records (or JSONL, one record a line; or a shard folder / Parquet file), each
+    LLaVA or OpenAI messages. Unparseable lines and malformed records become `load/malformed` outcomes; an
+    unreadable file or a top level that is not a list is a CurationError."""
     path = Path(path)
+    if is_sharded(path):
+        entries, bad = [], []
+        for entry, outcome in (item_entry(i, item) for i, item in enumerate(iter_items(path))):
+            (entries.append(entry) if entry is not None else bad.append(outcome))
+        return entries, bad
     root = Path(image_root) if image_root else path.parent
     try:
         text = path.read_text(encoding="utf-8")

@@ -16,8 +16,10 @@ def register(sub, model_judge: Optional[Callable] = None) -> None:
     p = sub.add_parser("curate", help="filter a LLaVA JSON dataset (SAIL-VL2-style curation)",
                        description="Drop broken, duplicate, degenerate and misaligned records from a LLaVA "
                                    "conversation JSON; kept records are written unchanged.")
-    p.add_argument("input", type=Path, help="LLaVA JSON list (or .jsonl, one record a line)")
-    p.add_argument("--out", type=Path, required=True, help="where to write the kept records")
+    p.add_argument("input", type=Path, help="LLaVA JSON list (or .jsonl, one record a line), or a shard folder / "
+                                            ".parquet (see `nativevlm data shard`)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="where to write the kept records: a .json / .jsonl file, or else a shard folder")
     p.add_argument("--report", type=Path, help="folder for report.json, report.md and score histograms")
     p.add_argument("--image-root", type=Path, help="folder image paths are relative to (default: the input's)")
     p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
@@ -28,6 +30,11 @@ def register(sub, model_judge: Optional[Callable] = None) -> None:
     p.add_argument("--balance-per-bucket", type=int, help="balance: keep at most this many per bucket")
     p.add_argument("--balance-total", type=int, help="balance: keep this many in all, spread evenly")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: one process; ray: Ray Data map/filter steps over the input's shards")
+    p.add_argument("--address", help="--engine ray: a running Ray cluster's address (default: a local Ray)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="--engine ray: parallel workers (the local Ray's CPUs; default: %(default)s)")
     p.add_argument("--judge-model", help="a trained nativevlm model folder to judge image-text alignment with "
                                          "(default: the built-in proxy matcher)")
     p.set_defaults(func=partial(handler, model_judge=model_judge))
@@ -41,7 +48,8 @@ def handler(args, model_judge: Optional[Callable] = None) -> int:
         stages = build_stages([s.strip() for s in args.stages.split(",") if s.strip()], args.balance_buckets,
                               args.balance_per_bucket, args.balance_total, args.seed, judge_fn)
         result = curate_file(args.input, args.out, stages, args.image_root, args.report, args.strict,
-                             progress=sys.stderr.isatty())
+                             progress=sys.stderr.isatty(), engine=args.engine, address=args.address,
+                             workers=args.workers)
     except CurationError as e:
         print(f"nativevlm data curate: error: {one_line(e)}", file=sys.stderr)
         return 2

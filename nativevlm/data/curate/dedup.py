@@ -13,28 +13,34 @@ reuse (several questions about one image) and fall through to the text checks; a
 images and the text of an earlier one is a `record_exact` duplicate at any text length. Answers alone are
 only deduplicated when long (`text_min_words`): templated questions and short answers ("What colour is the
 ball?" / "red") legitimately repeat across different images; a long caption repeated verbatim does not.
+
+The work splits in three so that it parallelises without changing a single decision: `keys` computes one
+record's hashes, fingerprints, shingles and LSH band keys on its own (any worker, any order);
+`candidate_pairs` compares the records that share a band key (records are grouped by key, so only those
+are ever compared) and keeps the pairs that match; `resolve` then walks the records in input order and
+applies the keep-first rule: a record is a duplicate of the first *kept* earlier record it matches. The
+single-process stage runs the three in a row; the Ray engine runs `keys` as a map, the grouping as a
+Ray Data groupby over band keys and `resolve` on the driver over the compact keys and matched pairs.
 """
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from itertools import combinations
+from typing import Iterable, Optional
 
 import numpy as np
 from PIL import Image
 
 from ..sample import IMAGE_MARKER
-from .base import Entry, Stage, Verdict
+from .base import Entry, ImageRef, Stage, Verdict, image_bytes, open_image
 from .text import words
 
 _PRIME = (1 << 31) - 1  # a, b, x < 2**31, so a*x + b fits in uint64 without overflow
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def file_sha256(path: ImageRef) -> str:
+    return hashlib.sha256(image_bytes(path)).hexdigest()
 
 
 def dhash(img: Image.Image, size: int = 8) -> int:
@@ -76,6 +82,25 @@ class MinHasher:
         return [(b, sig[b * self.rows:(b + 1) * self.rows].tobytes()) for b in range(self.bands)]
 
 
+@dataclass
+class DedupKeys:
+    """What dedup needs of one record, computed from that record alone. `fps` (per image: dHash and the
+    thumbnail vector) and `shingles` are only needed to compare candidate pairs; `light` drops them."""
+
+    index: int
+    record_key: tuple  # (images, normalised text): the record_exact key
+    sha: Optional[tuple] = None  # image file hashes; None: no images, or unreadable (text checks only)
+    paths: tuple = ()
+    fps: Optional[list] = None  # None: the bytes hash but do not decode (no near-image check)
+    image_bands: list = field(default_factory=list)
+    norm: Optional[str] = None  # the answers' normalised text, when long enough for text dedup
+    shingles: Optional[set] = None
+    text_bands: list = field(default_factory=list)
+
+    def light(self) -> "DedupKeys":
+        return replace(self, fps=None if self.fps is None else [], shingles=None)
+
+
 class Dedup(Stage):
     name = "dedup"
 
@@ -85,85 +110,118 @@ class Dedup(Stage):
         self.text_min_words, self.text_min_jaccard = text_min_words, text_min_jaccard
         self.minhash = MinHasher()
 
-    def prepare(self, entries: list[Entry]) -> None:
-        self.seen_files: dict[tuple, tuple[int, tuple]] = {}
-        self.seen_records: dict[tuple, int] = {}
-        self.seen_texts: dict[str, int] = {}
-        self.image_bands: dict[tuple, list[int]] = {}
-        self.image_fp: dict[int, list[tuple[int, np.ndarray]]] = {}
-        self.text_bands: dict[tuple, list[int]] = {}
-        self.text_shingles: dict[int, set[int]] = {}
+    def keys(self, entry: Entry) -> DedupKeys:
+        """Everything about one record the keep-first pass needs (the expensive, parallel part)."""
+        k = DedupKeys(entry.index, (tuple(str(p) for p in entry.images),
+                                    " ".join(words(entry.text.replace(IMAGE_MARKER, " ")))))
+        if entry.images:
+            try:  # unreadable images are the integrity stage's call; without it, dedup by text only
+                k.sha, k.paths = tuple(file_sha256(p) for p in entry.images), tuple(str(p) for p in entry.images)
+                fps = []
+                for p in entry.images:
+                    with open_image(p) as img:
+                        fps.append((dhash(img), thumbnail_vector(img)))
+                k.fps, k.image_bands = fps, self._image_bands(fps[0][0])
+            except OSError:
+                pass
+        toks = words(" ".join(entry.answers))
+        if len(toks) >= self.text_min_words:
+            k.norm = " ".join(toks)
+            k.shingles = self.minhash.shingles(toks)
+            k.text_bands = [f"{b}:{key.hex()}" for b, key in self.minhash.band_keys(self.minhash.signature(k.shingles))]
+        return k
 
-    def _image_fingerprints(self, entry: Entry) -> list[tuple[int, np.ndarray]]:
-        fps = []
-        for p in entry.images:
-            with Image.open(p) as img:
-                fps.append((dhash(img), thumbnail_vector(img)))
-        return fps
-
-    def _near_image(self, entry: Entry, fps: list[tuple[int, np.ndarray]]) -> tuple[int, float] | None:
-        """First kept record whose images all match this one's (same count, dHash close, thumbnails correlated)."""
+    def _image_bands(self, h: int) -> list[str]:
+        """`image_hamming + 1` bands of the dHash: within that Hamming distance one band matches exactly."""
         nb = self.image_hamming + 1
-        keys = [(b, (fps[0][0] >> (64 * b // nb)) & ((1 << (64 * (b + 1) // nb - 64 * b // nb)) - 1))
-                for b in range(nb)]
-        candidates = sorted({i for k in keys for i in self.image_bands.get(k, [])})
-        for i in candidates:
-            other = self.image_fp[i]
-            if len(other) != len(fps):
-                continue
-            corr = min(float(a[1][:-1] @ b[1][:-1]) for a, b in zip(fps, other))
-            if all(bin(a[0] ^ b[0]).count("1") <= self.image_hamming and abs(a[1][-1] - b[1][-1]) < 0.05
-                   for a, b in zip(fps, other)) and corr >= self.image_min_corr:
-                return i, corr
-        for k in keys:
-            self.image_bands.setdefault(k, []).append(entry.index)
-        self.image_fp[entry.index] = fps
+        return [f"{b}:{(h >> (64 * b // nb)) & ((1 << (64 * (b + 1) // nb - 64 * b // nb)) - 1)}" for b in range(nb)]
+
+    def near_image(self, a: list, b: list) -> Optional[float]:
+        """Thumbnail correlation when every image of `b` matches `a`'s (dHash close, same aspect), else None."""
+        if len(a) != len(b):
+            return None
+        corr = min(float(x[1][:-1] @ y[1][:-1]) for x, y in zip(a, b))
+        if all(bin(x[0] ^ y[0]).count("1") <= self.image_hamming and abs(x[1][-1] - y[1][-1]) < 0.05
+               for x, y in zip(a, b)) and corr >= self.image_min_corr:
+            return corr
         return None
 
-    def check(self, entry: Entry) -> Verdict:
-        try:
-            verdict = self._check_images(entry) if entry.images else None
-        except OSError:  # unreadable images are the integrity stage's call; without it, dedup by text only
-            verdict = None
-        return verdict or self._check_text(entry)
+    def near_text(self, a: set, b: set) -> Optional[float]:
+        jac = len(a & b) / len(a | b)
+        return jac if jac >= self.text_min_jaccard else None
 
-    def _check_images(self, entry: Entry) -> Verdict | None:
-        key = tuple(file_sha256(p) for p in entry.images)
-        paths = tuple(entry.images)
-        if key in self.seen_files:
-            first, first_paths = self.seen_files[key]
-            if first_paths == paths:  # the same files again: several questions about one image, not a copy
-                return None
-            return Verdict(reason="image_exact", detail=f"same image bytes as record #{first}")
-        self.seen_files[key] = (entry.index, paths)
-        near = self._near_image(entry, self._image_fingerprints(entry))
-        if near is None:
-            return None
-        return Verdict({"image_corr": near[1]}, "image_near",
-                       f"near-duplicate image of record #{near[0]} (thumbnail corr {near[1]:.3f})")
+    def match_group(self, kind: str, members: list[DedupKeys]) -> list[tuple[str, int, int, float]]:
+        """(kind, later index, earlier index, score) for the pairs of one band group that match."""
+        out = []
+        for a, b in combinations(sorted(members, key=lambda k: k.index), 2):
+            score = (self.near_image(b.fps, a.fps) if kind == "image" else self.near_text(b.shingles, a.shingles))
+            if score is not None:
+                out.append((kind, b.index, a.index, score))
+        return out
 
-    def _check_text(self, entry: Entry) -> Verdict:
-        record_key = (tuple(entry.images), " ".join(words(entry.text.replace(IMAGE_MARKER, " "))))
-        if record_key in self.seen_records:
-            return Verdict(reason="record_exact",
-                           detail=f"same images and text as record #{self.seen_records[record_key]}")
-        self.seen_records[record_key] = entry.index
-        toks = words(" ".join(entry.answers))
-        norm = " ".join(toks)
-        if len(toks) < self.text_min_words:
-            return Verdict()
-        if norm in self.seen_texts:
-            return Verdict(reason="text_exact", detail=f"same text as record #{self.seen_texts[norm]}")
-        self.seen_texts[norm] = entry.index
-        sh = self.minhash.shingles(toks)
-        keys = self.minhash.band_keys(self.minhash.signature(sh))
-        for i in sorted({i for k in keys for i in self.text_bands.get(k, [])}):
-            other = self.text_shingles[i]
-            jac = len(sh & other) / len(sh | other)
-            if jac >= self.text_min_jaccard:
-                return Verdict({"text_jaccard": jac}, "text_near",
-                               f"near-duplicate text of record #{i} (shingle Jaccard {jac:.2f})")
+    def candidate_pairs(self, keys: Iterable[DedupKeys]) -> list[tuple[str, int, int, float]]:
+        """Matching pairs among records sharing a band key (in memory; the Ray engine groups by key instead)."""
+        groups: dict[tuple[str, str], dict[int, DedupKeys]] = {}
         for k in keys:
-            self.text_bands.setdefault(k, []).append(entry.index)
-        self.text_shingles[entry.index] = sh
+            for kind, bands in (("image", k.image_bands), ("text", k.text_bands)):
+                for band in bands:
+                    groups.setdefault((kind, band), {})[k.index] = k
+        return list({p for (kind, _), members in groups.items() if len(members) > 1
+                     for p in self.match_group(kind, list(members.values()))})
+
+    def resolve(self, keys: list[DedupKeys], pairs: Iterable[tuple[str, int, int, float]]) -> None:
+        """The keep-first pass in input order: a record duplicates the first kept earlier record it
+        matches. Sets the verdicts `check` returns."""
+        matches: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        for kind, later, earlier, score in pairs:
+            matches.setdefault((kind, later), []).append((earlier, score))
+        seen_files: dict[tuple, tuple[int, tuple]] = {}
+        seen_records: dict[tuple, int] = {}
+        seen_texts: dict[str, int] = {}
+        kept = {"image": set(), "text": set()}
+        self.verdicts: dict[int, Verdict] = {}
+
+        def first_kept(kind: str, index: int) -> Optional[tuple[int, float]]:
+            return min((m for m in matches.get((kind, index), []) if m[0] in kept[kind]), default=None)
+
+        for k in sorted(keys, key=lambda k: k.index):
+            verdict = None
+            if k.sha is not None:
+                if k.sha in seen_files:
+                    first, first_paths = seen_files[k.sha]
+                    if first_paths != k.paths:  # the same files again: several questions about one image
+                        verdict = Verdict(reason="image_exact", detail=f"same image bytes as record #{first}")
+                else:
+                    seen_files[k.sha] = (k.index, k.paths)
+                    if k.fps is not None:
+                        near = first_kept("image", k.index)
+                        if near is None:
+                            kept["image"].add(k.index)
+                        else:
+                            verdict = Verdict({"image_corr": near[1]}, "image_near", f"near-duplicate image of "
+                                              f"record #{near[0]} (thumbnail corr {near[1]:.3f})")
+            self.verdicts[k.index] = verdict or self._text_verdict(k, seen_records, seen_texts, kept, first_kept)
+
+    def _text_verdict(self, k: DedupKeys, seen_records: dict, seen_texts: dict, kept: dict, first_kept) -> Verdict:
+        if k.record_key in seen_records:
+            return Verdict(reason="record_exact",
+                           detail=f"same images and text as record #{seen_records[k.record_key]}")
+        seen_records[k.record_key] = k.index
+        if k.norm is None:
+            return Verdict()
+        if k.norm in seen_texts:
+            return Verdict(reason="text_exact", detail=f"same text as record #{seen_texts[k.norm]}")
+        seen_texts[k.norm] = k.index
+        near = first_kept("text", k.index)
+        if near is not None:
+            return Verdict({"text_jaccard": near[1]}, "text_near",
+                           f"near-duplicate text of record #{near[0]} (shingle Jaccard {near[1]:.2f})")
+        kept["text"].add(k.index)
         return Verdict()
+
+    def prepare(self, entries: list[Entry]) -> None:
+        keys = [self.keys(e) for e in entries]
+        self.resolve(keys, self.candidate_pairs(keys))
+
+    def check(self, entry: Entry) -> Verdict:
+        return self.verdicts[entry.index]

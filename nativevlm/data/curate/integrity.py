@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageStat
 
-from .base import Entry, Stage, Verdict
+from .base import Entry, Stage, Verdict, open_image
 
 
 class ImageIntegrity(Stage):
@@ -23,7 +23,7 @@ class ImageIntegrity(Stage):
             if not path.is_file():
                 return Verdict(reason="missing_file", detail=f"{path} does not exist")
             try:
-                with Image.open(path) as img:
+                with open_image(path) as img:
                     img.load()
                     w, h = img.size
                     std = max(ImageStat.Stat(img.convert("RGB")).stddev)

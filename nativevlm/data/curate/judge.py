@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import random
 import zlib
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 from PIL import Image
 
-from .base import Entry, Stage, Verdict
+from .base import Entry, ImageRef, Stage, Verdict, open_image
 from .text import words
 
-LogprobFn = Callable[[Path, str, str], float]
+LogprobFn = Callable[[ImageRef, str, str], float]
 
 STOPWORDS = frozenset(
     "a an the and or of in on at to is are was were be been it its this that these there their with for by as "
@@ -59,13 +58,13 @@ def match_terms(text: str) -> set[str]:
     return set(toks) | {f"{a} {b}" for a, b in zip(toks, toks[1:])}
 
 
-def image_features(path: Path, grid: int = 3, bins: int = 4) -> np.ndarray:
+def image_features(path: ImageRef, grid: int = 3, bins: int = 4) -> np.ndarray:
     """Where each colour is: the share of each of `bins`**3 quantised colours in each cell of a grid x grid
     layout (sqrt, to damp the background), the global colour histogram, and the side lengths (captions may state
     sizes). Colour-by-region is what a caption of objects, colours and positions can be checked
     against; a plain thumbnail loses the colour identity in the standardisation."""
     cell = 6
-    with Image.open(path) as img:
+    with open_image(path) as img:
         rgb = img.convert("RGB")
         # one-hot width and height on a log2 scale in quarter octaves (16 px to 2048 px): a linear model
         # can then tie "96x96" to one size, which it cannot do with the log side itself
@@ -95,13 +94,19 @@ class ProxyMatcher:
         self.folds, self.ridge, self.vocab_size, self.min_df, self.seed = folds, ridge, vocab, min_df, seed
         self.held_out_auc = float("nan")
         self.held_out_ranks = np.zeros(0)  # per held-out record: share of other held-out images scoring higher
-        self._img_cache: dict[Path, np.ndarray] = {}
+        self.raw: dict = {}  # image -> image_features, filled as needed or given up front (the Ray engine)
+        self._img_cache: dict = {}
         self._pred_cache: dict[str, np.ndarray] = {}
 
-    def _img(self, path: Path) -> np.ndarray:
+    def _raw(self, path: ImageRef) -> np.ndarray:
+        if path not in self.raw:
+            self.raw[path] = image_features(path)
+        return self.raw[path]
+
+    def _img(self, path: ImageRef) -> np.ndarray:
         """Standardised, unit-norm image features."""
         if path not in self._img_cache:
-            x = (image_features(path) - self.mu) / self.sd
+            x = (self._raw(path) - self.mu) / self.sd
             self._img_cache[path] = (x / max(np.linalg.norm(x), 1e-6)).astype(np.float32)
         return self._img_cache[path]
 
@@ -113,7 +118,7 @@ class ProxyMatcher:
                 v[self.vocab[w]] = 1.0
         return v
 
-    def fit(self, pairs: list[tuple[Path, str, str]]) -> "ProxyMatcher":
+    def fit(self, pairs: list[tuple[ImageRef, str, str]]) -> "ProxyMatcher":
         """Fit on (image, prompt, answer) triples assumed mostly matched; sets `held_out_auc`."""
         df: dict[str, int] = {}
         for _, p, a in pairs:
@@ -121,7 +126,7 @@ class ProxyMatcher:
                 df[w] = df.get(w, 0) + 1
         common = sorted((w for w, c in df.items() if c >= self.min_df), key=lambda w: (-df[w], w))
         self.vocab = {w: i for i, w in enumerate(common[:self.vocab_size])}
-        raw = np.stack([image_features(path) for path, _, _ in pairs])
+        raw = np.stack([self._raw(path) for path, _, _ in pairs])
         self.mu, self.sd = raw.mean(0), raw.std(0) + 1e-3
         x = np.stack([self._img(path) for path, _, _ in pairs])
         t = np.stack([self._txt(p + " " + a) for _, p, a in pairs])
@@ -143,14 +148,14 @@ class ProxyMatcher:
         self.held_out_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
         return self
 
-    def score(self, image_path: Path, prompt: str, answer: str) -> float:
+    def score(self, image_path: ImageRef, prompt: str, answer: str) -> float:
         """Cosine between the image's features and those the text predicts (model of the fold that did not
         see this text). Higher means the image explains the text better; use as the judge's `logprob_fn`."""
         text = prompt + " " + answer
         if text not in self._pred_cache:
             pred = self._txt(text) @ self.weights[_fold(prompt, answer, self.folds)]
             self._pred_cache[text] = pred / max(np.linalg.norm(pred), 1e-6)
-        return float(self._img(Path(image_path)) @ self._pred_cache[text])
+        return float(self._img(image_path) @ self._pred_cache[text])
 
 
 class ImageTextJudge(Stage):
@@ -172,17 +177,23 @@ class ImageTextJudge(Stage):
     def _judged(self, e: Entry) -> bool:
         return bool(e.images) and e.images[0].is_file() and len(words(" ".join(e.answers))) >= self.min_words
 
-    def prepare(self, entries: list[Entry]) -> None:
+    def judged_images(self, entries: Iterable[Entry]) -> list[ImageRef]:
+        """The images `prepare` fits the proxy on (and the pool negatives come from)."""
+        return [e.images[0] for e in entries if self._judged(e)]
+
+    def prepare(self, entries: list[Entry], features: Optional[dict] = None) -> None:
+        """`features`: image -> `image_features`, computed elsewhere (in parallel); the rest are computed here.
+        Only text and image references are read from `entries` then."""
         judged = [e for e in entries if self._judged(e)]
         self.pool = sorted({e.images[0] for e in judged})
-        self.rng = random.Random(self.seed)
         self.abstain_reason = ""
         self.fn = self.logprob_fn
         if len(judged) < self.min_records or len(self.pool) < 2:
             self.abstain_reason = f"only {len(judged)} records with images and answers of >= {self.min_words} words"
         elif self.fn is None:
-            proxy = ProxyMatcher(seed=self.seed).fit(
-                [(e.images[0], " ".join(e.prompts), " ".join(e.answers)) for e in judged])
+            proxy = ProxyMatcher(seed=self.seed)
+            proxy.raw.update(features or {})
+            proxy.fit([(e.images[0], " ".join(e.prompts), " ".join(e.answers)) for e in judged])
             self.held_out_auc = proxy.held_out_auc
             self.clean_loss = self._estimated_clean_loss(proxy.held_out_ranks)
             if not proxy.held_out_auc >= self.min_auc:
@@ -211,7 +222,8 @@ class ImageTextJudge(Stage):
         if self.abstain_reason or not self._judged(entry):
             return Verdict(scores)
         own_path = entry.images[0]
-        others = [p for p in self.rng.sample(self.pool, min(len(self.pool), self.negatives + 1)) if p != own_path]
+        rng = random.Random(f"{self.seed}:{entry.index}")  # per record: a verdict is independent of the order
+        others = [p for p in rng.sample(self.pool, min(len(self.pool), self.negatives + 1)) if p != own_path]
         neg = np.array([self.fn(p, prompt, answer) for p in others[:self.negatives]])
         own = self.fn(own_path, prompt, answer)
         scores["alignment"] = own - float(neg.mean())

@@ -1,7 +1,11 @@
-"""Curate one LLaVA JSON file end to end: read, run the chosen stages, write kept records and the report."""
+"""Curate one dataset end to end: read, run the chosen stages, write kept records and the report.
+
+The input is a LLaVA JSON / JSONL file or a sharded source (`data.shards`); the output is a JSON / JSONL
+file (records unchanged) when `out` ends in `.json` / `.jsonl`, otherwise a shard folder holding the kept
+records with their images' bytes.
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +14,7 @@ from .base import CurationError, CurationResult, Stage, load_records, run_pipeli
 from .dedup import Dedup
 from .integrity import ImageIntegrity
 from .judge import ImageTextJudge, LogprobFn
+from .output import source_name, write_kept
 from .report import write_report
 from .text import TextQuality
 
@@ -39,22 +44,25 @@ def build_stages(names: list[str], balance_buckets: int = 32, balance_per_bucket
     return [make[n]() for n in names]
 
 
-def write_records(records: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    else:
-        path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
-
-
 def curate_file(src: Path, out: Path, stages: list[Stage], image_root: Optional[Path] = None,
-                report_dir: Optional[Path] = None, strict: bool = False, progress: bool = False) -> CurationResult:
+                report_dir: Optional[Path] = None, strict: bool = False, progress: bool = False,
+                engine: str = "local", address: Optional[str] = None, workers: int = 2) -> CurationResult:
     """Under `strict`, broken input (malformed records, missing/corrupt images, marker mismatch) raises a
-    CurationError naming the file and records instead of being dropped; nothing is written then."""
+    CurationError naming the file and records instead of being dropped; nothing is written then.
+    `engine="ray"` runs the stages on Ray Data over shards (`ray_engine`): on the cluster at `address`, or
+    a local Ray with `workers` CPUs."""
     src = Path(src)
-    entries, load_drops = load_records(src, image_root)
-    result = run_pipeline(stages, entries, load_drops, src, progress=progress, strict=strict)
-    write_records([e.record for e in result.kept], Path(out))
+    if engine == "ray":
+        from .ray_engine import run_ray, start
+
+        start(address, workers)
+        result = run_ray(stages, src, Path(out), workers, strict)
+    elif engine == "local":
+        entries, load_drops = load_records(src, image_root)
+        result = run_pipeline(stages, entries, load_drops, src, progress=progress, strict=strict)
+        write_kept(result.kept, Path(out), source_name(src))
+    else:
+        raise CurationError(f"--engine {engine!r}: choose local or ray")
     if report_dir is not None:
         write_report(result, Path(report_dir))
     return result

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ...config import ConfigError
 from ...data.formats import DataError
+from ...data.shards import is_sharded
 from . import llava_qa, vlmevalkit_tsv, world
 from .base import Benchmark, ImageRef, Item, open_image
 
@@ -29,10 +30,10 @@ def load_benchmark(spec: str) -> Benchmark:
     p = Path(path)
     if not kind:
         if p.is_dir():
-            kind = "world"
+            kind = "llava" if is_sharded(p) else "world"
         elif p.suffix == ".tsv":
             kind = "tsv"
-        elif p.suffix in (".json", ".jsonl"):
+        elif p.suffix in (".json", ".jsonl", ".tar", ".parquet"):
             kind = "llava"
         elif not p.exists():
             raise FileNotFoundError(f"--bench {spec}: {path} does not exist")
