@@ -1,4 +1,4 @@
-"""Training samples/s of the quickstart's native VLM, with and without what issue 7 added to it (the
+"""Training samples/s of the quickstart's native VLM, with and without the cell loss (the
 word-aligned cell loss, whose labels are read from the pixels of every batch), measured in the same run:
 rounds of optimizer steps on the S2 data alternate between the two, so a machine whose speed drifts
 affects both alike. The learning-curve evaluations are timed on their own (they run every 250 steps).

@@ -1,4 +1,4 @@
-"""Learnability study (issue 7): why the quickstart's native VLM did not learn what objects are, and which
+"""Learnability study: why the quickstart's native VLM did not learn what objects are, and which
 interventions make it learn. One command:
 
     python studies/learnability.py --out docs/learnability [--arms baseline,identity_first] [--jobs 2]

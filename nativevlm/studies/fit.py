@@ -1,4 +1,4 @@
-"""Fits over a study's CSV (NaViL's scaling analysis, REFERENCE.md section 1):
+"""Fits over a study's CSV (NaViL's scaling analysis):
 
 - per cell, the learning curve `val_loss(samples) = E + A * samples^(-alpha)`;
 - between two arms (pretrained-LM init vs scratch, experts vs dense), how many more samples the baseline
