@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from peer import read_turns, train_peer  # noqa: E402
+from peer import train_peer  # noqa: E402
 from qa_sets import SETS, write_set  # noqa: E402
 
 RECIPES = ROOT / "nativevlm" / "recipes"
@@ -154,8 +154,7 @@ def main() -> None:
                           test_path=str(data["test"]))
         entry["peer"] = peer
         entry["priors"] = peer["priors"]
-        turns, _ = read_turns(str(data["test"]))
-        entry["test_questions"] = len(turns)
+        entry["test_questions"] = peer["test_questions"]
         result_path.write_text(json.dumps(results, indent=1) + "\n")
         plot(name, entry, out / f"{name}.png")
         line = lambda acc: ", ".join(f"{k[4:]} {v:.1%}" for k, v in sorted(acc.items()))  # noqa: E731

@@ -50,6 +50,11 @@ def read_turns(path: str) -> tuple[list[tuple[str, str, str, str]], Counter]:
     return out, skipped
 
 
+def answer_priors(turns) -> dict[str, float]:
+    """Per family, the share of its most common answer: what always giving that answer scores."""
+    return {f: n / t for f, (n, t) in majority_counts((t[3], t[2]) for t in turns).items()}
+
+
 def load_images(paths: list[str], size: int) -> torch.Tensor:
     """uint8 [N, 3, size, size]; each distinct file decoded once."""
     cache: dict[str, np.ndarray] = {}
@@ -167,13 +172,13 @@ def train_peer(train_path: str, eval_path: str, minutes: float, image_size: int 
                 ", ".join(f"{k[4:]} {v:.1%}" for k, v in curve[-1].items() if k.startswith("acc/")))
     if curve[-1]["samples"] != seen:
         curve.append({"samples": seen, "train_seconds": round(seconds, 2), **accuracy(model, held)})
-    priors = {f: n / t for f, (n, t) in majority_counts((t[3], t[2]) for t in eval_turns).items()}
     out = {"model": "peer", "parameters": sum(p.numel() for p in model.parameters()), "curve": curve,
-           "priors": priors, "final": curve[-1]}
+           "priors": answer_priors(eval_turns), "final": curve[-1]}
     if test_path:
         test_turns, _ = read_turns(test_path)
         out["test"] = accuracy(model, Encoded(test_turns, vocab, classes, image_size, max_words))
-        out["test_priors"] = {f: n / t for f, (n, t) in majority_counts((t[3], t[2]) for t in test_turns).items()}
+        out["test_priors"] = answer_priors(test_turns)
+        out["test_questions"] = len(test_turns)
     return out
 
 
