@@ -61,7 +61,7 @@ after which a recipe may say `objectives: [{name: sft}, {name: token_norm, weigh
 """
 from .base import (REGISTRY, MicroBatch, NoOptions, Objective, Output, StageContext, StepInfo, Weighted, build,
                    register)
-from . import cells, sft  # noqa: F401  (built-in objectives register themselves)
+from . import answer_words, cells, sft  # noqa: F401  (built-in objectives register themselves)
 
 __all__ = ["REGISTRY", "MicroBatch", "NoOptions", "Objective", "Output", "StageContext", "StepInfo", "Weighted",
            "build", "register"]

@@ -1,0 +1,93 @@
+"""The answer-words objective: which answer words each image gets (padded and packed batches, a
+two-image conversation skipped), the loss's known values, and that it trains the image side only."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from nativevlm.data.collate import Collator
+from nativevlm.data.image import ImageProcessor
+from nativevlm.data.sample import Sample
+from nativevlm.data.tokenizer import Tokenizer
+from nativevlm.train.objectives.answer_words import answer_words_loss, image_answer_bags
+
+CORPUS = [f"the {c} {s} is left of it, answer {i}" for i, (c, s) in enumerate([("red", "square"), ("green", "ring")] * 30)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(CORPUS, vocab_size=320)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("aw")
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        Image.new("RGB", (16, 16), colour).save(folder / f"{i}.png")
+        paths.append(str(folder / f"{i}.png"))
+    return paths
+
+
+def chat(*turns, images=(), sid="s"):
+    roles = ["user", "assistant"] * len(turns)
+    return Sample(id=sid, messages=[{"role": r, "content": c} for r, c in zip(roles, turns)], images=list(images))
+
+
+def special_ids(tok) -> set[int]:
+    return {i for i, t in tok.tk.get_added_tokens_decoder().items() if t.special}
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_each_image_gets_its_own_conversations_answer_words(tok, images, pack):
+    a, b, c = images
+    samples = [
+        chat("<image>\nwhat is it?", "red square", "and its colour?", "red", images=[a], sid="two turns"),
+        chat("no image here?", "green", sid="text"),
+        chat("<image> and <image>?", "green ring", images=[b, c], sid="two images"),
+        chat("<image>\nwhat is it?", "green ring", images=[c], sid="one"),
+    ]
+    proc = ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64)
+    batch = Collator(tok, proc, max_length=512, pack=pack)(samples)
+    image_start = tok.image_token_ids()["image_start_id"]
+    bags = image_answer_bags(batch.input_ids, batch.targets, batch.document_ids, image_start, special_ids(tok))
+    assert len(bags) == batch.n_images == 4
+    assert bags[0] == tok.encode("red square") + tok.encode("red")  # both answers about the one image
+    assert bags[1] is None and bags[2] is None  # which image a word of a two-image answer is about is unknown
+    assert bags[3] == tok.encode("green ring")
+
+
+def test_loss_known_values():
+    table = torch.eye(4)  # word w's embedding is the w-th axis
+    # One token exactly on word 2, three on word 0: with a large scale each token's softmax is one-hot, so
+    # p(2) = 1/4 and p(0) = 3/4.
+    tokens = torch.tensor([[0.0, 0, 5, 0], [1, 0, 0, 0], [2, 0, 0, 0], [3, 0, 0, 0]])
+    loss, n = answer_words_loss([tokens], [[2]], table, scale=200.0)
+    assert n == 1 and loss.item() == pytest.approx(math.log(4), abs=1e-5)
+    loss, _ = answer_words_loss([tokens], [[2, 0]], table, scale=200.0)
+    assert loss.item() == pytest.approx((math.log(4) - math.log(0.75)) / 2, abs=1e-5)
+    # Scale 0: every token's softmax is uniform over the 4 words.
+    loss, _ = answer_words_loss([tokens], [[1]], table, scale=0.0)
+    assert loss.item() == pytest.approx(math.log(4), abs=1e-6)
+    # Images without a bag (no answer words, or a skipped conversation) do not count toward the mean.
+    loss2, n = answer_words_loss([tokens, tokens * 0 + 1], [[2], None], table, scale=200.0)
+    assert n == 1 and loss2.item() == pytest.approx(math.log(4), abs=1e-5)
+
+
+def test_gradient_reaches_the_tokens_not_the_embedding_table():
+    torch.manual_seed(0)
+    table = torch.randn(6, 8, requires_grad=True)
+    tokens = torch.randn(5, 8, requires_grad=True)
+    loss, _ = answer_words_loss([tokens], [[3]], table, scale=10.0)
+    loss.backward()
+    assert table.grad is None and tokens.grad is not None and tokens.grad.abs().sum() > 0
+    # A step along the gradient makes the answer word more likely.
+    with torch.no_grad():
+        after, _ = answer_words_loss([tokens - 0.5 * tokens.grad], [[3]], table, scale=10.0)
+    assert after < loss
+    cos = F.cosine_similarity(tokens - 0.5 * tokens.grad, table[3:4].detach()).max()
+    assert cos > F.cosine_similarity(tokens, table[3:4].detach()).max()
