@@ -14,6 +14,7 @@ accuracy per family, answer priors, seconds) and `<out>/<set>.png` (accuracy per
 minutes and against samples seen, the peer beside each arm, the prior dashed).
 
 Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped;
+`sft-only` drops the recipe's answer_words objective (next-token loss alone, the ladder's previous rung);
 `four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale, as the recipe did
 before (the ladder's geometry rung).
 """
@@ -37,6 +38,7 @@ RECIPES = ROOT / "nativevlm" / "recipes"
 # Each arm: native-custom overrides; the README's own (the data paths) are added by run_arm.
 ARMS: dict[str, list[str]] = {
     "byod": [],
+    "sft-only": ["stages.0.objectives=[{name: sft}]"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
 }
 
