@@ -69,13 +69,19 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int) -> dict
     log = work / "commands.log"
     text, tok, vlm = work / "text.jsonl", work / "tok", work / "vlm"
     wall = {}
+    sets = [f"tokenizer={tok}", f"stages.0.data.0.path={data['train']}", f"stages.0.val_data={data['val']}",
+            f"curves.data={data['val']}", "progress=false", *ARMS[arm]]
+    if vlm_steps:
+        sets.append(f"stages.0.steps={vlm_steps}")
+    # A finished run is reused only if it was made by this recipe text with these overrides.
+    made_by = {"recipe": (RECIPES / "native-custom.yaml").read_text(), "sets": sets}
+    stamp = work / "made_by.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != made_by:
+        raise SystemExit(f"{work} holds a run of another recipe or other overrides; delete it to rerun this arm")
     if not (vlm / "final").exists():
+        stamp.write_text(json.dumps(made_by))
         wall["data_text"] = sh(cli("data", "text", str(data["train"]), "--out", str(text)), log)
         wall["tokenizer"] = sh(cli("tokenizer", "train", str(text), "--vocab-size", "1024", "--out", str(tok)), log)
-        sets = [f"tokenizer={tok}", f"stages.0.data.0.path={data['train']}", f"stages.0.val_data={data['val']}",
-                f"curves.data={data['val']}", "progress=false", *ARMS[arm]]
-        if vlm_steps:
-            sets.append(f"stages.0.steps={vlm_steps}")
         wall["native_vlm"] = sh(cli("train", str(RECIPES / "native-custom.yaml"), "--out", str(vlm),
                                     *(f"--set={s}" for s in sets)), log)
     if not (work / "eval" / "results.json").exists():
