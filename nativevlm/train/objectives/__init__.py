@@ -10,8 +10,9 @@ The step (`train.step.train_step`) knows no objective: for each micro-batch it a
 the stage for an `Output`, backpropagates the sum of `weight * output.loss`, and logs each objective's
 metrics as `<objective>/<metric>` (e.g. `sft/loss`, `cells/loss`) and the weighted sum of their `loss`
 metrics as `loss`.
-Built in: `sft` (next-token cross-entropy, normalised over the global batch) and `cells` (the built-in
-world's per-image-token cell loss, refusing any other images).
+Built in: `sft` (next-token cross-entropy, normalised over the global batch), `answer_words` (each image's
+tokens toward the LM's embeddings of the words its conversation answers: labels from any QA data) and
+`cells` (the built-in world's per-image-token cell loss, refusing any other images).
 
 An objective is a class registered by name (`@register("name")`: the built-in ones are imported here; a
 new one registers when its module is imported, before the recipe is loaded) with:
