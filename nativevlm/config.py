@@ -38,8 +38,14 @@ class VisionConfig:
     # count is kept within [min_patches, max_patches] by resizing with the aspect ratio kept.
     min_patches: int = 16
     max_patches: int = 4096
+    # NaViL multi-scale packing (native only, an inference option): each image also at tau^i of its size,
+    # tau = sqrt(2)/2, up to `scales` scales while the patch count stays >= min_patches, coarse to fine.
+    scales: int = 1
     # vit only
     image_size: int = 224
+    # InternVL dynamic tiling: up to max_tiles image_size tiles on the grid closest to the image's aspect
+    # ratio, plus an image_size thumbnail when there is more than one tile; 1 = one resized square.
+    max_tiles: int = 1
     bias: bool = False
     post_norm: bool = False
 

@@ -397,3 +397,31 @@ def test_image_tokens_start_at_the_scale_of_the_words_around_them(embed_std):
     torch.manual_seed(1)
     vlm.connector.match_output_scale(0.5)  # its probe has its own generator: the global RNG stream is untouched
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_loss_on_target_positions_equals_the_full_logits_path():
+    """The training forward projects only target positions onto the vocabulary (image and prompt tokens
+    get no LM head): its loss and every gradient equal those of the loss over full [B, T, V] logits."""
+    vlm = tiny_vlm()
+    torch.manual_seed(1)
+    ids = image_prompt(2, 2)[None].repeat(2, 1)
+    targets = torch.randint(0, 98, ids.shape)
+    targets[:, :6] = -100  # prompt and image positions
+    targets[1, -1] = -100
+    w = torch.rand(ids.shape)
+    pixels = [torch.randn(3, 64, 64) for _ in range(2)]
+
+    out = vlm(ids, pixel_values=pixels, targets=targets, loss_weights=w)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in vlm.named_parameters() if p.grad is not None}
+    vlm.zero_grad()
+    logits = vlm(ids, pixel_values=pixels).logits
+    valid = targets != -100
+    ce = F.cross_entropy(logits[valid], targets[valid], reduction="none")
+    full = (w[valid] * ce).sum() / w[valid].sum()
+    full.backward()
+    torch.testing.assert_close(out.loss, full)
+    assert grads.keys() == {n for n, p in vlm.named_parameters() if p.grad is not None}
+    for n, p in vlm.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, msg=n)

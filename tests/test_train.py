@@ -209,3 +209,33 @@ def test_training_leaves_no_hook_behind(tmp_path, train_world):
     result = train(load_recipe(write_recipe(tmp_path / "r.yaml", lm_recipe(train_world))), tmp_path / "run",
                    log=lambda *a, **k: None)
     assert len(result.model.embed_tokens._forward_hooks) == 0
+
+
+def test_optimizer_is_fused_and_steps_as_the_reference_adamw():
+    """build_optimizer's fused AdamW (per-group decay and LR multipliers) gives the parameters PyTorch's
+    reference single-tensor AdamW gives, step for step."""
+    import copy
+
+    from nativevlm.train.config import StageConfig
+    from nativevlm.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    lm = LanguageModel(LanguageConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                      intermediate_size=48, tie_word_embeddings=False))
+    ref = copy.deepcopy(lm)
+    stage = StageConfig(lr=1e-2, weight_decay=0.1, lr_multipliers={"embed_tokens.*": 3.0})
+    opt = build_optimizer(lm, stage)
+    assert all(g["fused"] for g in opt.param_groups)
+    name_of = {id(p): n for n, p in lm.named_parameters()}
+    ref_params = dict(ref.named_parameters())
+    ref_opt = torch.optim.AdamW([{"params": [ref_params[name_of[id(p)]] for p in g["params"]],
+                                  "weight_decay": g["weight_decay"], "lr": g["lr"]} for g in opt.param_groups],
+                                betas=tuple(stage.betas), eps=stage.eps, foreach=False)
+    ids, targets = torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))
+    for _ in range(3):
+        for model, o in ((lm, opt), (ref, ref_opt)):
+            model(ids, targets=targets).loss.backward()
+            o.step()
+            o.zero_grad()
+    for n, p in lm.named_parameters():
+        torch.testing.assert_close(p, ref_params[n], msg=n)

@@ -3,7 +3,9 @@
 Layout (NaViL): each `<image>` marker becomes `<img_start>`, then for each of `rows` rows `cols` x `<img>`
 and an `<img_eol>`, then `<img_end>`, where (rows, cols) = `connector.token_grid` of the image tensor's size
 at its compression rate (the model's `downsample`, or a per-image rate from `Sample.image_downsample`): the
-same function the model shapes its features with. The model writes the encoder's features, row-major, into
+same function the model shapes its features with. An image the processor splits into several views
+(`ImageProcessor.segments`: multi-scale or tiled) becomes one such block per segment, each holding the rows
+of its views in order. The model writes the encoder's features, row-major, into
 the `<img>` positions with one masked assignment, so the sequence length is known here, before any vision
 compute.
 
@@ -49,10 +51,10 @@ class EncodedSample:
         return len(self.input_ids)
 
 
-def image_block(rows: int, cols: int, ids: dict[str, int]) -> list[int]:
-    """The token block standing for an image of rows x cols tokens."""
-    row = [ids["image_token_id"]] * cols + [ids["image_eol_id"]]
-    return [ids["image_start_id"], *row * rows, ids["image_end_id"]]
+def image_block(grids: Sequence[tuple[int, int]], ids: dict[str, int]) -> list[int]:
+    """The token block standing for views of (rows, cols) tokens each, one after the other."""
+    body = [t for rows, cols in grids for t in ([ids["image_token_id"]] * cols + [ids["image_eol_id"]]) * rows]
+    return [ids["image_start_id"], *body, ids["image_end_id"]]
 
 
 def encode_sample(
@@ -75,6 +77,8 @@ def encode_sample(
     ids: list[int] = []
     is_answer: list[bool] = []
     pixel_values: list[torch.Tensor] = []
+    view_rates: list[int] = []  # the compression rate of each view (all views of an image share its rate)
+    n_images = 0
     images_end = 0  # where the last image block ends: the shortest prefix keeping every image
     rates = list(sample.image_downsample) or [image_processor.downsample for _ in sample.images]
     if len(rates) != len(sample.images):
@@ -95,10 +99,13 @@ def encode_sample(
                 path = next(images, None)
                 if path is None:
                     raise ValueError(f"sample {sample.id}: more {IMAGE_MARKER} markers than images")
-                pixel_values.append(image_processor(path))
-                rows, cols = token_grid(*pixel_values[-1].shape[-2:], image_processor.patch_size,
-                                        rates[len(pixel_values) - 1])
-                add(image_block(rows, cols, image_ids), False)
+                rate = rates[n_images]
+                n_images += 1
+                for views in image_processor.segments(path):
+                    pixel_values.extend(views)
+                    view_rates.extend([rate] * len(views))
+                    grids = [token_grid(*v.shape[-2:], image_processor.patch_size, rate) for v in views]
+                    add(image_block(grids, image_ids), False)
                 images_end = len(ids)
             if piece:
                 add(tokenizer.encode(piece), answer)
@@ -122,7 +129,7 @@ def encode_sample(
             )
     targets = [nxt if answer else IGNORE for nxt, answer in zip(ids[1:], is_answer[1:])] + [IGNORE]
     n_loss = sum(t != IGNORE for t in targets)
-    return EncodedSample(ids, targets, pixel_values, rates[:len(pixel_values)], n_loss)
+    return EncodedSample(ids, targets, pixel_values, view_rates, n_loss)
 
 
 def pack_first_fit(samples: list[EncodedSample], max_length: int) -> list[list[EncodedSample]]:

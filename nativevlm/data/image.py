@@ -4,6 +4,18 @@ NaViL's encoder takes each image at (close to) its own resolution and aspect rat
 that both sides are multiples of `patch_size * downsample` (so patches tile the image and the 2x2 pixel
 shuffle tiles the patch grid) and that the patch count stays within a budget, so tiny images still get a few
 tokens and huge ones don't blow up the sequence.
+
+An image becomes one or more *views* (tensors the encoder sees), grouped into *segments* (each one
+`<img_start> ... <img_end>` block of the text, see `data.collate`):
+- one view in one segment: the default;
+- NaViL multi-scale packing (`scales` > 1): the image at `tau^i` of its size (tau = sqrt(2)/2, so each scale
+  has half the area of the next), coarse to fine, one segment per scale; each scale's `<img_end>` is the
+  end-of-scale token, which a model trained on single-scale images already knows as "this image's tokens
+  end here", where a new token would start untrained;
+- InternVL dynamic tiling (`max_tiles` > 1, fixed-input ViT): the image resized to the grid of
+  `image_size` tiles whose aspect ratio is closest to its own, cut into tiles row-major, plus a thumbnail
+  of the whole image when there is more than one tile, all in one segment (as InternVL puts all tiles
+  between one `<img>` and `</img>`).
 """
 from __future__ import annotations
 
@@ -72,6 +84,46 @@ def fit_size(
     return a * factor, b * factor
 
 
+TAU = math.sqrt(2) / 2  # NaViL's scale step: each coarser scale has half the area
+
+
+def closest_grid(width: int, height: int, tile: int, max_tiles: int, min_tiles: int = 1) -> tuple[int, int]:
+    """(cols, rows) of InternVL's dynamic tiling (`dynamic_preprocess`): among grids with min_tiles <=
+    cols * rows <= max_tiles, the one whose aspect ratio cols / rows is closest to width / height. Grids
+    are tried in order of tile count; on an exact tie a later (larger) grid wins when the image's area is
+    more than half of that grid's pixel area, so a large image gets more tiles than a small one of the same
+    shape (an 800 x 800 image gets 2 x 2 tiles of 448, a 448 x 448 one a single tile)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got {min_tiles} and {max_tiles}")
+    aspect = width / height
+    # Built as InternVL builds it (a set sorted by tile count) so that ties among grids of equal tile count
+    # resolve in the same order.
+    grids = sorted({(i, j) for n in range(min_tiles, max_tiles + 1) for i in range(1, n + 1)
+                    for j in range(1, n + 1) if min_tiles <= i * j <= max_tiles}, key=lambda g: g[0] * g[1])
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in grids:
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def tile_image(img: Image.Image, tile: int, max_tiles: int) -> list[Image.Image]:
+    """InternVL's dynamic tiling: the tiles of `closest_grid`, row-major, then a tile-sized thumbnail of the
+    whole image when there is more than one tile."""
+    cols, rows = closest_grid(*img.size, tile, max_tiles)
+    resized = img.resize((tile * cols, tile * rows), Image.BICUBIC)
+    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
+             for r in range(rows) for c in range(cols)]
+    if len(tiles) > 1:
+        tiles.append(img.resize((tile, tile), Image.BICUBIC))
+    return tiles
+
+
 def load_image(path: Union[str, Path, bytes]) -> Image.Image:
     """Open and fully decode an image as RGB. Decoding up front (not lazily) is what catches truncated
     files here, with the file named, rather than deep inside a training step. EXIF rotation is applied and
@@ -133,15 +185,27 @@ class ImageProcessor:
         max_patches: int = 4096,
         fixed_size: Optional[int] = None,
         downsample: Optional[int] = None,
+        scales: int = 1,
+        max_tiles: int = 1,
     ):
         if fixed_size is not None and fixed_size % factor:
             raise ValueError(f"fixed_size {fixed_size} must be a multiple of {factor}")
+        if scales < 1 or max_tiles < 1:
+            raise ValueError(f"vision.scales and vision.max_tiles must be at least 1, got {scales} and {max_tiles}")
+        if scales > 1 and fixed_size is not None:
+            raise ValueError("vision.scales > 1 (multi-scale packing) needs the native encoder; a fixed-input "
+                             "ViT tiles large images instead (vision.max_tiles)")
+        if max_tiles > 1 and fixed_size is None:
+            raise ValueError("vision.max_tiles > 1 (dynamic tiling) is for the fixed-input ViT; the native "
+                             "encoder takes each image whole at its own resolution")
         self.patch_size = patch_size
         self.factor = factor
         self.downsample = downsample or factor // patch_size
         self.min_patches = min_patches
         self.max_patches = max_patches
         self.fixed_size = fixed_size
+        self.scales = scales
+        self.max_tiles = max_tiles
 
     @classmethod
     def from_config(cls, vision: VisionConfig, connector: ConnectorConfig) -> "ImageProcessor":
@@ -152,6 +216,8 @@ class ImageProcessor:
             min_patches=vision.min_patches,
             max_patches=vision.max_patches,
             fixed_size=vision.image_size if vision.arch == "vit" else None,
+            scales=vision.scales,
+            max_tiles=vision.max_tiles,
         )
 
     def size_for(self, width: int, height: int) -> tuple[int, int]:
@@ -159,6 +225,30 @@ class ImageProcessor:
             return self.fixed_size, self.fixed_size
         return fit_size(width, height, self.patch_size, self.factor, self.min_patches, self.max_patches)
 
+    def scale_sizes(self, width: int, height: int) -> list[tuple[int, int]]:
+        """The (width, height) of each multi-scale view, coarse to fine: the finest is `size_for`'s, each
+        coarser one tau times its sides (rounded to the grid), while its patch count stays >= min_patches."""
+        sizes = [self.size_for(width, height)]
+        w, h = sizes[0]
+        for i in range(1, self.scales):
+            sw, sh = w * TAU ** i, h * TAU ** i
+            if sw * sh / self.patch_size ** 2 < self.min_patches:
+                break
+            size = fit_size(round(sw), round(sh), self.patch_size, self.factor, self.min_patches, self.max_patches)
+            if size != sizes[-1]:  # rounding to the grid can merge neighbouring scales of a small image
+                sizes.append(size)
+        return sizes[::-1]
+
+    def segments(self, image: Union[str, Path, Image.Image]) -> list[list[torch.Tensor]]:
+        """The image's views grouped into segments (see the module docstring): [[one tensor]] by default."""
+        img = image if isinstance(image, Image.Image) else load_image(image)
+        if self.max_tiles > 1:
+            return [[to_tensor(t, (self.fixed_size,) * 2) for t in tile_image(img, self.fixed_size, self.max_tiles)]]
+        if self.scales > 1:
+            return [[to_tensor(img, size)] for size in self.scale_sizes(*img.size)]
+        return [[to_tensor(img, self.size_for(*img.size))]]
+
     def __call__(self, image: Union[str, Path, Image.Image]) -> torch.Tensor:
+        """The image as one tensor (its single view; `segments` for multi-scale or tiled images)."""
         img = image if isinstance(image, Image.Image) else load_image(image)
         return to_tensor(img, self.size_for(*img.size))

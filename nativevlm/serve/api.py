@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, user_turn
+from ..errors import ConfigError
 from ..infer.chat import encode_prompt
 from ..infer.engine import Engine, Event, Request, SamplingParams
 from .media import MediaPolicy, RequestError, decode_image, image_bytes, image_size
@@ -67,6 +68,9 @@ class _GridOnly:
     def __call__(self, size: tuple[int, int]) -> torch.Tensor:
         w, h = self.processor.size_for(*size)
         return torch.empty(3, h, w, device="meta")
+
+    def segments(self, size: tuple[int, int]) -> list[list[torch.Tensor]]:
+        return [[self(size)]]  # the server takes one view per image (checked at start-up)
 
 
 class Metrics:
@@ -146,6 +150,10 @@ class ChatServer:
         self.takes_images = self.engine.is_vlm
         self.processor = ImageProcessor.from_config(model.config.vision, model.config.connector) \
             if self.takes_images else None
+        if self.processor is not None and (self.processor.scales > 1 or self.processor.max_tiles > 1):
+            raise ConfigError("the server encodes each image as one view: set vision.scales=1 and "
+                              "vision.max_tiles=1 in the model's config.json to serve it (multi-scale packing and "
+                              "dynamic tiling run in evaluation and `nativevlm chat`)")
         self.vision = vision  # a vision_worker.VisionClient (DvD), or None: images are encoded here
         self.pool = ThreadPoolExecutor(config.image_workers, thread_name_prefix="nativevlm-image")
         self.metrics = Metrics()
