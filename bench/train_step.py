@@ -3,15 +3,15 @@ transformers' `LlavaForConditionalGeneration` built from a config, in one run, a
 vision 6x256 over 256 patches (256 px, 16-px patches), a 2x2 pixel-shuffle MLP connector, LM 8x384,
 64 image + 128 text tokens, vocabulary 8192, batch 16, fp32 on CPU.
 
-    python bench/train_step.py [--rounds 4] [--steps 2] [--out bench/results/train_step]
+    python bench/train_step.py [--rounds 3] [--steps 1] [--out bench/results/train_step]
 
 The peer is the conventional way to write this model: Llava with a SigLIP tower (no pooling head) and a
 Llama decoder, its projector swapped for the same pixel-shuffle MLP ours has (Llava's own projector would
 give 256 image tokens), labels on the text tokens, `torch.optim.AdamW` with its defaults. Ours is
 `NativeVLM` trained by our own `train.step.train_step` with `train.optim.build_optimizer` (the step the
-trainer runs). Contenders are measured in interleaved rounds, each round taking the median of `--steps`
-timed steps after one warm-up step, and the result is the median over rounds, so machine noise hits all
-alike. Utilisation (MFU) is each model's forward+backward FLOPs (matmuls and attention, LM head on the
+trainer runs). After one warm-up step each, contenders are measured in interleaved rounds, each round
+taking the median CPU time of `--steps` steps, and the result is the median over rounds, so machine noise
+hits all alike. Utilisation (MFU) is each model's forward+backward FLOPs (matmuls and attention, LM head on the
 loss positions only) per second over the fp32 2048^2 GEMM rate measured in the same run.
 
 Writes train_step.json, train_step.png and profile.txt (torch.profiler's top ops of our step).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -136,11 +137,12 @@ def make_peer(ids, labels, pixels, fused: bool = False):
     return model, step
 
 
-def timed(fn, steps: int) -> float:
-    """Median CPU seconds of `steps` calls after one warm-up call. CPU time, not wall time: on a shared
+def timed(fn, steps: int, warm_up: bool = True) -> float:
+    """Median CPU seconds of `steps` calls (after one warm-up call). CPU time, not wall time: on a shared
     machine a single-threaded process's wall time mostly measures its neighbours (a step's wall time
     varied 5x between rounds here, its CPU time by a few percent)."""
-    fn()
+    if warm_up:
+        fn()
     times = []
     for _ in range(steps):
         t0 = time.process_time()
@@ -168,7 +170,9 @@ def profile(step, path: Path, rows: int = 25) -> None:
 
 def compile_payback(ids, labels, pixels, steps: int, out: Path) -> None:
     """torch.compile on every vision and decoder layer of the native model: the first (compiling) step's
-    CPU seconds against the steady step's saving gives the steps a run needs before compiling pays."""
+    CPU seconds against the steady step's saving gives the steps a run needs before compiling pays.
+    Inductor compiles in this process (one compile thread), so its work counts in the CPU time."""
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     times = {}
     for compiled in (False, True):
         model, step = make_ours("native", True, ids, labels, pixels)
@@ -208,8 +212,8 @@ def plot(rows: dict, peak: float, path: Path) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per contender per round")
     ap.add_argument("--out", default="bench/results/train_step")
     ap.add_argument("--compile", action="store_true", help="only measure torch.compile's cost and gain")
     args = ap.parse_args()
@@ -228,12 +232,14 @@ def main():
         "nativevlm compositional (SigLIP-style ViT)": (make_ours("vit", False, ids, labels, pixels), 2),
         "nativevlm native (NaViL encoder, modality experts)": (make_ours("native", True, ids, labels, pixels), 3),
     }
+    for (_, step), _ in contenders.values():
+        step()  # warm-up: first-call allocations, the optimizer's state
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     peaks = []
     for _ in range(args.rounds):
         peaks.append(gemm_rate())
         for name, ((_, step), _) in contenders.items():
-            samples[name].append(timed(step, args.steps))
+            samples[name].append(timed(step, args.steps, warm_up=False))
     peak = statistics.median(peaks)
 
     rows = {}

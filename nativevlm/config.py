@@ -39,7 +39,7 @@ class VisionConfig:
     min_patches: int = 16
     max_patches: int = 4096
     # NaViL multi-scale packing (native only, an inference option): each image also at tau^i of its size,
-    # tau = sqrt(2)/2, up to `scales` scales while the patch count stays >= min_patches, coarse to fine.
+    # tau = sqrt(2)/2, up to `scales` scales while a scale keeps 16 patches, coarse to fine.
     scales: int = 1
     # vit only
     image_size: int = 224

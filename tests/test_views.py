@@ -45,10 +45,13 @@ def test_tiles_are_crops_of_the_resized_image_plus_a_thumbnail():
 def test_multi_scale_sizes_coarse_to_fine():
     proc = ImageProcessor(patch_size=8, factor=16, min_patches=16, max_patches=4096, scales=4)
     # 128x64 -> x0.707 = 90.5x45.3 (on the 16-px grid: 96x48) -> x0.5 = 64x32 -> x0.354 = 45.3x22.6 (16 patches,
-    # kept; 3x1 cells round up to the 4-cell minimum as 3x2: 48x32) -> stop at 4 scales.
+    # kept; 3x1 cells round up to the 4-cell minimum as 3x2: 48x32) -> x0.25 = 32x16 has 8 < 16 patches: stop.
     assert proc.scale_sizes(128, 64) == [(48, 32), (64, 32), (96, 48), (128, 64)]
-    few = ImageProcessor(patch_size=8, factor=16, min_patches=32, max_patches=4096, scales=4)
-    assert few.scale_sizes(128, 64) == [(64, 32), (96, 48), (128, 64)]  # 45x23 has < 32 patches
+    more = ImageProcessor(patch_size=8, factor=16, min_patches=16, max_patches=4096, scales=6)
+    assert more.scale_sizes(128, 64) == proc.scale_sizes(128, 64)
+    # A fixed budget (min_patches = max_patches = 128) holds the finest view only; coarser views go below it.
+    fixed = ImageProcessor(patch_size=8, factor=16, min_patches=128, max_patches=128, scales=3)
+    assert fixed.scale_sizes(128, 64) == [(64, 32), (96, 48), (128, 64)]
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,7 @@ def fit_size(
 
 
 TAU = math.sqrt(2) / 2  # NaViL's scale step: each coarser scale has half the area
+MIN_SCALE_PATCHES = 16  # multi-scale stops before a scale with fewer patches (2x2 tokens at the 2x2 merge)
 
 
 def closest_grid(width: int, height: int, tile: int, max_tiles: int, min_tiles: int = 1) -> tuple[int, int]:
@@ -227,14 +228,16 @@ class ImageProcessor:
 
     def scale_sizes(self, width: int, height: int) -> list[tuple[int, int]]:
         """The (width, height) of each multi-scale view, coarse to fine: the finest is `size_for`'s, each
-        coarser one tau times its sides (rounded to the grid), while its patch count stays >= min_patches."""
+        coarser one tau times its sides (rounded to the grid) while it keeps MIN_SCALE_PATCHES patches. The
+        coarser views may go below `min_patches`, the budget floor of the finest view: a model trained with
+        min_patches = max_patches (the quickstart's) would otherwise get no second scale at all."""
         sizes = [self.size_for(width, height)]
         w, h = sizes[0]
         for i in range(1, self.scales):
             sw, sh = w * TAU ** i, h * TAU ** i
-            if sw * sh / self.patch_size ** 2 < self.min_patches:
+            if sw * sh / self.patch_size ** 2 < MIN_SCALE_PATCHES:
                 break
-            size = fit_size(round(sw), round(sh), self.patch_size, self.factor, self.min_patches, self.max_patches)
+            size = fit_size(round(sw), round(sh), self.patch_size, self.factor, MIN_SCALE_PATCHES, self.max_patches)
             if size != sizes[-1]:  # rounding to the grid can merge neighbouring scales of a small image
                 sizes.append(size)
         return sizes[::-1]
