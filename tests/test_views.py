@@ -124,3 +124,16 @@ def test_views_options_are_checked():
         ImageProcessor(max_tiles=4)
     with pytest.raises(ValueError, match="at least 1"):
         ImageProcessor(scales=0)
+
+
+def test_server_refuses_a_model_that_needs_several_views(tok):
+    from nativevlm.config import ConfigError
+    from nativevlm.serve.api import ChatServer, ServeConfig
+
+    lm = LanguageModel(LanguageConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,
+                                      num_kv_heads=1, intermediate_size=48))
+    vlm = NativeVLM.from_language_model(lm, vision=VisionConfig(hidden_size=16, num_layers=1, num_heads=2,
+                                                                intermediate_size=32, scales=2),
+                                        image_token_ids=tok.image_token_ids())
+    with pytest.raises(ConfigError, match="vision.scales=1 and vision.max_tiles=1"):
+        ChatServer(vlm, tok, ServeConfig(model_name="m"))

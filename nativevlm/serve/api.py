@@ -144,16 +144,17 @@ class ChatServer:
     """The model, its engine (on its own thread) and the request pipeline; `app()` is the FastAPI app."""
 
     def __init__(self, model, tokenizer, config: ServeConfig, vision=None):
+        vision = getattr(model.config, "vision", None)
+        if vision is not None and (vision.scales > 1 or vision.max_tiles > 1):
+            raise ConfigError("the server encodes each image as one view: set vision.scales=1 and "
+                              "vision.max_tiles=1 in the model's config.json to serve it (multi-scale packing and "
+                              "dynamic tiling run in evaluation and `nativevlm chat`)")
         self.config = config
         self.tokenizer = tokenizer
         self.engine = Engine(model, tokenizer, config.max_batch_size, config.max_len)
         self.takes_images = self.engine.is_vlm
         self.processor = ImageProcessor.from_config(model.config.vision, model.config.connector) \
             if self.takes_images else None
-        if self.processor is not None and (self.processor.scales > 1 or self.processor.max_tiles > 1):
-            raise ConfigError("the server encodes each image as one view: set vision.scales=1 and "
-                              "vision.max_tiles=1 in the model's config.json to serve it (multi-scale packing and "
-                              "dynamic tiling run in evaluation and `nativevlm chat`)")
         self.vision = vision  # a vision_worker.VisionClient (DvD), or None: images are encoded here
         self.pool = ThreadPoolExecutor(config.image_workers, thread_name_prefix="nativevlm-image")
         self.metrics = Metrics()
