@@ -144,8 +144,8 @@ class ChatServer:
     """The model, its engine (on its own thread) and the request pipeline; `app()` is the FastAPI app."""
 
     def __init__(self, model, tokenizer, config: ServeConfig, vision=None):
-        vision = getattr(model.config, "vision", None)
-        if vision is not None and (vision.scales > 1 or vision.max_tiles > 1):
+        views = getattr(model.config, "vision", None)
+        if views is not None and (views.scales > 1 or views.max_tiles > 1):
             raise ConfigError("the server encodes each image as one view: set vision.scales=1 and "
                               "vision.max_tiles=1 in the model's config.json to serve it (multi-scale packing and "
                               "dynamic tiling run in evaluation and `nativevlm chat`)")
