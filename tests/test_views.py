@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from nativevlm import LanguageConfig, LanguageModel, NativeVLM, VisionConfig
-from nativevlm.config import ConnectorConfig
+from nativevlm.config import ConfigError, ConnectorConfig
 from nativevlm.data.collate import Collator, encode_sample
 from nativevlm.data.image import ImageProcessor, closest_grid, tile_image, to_tensor
 from nativevlm.data.sample import Sample
@@ -118,16 +118,15 @@ def test_model_takes_a_batch_of_multi_view_images(tok, tmp_path, vision):
 
 
 def test_views_options_are_checked():
-    with pytest.raises(ValueError, match="needs the native encoder"):
+    with pytest.raises(ConfigError, match="needs the native encoder"):
         ImageProcessor(fixed_size=32, factor=16, patch_size=8, scales=2)
-    with pytest.raises(ValueError, match="is for the fixed-input ViT"):
+    with pytest.raises(ConfigError, match="is for the fixed-input ViT"):
         ImageProcessor(max_tiles=4)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ConfigError, match="at least 1"):
         ImageProcessor(scales=0)
 
 
 def test_server_refuses_a_model_that_needs_several_views(tok):
-    from nativevlm.config import ConfigError
     from nativevlm.serve.api import ChatServer, ServeConfig
 
     lm = LanguageModel(LanguageConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,

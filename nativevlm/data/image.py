@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..config import ConnectorConfig, VisionConfig
-from ..errors import ImageError
+from ..errors import ConfigError, ImageError
 
 
 def fit_size(
@@ -192,12 +192,12 @@ class ImageProcessor:
         if fixed_size is not None and fixed_size % factor:
             raise ValueError(f"fixed_size {fixed_size} must be a multiple of {factor}")
         if scales < 1 or max_tiles < 1:
-            raise ValueError(f"vision.scales and vision.max_tiles must be at least 1, got {scales} and {max_tiles}")
+            raise ConfigError(f"vision.scales and vision.max_tiles must be at least 1, got {scales} and {max_tiles}")
         if scales > 1 and fixed_size is not None:
-            raise ValueError("vision.scales > 1 (multi-scale packing) needs the native encoder; a fixed-input "
+            raise ConfigError("vision.scales > 1 (multi-scale packing) needs the native encoder; a fixed-input "
                              "ViT tiles large images instead (vision.max_tiles)")
         if max_tiles > 1 and fixed_size is None:
-            raise ValueError("vision.max_tiles > 1 (dynamic tiling) is for the fixed-input ViT; the native "
+            raise ConfigError("vision.max_tiles > 1 (dynamic tiling) is for the fixed-input ViT; the native "
                              "encoder takes each image whole at its own resolution")
         self.patch_size = patch_size
         self.factor = factor
