@@ -159,3 +159,28 @@ def test_the_api_carries_thinking_fields_and_returns_reasoning_apart(fused):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "thinking_budget"
         bad = httpx.post(s.url + "/v1/chat/completions", json={**ask, "think": "yes"})
         assert bad.status_code == 400 and "think must be true or false" in bad.json()["error"]["message"]
+
+
+def test_ask_and_chat_show_thinking_apart_from_the_answer(fused, tmp_path, capsys):
+    import argparse
+    import io
+
+    from nativevlm.cli import main
+    from nativevlm.commands.chat import run
+    from nativevlm.model.hub import save_language_model
+
+    lm, tok = fused
+    save_language_model(lm, tmp_path / "m")
+    tok.save(tmp_path / "m")
+    assert main(["ask", str(tmp_path / "m"), QUESTION, "--think", "--max-new-tokens", "48"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == ANSWER + "\n" and printed.err == f"thinking: {THOUGHT}\n"
+    assert main(["ask", str(tmp_path / "m"), QUESTION, "--no-think", "--max-new-tokens", "48"]) == 0
+    assert capsys.readouterr().out == ANSWER + "\n"
+    assert main(["ask", str(tmp_path / "m"), QUESTION, "--thinking-budget", "3"]) == 2
+    assert "--thinking-budget 3: give a number of tokens >= 0, with --think" in capsys.readouterr().err
+    args = argparse.Namespace(model=str(tmp_path / "m"), image=[], tokenizer=None, device="cpu", max_new_tokens=48,
+                              temperature=0.0, top_p=1.0, seed=None, think=True, thinking_budget=None)
+    out = io.StringIO()
+    assert run(args, stdin=io.StringIO(f"{QUESTION}\n/quit\n"), stdout=out) == 0
+    assert f"> thinking: {THOUGHT}\n{ANSWER}\n> " in out.getvalue()

@@ -8,9 +8,8 @@ from typing import Optional
 from ..config import ConfigError
 from ..data.image import ImageProcessor
 from ..data.sample import user_turn
-from ..data.thinking import THINK_START
 from ..infer.chat import encode_prompt
-from ..infer.engine import Engine, Request as Prompt, SamplingParams
+from ..infer.engine import Engine, Request as Prompt, SamplingParams, think_opening
 from ..infer.types import Reply, Request
 
 
@@ -38,7 +37,7 @@ class LocalAnswerer:
         params = SamplingParams(max_new_tokens=self.max_new_tokens)
         encoded = [encode_prompt([{"role": "user", "content": user_turn(r.text, len(r.images))}], r.images,
                                  self.tokenizer, self.processor) for r in requests]
-        opener = len(self.tokenizer.encode(THINK_START + "\n")) if self.think else 0
+        opener = len(think_opening(self.tokenizer)) if self.think else 0
         need = max((len(e.input_ids) for e in encoded), default=0) + opener + self.max_new_tokens
         was_training = self.model.training
         if self.engine is None or self.engine.max_len < need:

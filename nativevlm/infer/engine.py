@@ -255,6 +255,12 @@ class _Detokenizer:
         return out
 
 
+def think_opening(tokenizer) -> list[int]:
+    """The tokens the engine writes after the prompt of a request that thinks, as training renders them
+    (`data.thinking.render_thinking`); they count against the context."""
+    return tokenizer.encode(THINK_START + "\n")
+
+
 def _held(text: str, tag: str) -> str:
     """`text` without its longest tail that could still grow into `tag`."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):
@@ -332,7 +338,7 @@ class Engine:
         self._stopping = False
         self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
         self.finished: Counter = Counter()  # finished requests by finish reason
-        self.think_open = tokenizer.encode(THINK_START + "\n")  # as `data.thinking.render_thinking` writes them
+        self.think_open = think_opening(tokenizer)
         self.think_close = tokenizer.encode("\n" + THINK_END + "\n")
         self._think_starts: Optional[list[int]] = None
 
