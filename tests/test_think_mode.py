@@ -184,3 +184,22 @@ def test_ask_and_chat_show_thinking_apart_from_the_answer(fused, tmp_path, capsy
     out = io.StringIO()
     assert run(args, stdin=io.StringIO(f"{QUESTION}\n/quit\n"), stdout=out) == 0
     assert f"> thinking: {THOUGHT}\n{ANSWER}\n> " in out.getvalue()
+
+
+def test_eval_think_records_thinking_in_the_trace_and_scores_the_answer(fused, tmp_path):
+    from nativevlm.cli import main
+    from nativevlm.model.hub import save_language_model
+
+    lm, tok = fused
+    save_language_model(lm, tmp_path / "m")
+    tok.save(tmp_path / "m")
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps([{"id": "q", "conversations": [{"from": "human", "value": QUESTION},
+                                                            {"from": "gpt", "value": ANSWER}]}]))
+    common = [str(tmp_path / "m"), "--bench", f"llava:{qa}", "--max-new-tokens", "48"]
+    assert main(["eval", *common, "--think", "--thinking-budget", "40", "--out", str(tmp_path / "e")]) == 0
+    [record] = [json.loads(line) for line in (tmp_path / "e" / "qa" / "records.jsonl").read_text().splitlines()]
+    assert (record["prediction"], record["status"], record["trace"]) == (ANSWER, "correct", {"thinking": THOUGHT})
+    run = json.loads((tmp_path / "e" / "run.json").read_text())
+    assert run["think"] is True and run["thinking_budget"] == 40
+    assert main(["eval", *common, "--no-think", "--out", str(tmp_path / "e")]) == 2  # another run's folder

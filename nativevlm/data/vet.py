@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+from .extract_think import extract_prompt
 from .formats import DataError
 from .sample import strip_image_markers, user_turn
 
@@ -119,7 +120,7 @@ def vet_records(qa_records: Sequence[dict], descriptions: Optional[dict[str, str
         statements = [declarative(q, a) for q, a in pairs]
         stems = " ".join(question_stem(q)[0] for q, _ in pairs)
         out.append({"id": f"{r.get('id', len(out))}_vet", "image": r["image"],
-                    "conversations": [{"from": "human", "value": user_turn(prompt.format(question=stems), 1)},
+                    "conversations": [{"from": "human", "value": user_turn(extract_prompt(prompt, stems), 1)},
                                       {"from": "gpt", "value": description((descriptions or {}).get(r["image"], ""),
                                                                           statements)}],
                     "meta": {**{k: v for k, v in (r.get("meta") or {}).items() if k not in ANSWER_KEYS},
