@@ -8,7 +8,8 @@ What it trains, each from the quickstart's models with the shipped recipe scaled
 - `fused`: recipes/think-fusion.yaml on the quickstart VLM (half the reasoning questions with their rationale
   as `<think>`, everything else direct);
 - `vet`: recipes/vet-perceiver.yaml (data from `nativevlm data vet`), and `caption`, the same recipe with the
-  captions in place of the VET data, so the two perceivers differ in their data only;
+  captions in place of the VET data, so the two perceivers differ in their data only (`--caption-steps 0`:
+  the quickstart VLM itself, trained on captions in all three of its stages, is the caption perceiver);
 - `reasoner`: recipes/reasoner.yaml from the quickstart text LM, think-fusion on (`thinking: 0.5`).
 
 What it measures (greedy, `--limit` test questions, accuracy per family):
@@ -85,10 +86,15 @@ def main() -> None:
     ap.add_argument("--quickstart", required=True, help="a `nativevlm quickstart --out` folder")
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", help="where the trained models go (default: <quickstart>/thinking-bench)")
-    ap.add_argument("--steps", type=int, default=120, help="optimizer steps of each VLM fine-tune")
+    ap.add_argument("--steps", type=int, default=120, help="optimizer steps of the think-fusion fine-tune")
+    ap.add_argument("--vet-steps", type=int, default=120, help="optimizer steps of the VET fine-tune")
+    ap.add_argument("--caption-steps", type=int, default=120,
+                    help="optimizer steps of the caption fine-tune (0: the quickstart VLM as it is)")
     ap.add_argument("--reasoner-steps", type=int, default=300)
     ap.add_argument("--limit", type=int, default=600, help="test questions (the first N)")
     ap.add_argument("--budget", type=int, default=48, help="thinking budget, tokens")
+    ap.add_argument("--parts", nargs="+", choices=("thinking", "extract_think"), default=["thinking", "extract_think"],
+                    help="what to measure (and train for)")
     args = ap.parse_args()
     qs, out = Path(args.quickstart).resolve(), Path(args.out)
     work = Path(args.work).resolve() if args.work else qs / "thinking-bench"
@@ -102,20 +108,15 @@ def main() -> None:
         (work / "runs").mkdir(exist_ok=True)
         for name in ("native", "text-lm"):
             (work / "runs" / name).symlink_to(qs / "runs" / name)
-    for split in ("train", "val"):
+    for split in ("train", "val") if "extract_think" in args.parts else ():
         if not (world / f"{split}_vet.json").is_file():
             sh("data", "vet", str(world / f"{split}.json"), "--descriptions", str(world / f"{split}_captions.json"),
                "--out", str(world / f"{split}_vet.json"))
 
     log: dict = {}
-    steps = [f"stages.0.steps={args.steps}", "stages.0.warmup_steps=10"]
-    fused = trained("fused", "think-fusion", work, VLM + steps, log)
-    vet = trained("vet", "vet-perceiver", work, VLM + steps, log)
-    caption = trained("caption", "vet-perceiver", work, VLM + steps + [  # overrides are not relocated: full paths
-        f"stages.0.data.0.path={world / 'train_captions.json'}", f"stages.0.val_data={world / 'val_captions.json'}"],
-        log)
-    reasoner = trained("reasoner", "reasoner", work, LM + [f"stages.0.steps={args.reasoner_steps}",
-                                                           "stages.0.data.0.thinking=0.5"], log)
+
+    def steps(n: int) -> list[str]:
+        return [f"stages.0.steps={n}", "stages.0.warmup_steps=10"]
 
     tok = Tokenizer.load(work / "data" / "tokenizer")
     bench = load_benchmark(f"world:{world}")
@@ -130,14 +131,40 @@ def main() -> None:
         timings[f"{group}/{name}"] = round(time.time() - t0, 1)
         print(f"{group:18s} {name:24s} {results[group][name]['accuracy']:.1%}", flush=True)
 
-    base = load_pretrained(qs / "runs" / "native" / "final")
-    run("direct_vs_thinking", "quickstart (before fusion)", LocalAnswerer(base, tok, 64, 8))
-    model = load_pretrained(fused)
     n = 8 + args.budget + 8
-    run("direct_vs_thinking", "fused, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
-    run("direct_vs_thinking", "fused, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
-    run("direct_vs_thinking", "fused, model chooses", LocalAnswerer(model, tok, 64, n), True)
+    if "thinking" in args.parts:
+        fused = trained("fused", "think-fusion", work, VLM + steps(args.steps), log)
+        base = load_pretrained(qs / "runs" / "native" / "final")
+        run("direct_vs_thinking", "quickstart (before fusion)", LocalAnswerer(base, tok, 64, 8))
+        model = load_pretrained(fused)
+        run("direct_vs_thinking", "fused, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
+        run("direct_vs_thinking", "fused, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
+        run("direct_vs_thinking", "fused, model chooses", LocalAnswerer(model, tok, 64, n), True)
+    if "extract_think" in args.parts:
+        extract_think(args, qs, work, world, tok, log, steps, run, n)
 
+    record = {"questions": len(bench.items), "budget": args.budget, "trained": log, "eval_seconds": timings,
+              "total_seconds": round(time.time() - t_start, 1),
+              "command": f"python bench/thinking.py --quickstart QUICKSTART --out {args.out} --steps {args.steps} "
+                         f"--vet-steps {args.vet_steps} --caption-steps {args.caption_steps} "
+                         f"--reasoner-steps {args.reasoner_steps} --limit {args.limit} --budget {args.budget} "
+                         f"--parts {' '.join(args.parts)}",
+              **{k: v for k, v in results.items() if v}}
+    (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot(record, out / "thinking.png")
+    print(f"-> {out / 'thinking.json'}, {out / 'thinking.png'} in {record['total_seconds'] / 60:.1f} min")
+
+
+def extract_think(args, qs: Path, work: Path, world: Path, tok, log: dict, steps, run, n: int) -> None:
+    """VET vs caption perceivers, each with a direct and a thinking reasoner, and perfect perception."""
+    vet = trained("vet", "vet-perceiver", work, VLM + steps(args.vet_steps), log)
+    caption = qs / "runs" / "native" / "final"
+    if args.caption_steps:
+        caption = trained("caption", "vet-perceiver", work, VLM + steps(args.caption_steps) + [  # full paths: overrides
+            f"stages.0.data.0.path={world / 'train_captions.json'}",  # are not relocated
+            f"stages.0.val_data={world / 'val_captions.json'}"], log)
+    reasoner = trained("reasoner", "reasoner", work, LM + [f"stages.0.steps={args.reasoner_steps}",
+                                                           "stages.0.data.0.thinking=0.5"], log)
     lm = load_pretrained(reasoner)
     reasoners = {"direct": LocalAnswerer(lm, tok, 64, 8, think=False),
                  "thinking": LocalAnswerer(lm, tok, 64, n, True, args.budget)}
@@ -150,38 +177,28 @@ def main() -> None:
             pipeline.reasoner = r  # the descriptions are cached: each perceiver describes once
             run("extract_think", f"{p_name} + {r_name} reasoner", pipeline, r_name == "thinking")
 
-    record = {"questions": len(bench.items), "budget": args.budget, "trained": log, "eval_seconds": timings,
-              "total_seconds": round(time.time() - t_start, 1),
-              "command": f"python bench/thinking.py --quickstart QUICKSTART --out {args.out} --steps {args.steps} "
-                         f"--reasoner-steps {args.reasoner_steps} --limit {args.limit} --budget {args.budget}",
-              **results}
-    (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
-    plot(results, out / "thinking.png")
-    print(f"-> {out / 'thinking.json'}, {out / 'thinking.png'} in {record['total_seconds'] / 60:.1f} min")
-
 
 def plot(results: dict, path: Path) -> None:
+    """Accuracy per family of each direct/thinking arm (grouped bars), and of each Extract+Think pair."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    arms = results["direct_vs_thinking"]
-    families = list(next(iter(arms.values()))["by_family"]) + ["overall"]
-    width = 0.8 / len(arms)
-    for k, (name, s) in enumerate(arms.items()):
-        values = [s["by_family"].get(f, 0) for f in families[:-1]] + [s["accuracy"]]
-        axes[0].bar([i + k * width for i in range(len(families))], values, width, label=name)
-    axes[0].set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(families))], families, rotation=30)
-    axes[0].set_ylabel("accuracy (held-out test)")
-    axes[0].set_title("the same weights, direct or thinking")
-    axes[0].legend(fontsize=8)
-    pairs = results["extract_think"]
-    axes[1].barh(list(pairs), [s["accuracy"] for s in pairs.values()], color="tab:gray")
-    axes[1].invert_yaxis()
-    axes[1].set_xlabel("accuracy (held-out test)")
-    axes[1].set_title("Extract+Think: perceiver + reasoner")
+    panels = [k for k in ("direct_vs_thinking", "extract_think") if results.get(k)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        arms = results[key]
+        families = list(next(iter(arms.values()))["by_family"]) + ["overall"]
+        width = 0.8 / len(arms)
+        for k, (name, s) in enumerate(arms.items()):
+            values = [s["by_family"].get(f, 0) for f in families[:-1]] + [s["accuracy"]]
+            ax.bar([i + k * width for i in range(len(families))], values, width, label=name)
+        ax.set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(families))], families, rotation=30)
+        ax.set_ylabel("accuracy (held-out test)")
+        ax.set_title("the same weights, direct or thinking" if key == "direct_vs_thinking" else
+                     "Extract+Think: perceiver + reasoner")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
