@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data.tokenizer import Tokenizer
+from ..data.vet import VET_PROMPT
 from ..eval.benchmarks import load_benchmark
 from ..eval.harness import check_run, run_benchmark, write_results
 from ..eval.local import LocalAnswerer
@@ -38,7 +39,8 @@ def register(sub) -> None:
                    help="Extract+Think (Prism): MODEL describes each image, this text-only model folder answers "
                         "from the description; the descriptions are in each answer's trace")
     p.add_argument("--extract-prompt", default=None,
-                   help="what MODEL is asked with --reasoner; {question} makes it question-guided "
+                   help="what MODEL is asked with --reasoner; {question} makes it question-guided; `vet` is "
+                        "visual extraction tuning's prompt, for a perceiver trained by recipes/vet-perceiver.yaml "
                         "(default: 'Describe the image.', the built-in world's caption prompt)")
     p.add_argument("--extract-max-new-tokens", type=int, default=128, help="length cap of a description")
     add_thinking_arguments(p)  # with --reasoner, the reasoner thinks; only the answer is ever scored
@@ -77,7 +79,7 @@ def run(args) -> int:
     if args.think is not None:
         run_info.update(think=args.think, thinking_budget=args.thinking_budget)
     if args.reasoner:
-        extract_prompt = args.extract_prompt if args.extract_prompt is not None else EXTRACT_PROMPT
+        extract_prompt = {None: EXTRACT_PROMPT, "vet": VET_PROMPT}.get(args.extract_prompt, args.extract_prompt)
         run_info.update(reasoner=args.reasoner, extract_prompt=extract_prompt,
                         extract_max_new_tokens=args.extract_max_new_tokens)
     first_tokens = args.extract_max_new_tokens if args.reasoner else args.max_new_tokens  # MODEL's reply
