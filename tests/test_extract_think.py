@@ -14,6 +14,7 @@ from PIL import Image
 
 from nativevlm.cli import main
 from nativevlm.data.extract_think import REASON_TEMPLATE, descriptions_by_image, reasoner_records
+from nativevlm.data.vet import VET_PROMPT
 from nativevlm.eval.benchmarks import load_benchmark
 from nativevlm.eval.harness import Reply, Request, run_benchmark
 from nativevlm.infer.pipelines import ExtractThink, KnownDescriptions
@@ -210,6 +211,13 @@ def test_a_study_scores_extract_think_pairs_and_eval_runs_them(tmp_path, train_w
     assert "is a vision-language model" in capsys.readouterr().err
     assert main(ev + ["--extract-prompt", "Describe.", "--out", str(tmp_path / "e3")]) == 2
     assert "--reasoner" in capsys.readouterr().err
+    # a VET perceiver's prompt, a thinking reasoner: the run records both, each answer's trace its thinking
+    assert main(ev + ["--reasoner", str(runs / "reasoner" / "final"), "--extract-prompt", "vet", "--think",
+                      "--thinking-budget", "1", "--out", str(tmp_path / "e6")]) == 0
+    run = json.loads((tmp_path / "e6" / "run.json").read_text())
+    assert (run["extract_prompt"], run["think"], run["thinking_budget"]) == (VET_PROMPT, True, 1)
+    traces = [json.loads(line)["trace"] for line in next((tmp_path / "e6").rglob("records.jsonl")).open()]
+    assert traces and all(set(t) >= {"description", "thinking"} for t in traces)
     # the reasoner alone on its own text-only questions (descriptions given): the ceiling of any perceiver
     lm_eval = ["eval", str(runs / "reasoner" / "final"), "--max-new-tokens", "3", "--batch-size", "32"]
     assert main(lm_eval + ["--bench", f"llava:{tmp_path / 'reason.json'}", "--out", str(tmp_path / "e4")]) == 0

@@ -335,7 +335,7 @@ def test_terminal_chat_streams_multi_turn_answers(model_dir, tmp_path):
     path = tmp_path / "img.png"
     image().save(path)
     args = argparse.Namespace(model=str(model_dir), image=[str(path)], tokenizer=None, device="cpu", max_new_tokens=6,
-                              temperature=0.0, top_p=1.0, seed=None)
+                              temperature=0.0, top_p=1.0, seed=None, think=None, thinking_budget=None)
     out = io.StringIO()
     assert run(args, stdin=io.StringIO("how many\n/image nowhere.png\nand the red\n/quit\n"), stdout=out) == 0
     tok, model = Tokenizer.load(model_dir), load_pretrained(model_dir)

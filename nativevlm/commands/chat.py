@@ -1,11 +1,15 @@
 """`nativevlm chat MODEL [--image PATH ...]`: a multi-turn conversation in the terminal, answers streamed.
 
 Images given with --image go with the first question; `/image PATH` attaches one to the next question,
-`/reset` starts over, `/quit` (or end of input) leaves."""
+`/reset` starts over, `/quit` (or end of input) leaves. With --think each reply's thinking streams first, on
+its own `thinking:` line; the conversation keeps the answers only (earlier thinking is not shown to the model
+again, as in Qwen3's template)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+from .ask import add_thinking_arguments, check_thinking
 
 HELP = "commands: /image PATH (attach to the next question), /reset, /quit"
 
@@ -20,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int)
+    add_thinking_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -32,6 +37,7 @@ def run(args, stdin=None, stdout=None) -> int:
     from .serve import load_model
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    check_thinking(args)
     for image in args.image:
         if not Path(image).is_file():
             raise FileNotFoundError(f"image {image} does not exist")
@@ -70,13 +76,20 @@ def run(args, stdin=None, stdout=None) -> int:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                 seed=args.seed)
         try:
-            engine.check(len(enc.input_ids), params)
+            engine.check(len(enc.input_ids), params, args.think, args.thinking_budget)
         except ValueError as e:
             print(f"{e}; /reset to start a new conversation", file=stdout)
             messages.pop()
             continue
-        answer = ""
-        for ev in engine.stream(Request(enc.input_ids, params, pixel_values=enc.pixel_values)):
+        answer, thought = "", False
+        req = Request(enc.input_ids, params, pixel_values=enc.pixel_values, think=args.think,
+                      thinking_budget=args.thinking_budget)
+        for ev in engine.stream(req):
+            if ev.thinking:
+                print(("" if thought else "thinking: ") + ev.thinking, end="", file=stdout, flush=True)
+                thought = True
+            if ev.text and thought and not answer:
+                print(file=stdout)
             answer += ev.text
             print(ev.text, end="", file=stdout, flush=True)
         print(file=stdout)

@@ -3,6 +3,7 @@ Extract+Think records, preference pairs)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..config import ConfigError
@@ -46,6 +47,15 @@ def register(sub) -> None:
     e.add_argument("--guided-prompt", default=None,
                    help="extract.json's instruction, with {question} (default: data.extract_think.GUIDED_PROMPT)")
     e.set_defaults(func=write_extract_think)
+    v = dsub.add_parser("vet", help="visual extraction tuning data: each sample's QA pairs as statements, in a "
+                                     "fine-grained description the perceiver learns to write from the "
+                                     "question-guided prompt (recipes/vet-perceiver.yaml trains on it)")
+    v.add_argument("qa", help="LLaVA JSON (or JSONL) with images and QA turns (e.g. the world's train.json)")
+    v.add_argument("--out", required=True, help="output LLaVA JSON file")
+    v.add_argument("--descriptions", help="LLaVA captions of the same images, the base of each description (matched by "
+                                          "`image`; the world's <split>_captions.json: its scene ground truth in "
+                                          "words); without it a description is the statements alone")
+    v.set_defaults(func=write_vet)
     p = dsub.add_parser("preferences", help="MPO preference pairs: sample a model N times on each question of a QA "
                                             "file, keep a right and a wrong reply per question (cached)")
     p.add_argument("qa", help="LLaVA JSON (or JSONL) QA file with answers (e.g. the world's train.json)")
@@ -124,6 +134,29 @@ def write_extract_think(args) -> int:
         (out / name).write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     print(f"{len(reason)} questions -> {out / 'reason.json'} and {out / 'extract.json'}"
           + (f"; skipped {sum(skipped.values())} of {len(qa) + len(malformed)}: {skipped}" if skipped else ""))
+    return 0
+
+
+def write_vet(args) -> int:
+    from ..data.vet import vet_records
+
+    entries, malformed = load_records(Path(args.qa))
+    descriptions = None
+    if args.descriptions:
+        descriptions = descriptions_by_image([e.record for e in load_records(Path(args.descriptions))[0]])
+        if not descriptions:
+            raise DataError(f"--descriptions {args.descriptions}: no record has an `image` and a conversation")
+    records, skipped = vet_records([e.record for e in entries], descriptions)
+    based = sum(r["image"] in (descriptions or {}) for r in records)
+    src, dst = Path(args.qa).resolve().parent, Path(args.out).resolve().parent
+    for r in records:  # image paths stay right wherever OUT is written
+        r["image"] = os.path.relpath(src / r["image"], dst)
+    if malformed:
+        skipped = {"malformed record": len(malformed), **skipped}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    print(f"{len(records)} VET records ({based} on a base description) -> {args.out}"
+          + (f"; skipped {sum(skipped.values())}: {skipped}" if skipped else ""))
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data.tokenizer import Tokenizer
+from ..data.vet import VET_PROMPT
 from ..eval.benchmarks import load_benchmark
 from ..eval.harness import check_run, run_benchmark, write_results
 from ..eval.local import LocalAnswerer
@@ -14,6 +15,7 @@ from ..eval.loss import validation_loss
 from ..infer.pipelines import EXTRACT_PROMPT, ExtractThink
 from ..model.loading import load_pretrained
 from ..model.vlm import NativeVLM
+from .ask import add_thinking_arguments, check_thinking
 
 
 def register(sub) -> None:
@@ -37,9 +39,11 @@ def register(sub) -> None:
                    help="Extract+Think (Prism): MODEL describes each image, this text-only model folder answers "
                         "from the description; the descriptions are in each answer's trace")
     p.add_argument("--extract-prompt", default=None,
-                   help="what MODEL is asked with --reasoner; {question} makes it question-guided "
+                   help="what MODEL is asked with --reasoner; {question} makes it question-guided; `vet` is "
+                        "visual extraction tuning's prompt, for a perceiver trained by recipes/vet-perceiver.yaml "
                         "(default: 'Describe the image.', the built-in world's caption prompt)")
     p.add_argument("--extract-max-new-tokens", type=int, default=128, help="length cap of a description")
+    add_thinking_arguments(p)  # with --reasoner, the reasoner thinks; only the answer is ever scored
     p.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                    help="bearer token for --endpoint (default: $OPENAI_API_KEY)")
@@ -57,9 +61,13 @@ def run(args) -> int:
                         ("--extract-max-new-tokens", args.extract_max_new_tokens)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    check_thinking(args)
     if args.extract_prompt is not None and not args.reasoner:
         raise ConfigError("--extract-prompt is the first stage of Extract+Think; give the answering model with "
                           "--reasoner LM")
+    if args.endpoint and args.think is not None:
+        raise ConfigError("--think / --no-think run in this process's engine; for --endpoint send the server's own "
+                          "thinking fields (ours: think, thinking_budget)")
     if args.endpoint and args.val_data:
         raise ConfigError("--val-data needs the model's weights; it can't be measured through --endpoint")
     benches = [load_benchmark(spec) for spec in args.bench]
@@ -68,8 +76,10 @@ def run(args) -> int:
     out = Path(args.out)
     # what the answers depend on: a results folder never mixes two of these
     run_info = {"model": args.model, "endpoint": args.endpoint, "max_new_tokens": args.max_new_tokens}
+    if args.think is not None:
+        run_info.update(think=args.think, thinking_budget=args.thinking_budget)
     if args.reasoner:
-        extract_prompt = args.extract_prompt if args.extract_prompt is not None else EXTRACT_PROMPT
+        extract_prompt = {None: EXTRACT_PROMPT, "vet": VET_PROMPT}.get(args.extract_prompt, args.extract_prompt)
         run_info.update(reasoner=args.reasoner, extract_prompt=extract_prompt,
                         extract_max_new_tokens=args.extract_max_new_tokens)
     first_tokens = args.extract_max_new_tokens if args.reasoner else args.max_new_tokens  # MODEL's reply
@@ -87,12 +97,14 @@ def run(args) -> int:
             raise ConfigError(f"{args.model} is a language model and {', '.join(with_images)} has images: evaluate "
                               "a vision-language model, or give this one as --reasoner of Extract+Think")
         tokenizer = Tokenizer.load(args.model)
-        answerer = LocalAnswerer(model, tokenizer, args.batch_size, first_tokens)
+        thinks = {} if args.reasoner else {"think": args.think, "thinking_budget": args.thinking_budget}
+        answerer = LocalAnswerer(model, tokenizer, args.batch_size, first_tokens, **thinks)
         if args.val_data:
             extra["val_loss"] = validation_loss(model, tokenizer, args.val_data, args.batch_size)
     if args.reasoner:
-        answerer = ExtractThink(answerer, local_reasoner(args.reasoner, args.batch_size, args.max_new_tokens),
-                                extract_prompt)
+        reasoner = local_reasoner(args.reasoner, args.batch_size, args.max_new_tokens, args.think,
+                                  args.thinking_budget)
+        answerer = ExtractThink(answerer, reasoner, extract_prompt)
     results = [run_benchmark(b, answerer, out, args.circular, args.visual_reliance) for b in benches]
     write_results(out, run_info, results, extra)
     print((out / "report.md").read_text())
@@ -104,10 +116,10 @@ def run(args) -> int:
     return 0
 
 
-def local_reasoner(path: str, batch_size: int, max_new_tokens: int):
-    """The text-only second stage of Extract+Think, loaded from a model folder."""
+def local_reasoner(path: str, batch_size: int, max_new_tokens: int, think=None, thinking_budget=None):
+    """The text-only second stage of Extract+Think, loaded from a model folder, thinking as asked."""
     model = load_pretrained(path)
     if isinstance(model, NativeVLM):
         raise ConfigError(f"--reasoner {path} is a vision-language model; Extract+Think answers with a text-only "
                           "model (a language model folder, e.g. one fine-tuned by recipes/reasoner.yaml)")
-    return LocalAnswerer(model, Tokenizer.load(path), batch_size, max_new_tokens)
+    return LocalAnswerer(model, Tokenizer.load(path), batch_size, max_new_tokens, think, thinking_budget)

@@ -5,6 +5,7 @@ sides use the templates below, so what a reasoner is fine-tuned on is what it is
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from .formats import DataError
@@ -13,6 +14,20 @@ from .sample import strip_image_markers, user_turn
 EXTRACT_PROMPT = "Describe the image."  # the plain description prompt (the built-in world's captions ask it)
 GUIDED_PROMPT = "Describe what in the image is needed to answer this question: {question}"
 REASON_TEMPLATE = "Description: {description}\nQuestion: {question}"
+ANSWER_LINE = re.compile(r"^\s*Answer:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def extract_prompt(template: str, question: str) -> str:
+    """The perceiver's prompt for `question`: `{question}` is its first line, without image markers or the
+    options and instructions after it (those are for the reasoner); training data and inference both ask so."""
+    lines = strip_image_markers(question).splitlines()
+    return template.format(question=lines[0].strip() if lines else "")
+
+
+def final_answer(text: str) -> str:
+    """A reasoner that reasons in the open ends with a line "Answer: X": X. Else the whole reply."""
+    found = [m.group(1) for m in ANSWER_LINE.finditer(text) if m.group(1)]
+    return found[-1] if found else text.strip()
 
 
 def reasoning_prompt(description: str, question: str) -> str:
@@ -65,7 +80,7 @@ def extraction_records(qa_records: Sequence[dict], descriptions: dict[str, str],
     """Visual extraction tuning data: the image and `prompt` (with the question) -> the description."""
     kept, skipped = _paired(qa_records, descriptions, "extraction data")
     out = [{"id": f"{r['id']}_extract", "image": r["image"],
-            "conversations": [{"from": "human", "value": user_turn(prompt.format(question=question), 1)},
+            "conversations": [{"from": "human", "value": user_turn(extract_prompt(prompt, question), 1)},
                               {"from": "gpt", "value": descriptions[r["image"]]}],
             "meta": {**(r.get("meta") or {}), "family": "extract", "kind": "perception"}} for r, question, _ in kept]
     return out, skipped

@@ -3,8 +3,12 @@
 rewards, so what a model is taught is what it is scored on."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, replace
 from typing import Optional
+
+from .sample import Sample
 
 THINK_START, THINK_END = "<think>", "</think>"
 
@@ -38,3 +42,24 @@ def split_thinking(text: str) -> Reply:
     ok = (thinking is not None and bool(thinking) and text.count(THINK_START) == 1
           and text.count(THINK_END) == 1)
     return Reply(thinking, answer.strip(), ok)
+
+
+FINAL_ANSWER = re.compile(r"\s*Answer:[^\n]*$")
+
+
+def think_fusion(sample: Sample, ratio: float, seed: str) -> Sample:
+    """Think-fusion SFT (SAIL-VL2): a sample whose record has a rationale (`meta.rationale`, the world's
+    reasoning questions: steps ending in "Answer: X") becomes, with probability `ratio`, a thinking sample:
+    its last answer gets the steps as `thinking` (loss on thinking and answer; `data.collate`); the rest stay
+    direct (loss on the answer only). The draw hashes (seed, sample id), so a sample keeps its form across
+    epochs, ranks and resumes."""
+    rationale = sample.meta.get("rationale")
+    if not ratio or not isinstance(rationale, str):
+        return sample
+    draw = int.from_bytes(hashlib.sha256(f"{seed}:{sample.id}".encode()).digest()[:8], "big") / 2**64
+    last = max((i for i, m in enumerate(sample.messages) if m["role"] == "assistant"), default=None)
+    if draw >= ratio or last is None or sample.messages[last].get("thinking"):
+        return sample
+    messages = list(sample.messages)
+    messages[last] = {**messages[last], "thinking": FINAL_ANSWER.sub("", rationale).strip() or rationale}
+    return replace(sample, messages=messages)

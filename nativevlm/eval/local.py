@@ -3,11 +3,13 @@ the training prompt template, images first (`data.sample.user_turn`). What evalu
 the studies and Extract+Think measure is therefore what `nativevlm serve` answers."""
 from __future__ import annotations
 
+from typing import Optional
+
 from ..config import ConfigError
 from ..data.image import ImageProcessor
 from ..data.sample import user_turn
 from ..infer.chat import encode_prompt
-from ..infer.engine import Engine, Request as Prompt, SamplingParams
+from ..infer.engine import Engine, Request as Prompt, SamplingParams, think_opening
 from ..infer.types import Reply, Request
 
 
@@ -15,10 +17,14 @@ class LocalAnswerer:
     """The harness's answerer for a loaded model: each call's requests run as one continuous batch of up to
     `batch_size` rows. A language model answers text-only requests (the reasoner of Extract+Think). The
     engine's cache is sized to the longest prompt seen plus `max_new_tokens` (grown when a longer one
-    comes), not to the model's whole context, and reads the model's weights as they are at each call."""
+    comes), not to the model's whole context, and reads the model's weights as they are at each call.
+    `think` / `thinking_budget` are the engine's thinking mode (`infer.engine.Request`): a reply's text is its
+    answer only, which is all the harness scores; its thinking goes into the trace."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 32):
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 32,
+                 think: Optional[bool] = None, thinking_budget: Optional[int] = None):
         self.model, self.tokenizer = model, tokenizer
+        self.think, self.thinking_budget = think, thinking_budget
         vision = getattr(model.config, "vision", None)
         self.processor = ImageProcessor.from_config(vision, model.config.connector) if vision is not None else None
         self.chunk_size, self.max_new_tokens = batch_size, max_new_tokens
@@ -31,22 +37,26 @@ class LocalAnswerer:
         params = SamplingParams(max_new_tokens=self.max_new_tokens)
         encoded = [encode_prompt([{"role": "user", "content": user_turn(r.text, len(r.images))}], r.images,
                                  self.tokenizer, self.processor) for r in requests]
-        need = max((len(e.input_ids) for e in encoded), default=0) + self.max_new_tokens
+        opener = len(think_opening(self.tokenizer)) if self.think else 0
+        need = max((len(e.input_ids) for e in encoded), default=0) + opener + self.max_new_tokens
         was_training = self.model.training
         if self.engine is None or self.engine.max_len < need:
             self.engine = Engine(self.model, self.tokenizer, max_batch_size=self.chunk_size, max_len=need)
         prompts, replies = [], [Reply() for _ in requests]
         for i, enc in enumerate(encoded):
             try:
-                self.engine.check(len(enc.input_ids), params)  # over the model's context: that question fails
+                # over the model's context: that question fails
+                self.engine.check(len(enc.input_ids), params, self.think, self.thinking_budget)
             except ValueError as e:
                 replies[i].error = str(e)
                 continue
-            prompts.append((i, Prompt(enc.input_ids, params, pixel_values=enc.pixel_values)))
+            prompts.append((i, Prompt(enc.input_ids, params, pixel_values=enc.pixel_values, think=self.think,
+                                      thinking_budget=self.thinking_budget)))
         try:
             self.model.eval()
             for (i, _), done in zip(prompts, self.engine.generate([p for _, p in prompts])):
-                replies[i] = Reply(done.text.strip(), done.error)
+                trace = {"thinking": done.thinking} if done.thinking is not None else None
+                replies[i] = Reply(done.text.strip(), done.error, trace)
         finally:
             self.model.train(was_training)  # evaluation mid-training leaves the model as it found it
         return replies

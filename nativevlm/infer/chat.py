@@ -10,7 +10,7 @@ from ..data.collate import EncodedSample, encode_sample
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample, user_turn
 from ..model.vlm import NativeVLM
-from .engine import Engine, Request, SamplingParams
+from .engine import Completion, Engine, Request, SamplingParams, think_opening
 
 
 def encode_prompt(messages: list[dict], images: Sequence, tokenizer, processor: Optional[ImageProcessor]) -> EncodedSample:
@@ -20,15 +20,25 @@ def encode_prompt(messages: list[dict], images: Sequence, tokenizer, processor: 
     return encode_sample(sample, tokenizer, processor, add_generation_prompt=True)
 
 
-def ask(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tokens: int = 64,
-        temperature: float = 0.0, processor: Optional[ImageProcessor] = None) -> str:
-    """Images go before the question, one marker each, as in the training data."""
+def reply(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tokens: int = 64,
+          temperature: float = 0.0, processor: Optional[ImageProcessor] = None, think: Optional[bool] = None,
+          thinking_budget: Optional[int] = None) -> Completion:
+    """The engine's completion (answer, and thinking when the reply thought: `infer.engine.Request`). Images go
+    before the question, one marker each, as in the training data."""
     processor = processor or (ImageProcessor.from_config(model.config.vision, model.config.connector)
                               if images else None)
     enc = encode_prompt([{"role": "user", "content": user_turn(question, len(images))}], images, tokenizer, processor)
-    engine = Engine(model, tokenizer, max_batch_size=1, max_len=len(enc.input_ids) + max_new_tokens)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
-    return engine.generate([Request(enc.input_ids, params, pixel_values=enc.pixel_values)])[0].text.strip()
+    req = Request(enc.input_ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature),
+                  pixel_values=enc.pixel_values, think=think, thinking_budget=thinking_budget)
+    opening = len(think_opening(tokenizer)) if think else 0
+    engine = Engine(model, tokenizer, max_batch_size=1, max_len=len(enc.input_ids) + opening + max_new_tokens)
+    return engine.generate([req])[0]
+
+
+def ask(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tokens: int = 64,
+        temperature: float = 0.0, processor: Optional[ImageProcessor] = None) -> str:
+    """The answer alone."""
+    return reply(model, tokenizer, question, images, max_new_tokens, temperature, processor).text.strip()
 
 
 @torch.no_grad()

@@ -11,6 +11,12 @@ runs its one forward (`LanguageModel.forward` with `kv_cache`, `attention_mask`,
 training uses. A finished request leaves by moving the last running row into its place, so every step computes
 over rows [0, n) only; when the pointer reaches the end of the buffer, the rows are compacted (each row's keys
 gathered, in order, to the start).
+
+Thinking mode (`data.thinking`): a request with `think=True` has `<think>` opened after its prompt and, with a
+`thinking_budget`, `</think>` forced as soon as that many tokens were thought without closing; `think=False`
+bans, while the reply is still blank, every token that would start `<think>`, so a think-fusion model answers
+directly; `think=None` leaves the choice to the model. A reply is split into its thinking and its answer as it
+is generated (`Event.thinking` / `Event.text`), so the answer a caller reads and scores never holds thinking.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from ..data.collate import left_pad
+from ..data.thinking import THINK_END, THINK_START
 
 # ---------------------------------------------------------------------------------------------------
 # Requests and results
@@ -56,22 +63,28 @@ class SamplingParams:
 
 @dataclass
 class Event:
-    """What one step produced for one request: new text (possibly empty while a stop string or a multi-byte
-    character is still undecided) and, on the last event, why it finished: "stop" (end of turn or a stop
-    string), "length" (max_new_tokens), "cancelled", or "error" (then `error` says what)."""
+    """What one step produced for one request: new answer text and new thinking text (either possibly empty
+    while a stop string, a think tag or a multi-byte character is still undecided) and, on the last event,
+    why it finished: "stop" (end of turn or a stop string), "length" (max_new_tokens), "cancelled", or
+    "error" (then `error` says what)."""
 
     text: str
     finish_reason: Optional[str] = None
     error: Optional[str] = None
+    thinking: str = ""
 
 
 @dataclass
 class Completion:
+    """`text` is the answer; `thinking` the reply's `<think>` block (None when it has none). `token_ids` are
+    every generated token, thinking and forced `</think>` included (the engine-opened `<think>` is not)."""
+
     text: str
     token_ids: list[int]
     finish_reason: str
     prompt_tokens: int
     error: Optional[str] = None
+    thinking: Optional[str] = None
 
     @property
     def completion_tokens(self) -> int:
@@ -84,12 +97,17 @@ _ids = itertools.count()
 @dataclass
 class Request:
     """A tokenised prompt. Images come either as `pixel_values` (encoded by the engine at prefill) or as
-    `image_features` (already encoded, e.g. by a vision server), in the order of the image blocks."""
+    `image_features` (already encoded, e.g. by a vision server), in the order of the image blocks. `think`:
+    True opens the reply with `<think>`, False keeps the reply from opening one, None lets the model choose;
+    `thinking_budget` (with think=True) is the most tokens thought before `</think>` is forced. Both count
+    against `max_new_tokens`."""
 
     input_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     pixel_values: Sequence[torch.Tensor] = ()
     image_features: Sequence[torch.Tensor] = ()
+    think: Optional[bool] = None
+    thinking_budget: Optional[int] = None
     on_event: Optional[Callable[[Event], None]] = None  # called on the engine's thread
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     completion: Optional[Completion] = None
@@ -237,6 +255,39 @@ class _Detokenizer:
         return out
 
 
+def think_opening(tokenizer) -> list[int]:
+    """The tokens the engine writes after the prompt of a request that thinks, as training renders them
+    (`data.thinking.render_thinking`); they count against the context."""
+    return tokenizer.encode(THINK_START + "\n")
+
+
+def _held(text: str, tag: str) -> str:
+    """`text` without its longest tail that could still grow into `tag`."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return text[:-k]
+    return text
+
+
+def split_reply(raw: str, opened: bool, final: bool) -> tuple[Optional[str], str]:
+    """(thinking, answer) of a reply's text so far; `opened`: the engine wrote `<think>` before it. The same
+    reading as `data.thinking.split_thinking` for a finished reply (thinking and answer stripped), while a
+    reply still growing holds back whatever a later token could change (a partial tag, trailing blanks), so
+    each part only ever grows and streamed pieces add up to the finished parts. A reply with no think block
+    is its own answer, unstripped, as before thinking existed."""
+    if not opened:
+        head = raw.lstrip()
+        if not head.startswith(THINK_START):
+            if not final and THINK_START.startswith(head):
+                return None, ""  # blank or a partial `<think>`: undecided
+            return None, raw
+        raw = head[len(THINK_START):]
+    body, sep, after = raw.partition(THINK_END)
+    if not sep:
+        return (body.strip(), "") if final else (_held(body, THINK_END).strip(), "")
+    return body.strip(), after.strip()
+
+
 @dataclass
 class _Row:
     req: Request
@@ -247,6 +298,9 @@ class _Row:
     start: int = 0  # cache position of the row's first key
     last: int = 0
     tokens: list[int] = field(default_factory=list)
+    forced: list[int] = field(default_factory=list)  # tokens fed next instead of sampled (a forced `</think>`)
+    thinking: bool = False  # inside an engine-opened think block
+    sent: tuple[int, int] = (0, 0)  # characters of (thinking, answer) delivered
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,18 +338,39 @@ class Engine:
         self._stopping = False
         self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
         self.finished: Counter = Counter()  # finished requests by finish reason
+        self.think_open = think_opening(tokenizer)
+        self.think_close = tokenizer.encode("\n" + THINK_END + "\n")
+        self._think_starts: Optional[list[int]] = None
 
     # -- submitting -----------------------------------------------------------------------------------
 
-    def check(self, prompt_len: int, params: SamplingParams) -> None:
+    def check(self, prompt_len: int, params: SamplingParams, think: Optional[bool] = None,
+              thinking_budget: Optional[int] = None) -> None:
         """ValueError naming the problem when a request can never run."""
         params.validate()
+        if thinking_budget is not None and (think is not True or thinking_budget < 0):
+            raise ValueError(f"thinking_budget {thinking_budget}: a budget is a number of tokens >= 0 and applies "
+                             "when thinking is on (think=True)")
+        prompt_len += len(self.think_open) if think else 0
         if prompt_len + params.max_new_tokens > self.max_len:
             raise ValueError(f"the prompt has {prompt_len} tokens and max_new_tokens is {params.max_new_tokens}: "
                              f"together over the model's context of {self.max_len} tokens")
 
+    def prompt_ids(self, req: Request) -> list[int]:
+        """What is prefilled: the prompt, then `<think>` when the request thinks."""
+        return req.input_ids + self.think_open if req.think else req.input_ids
+
+    def think_start_ids(self) -> list[int]:
+        """The tokens that would begin a `<think>` in a reply that is still blank: those whose text, leading
+        blanks dropped, is a start of the tag or starts with it. Banned there when think=False."""
+        if self._think_starts is None:
+            texts = [self.tokenizer.decode([i]).lstrip() for i in range(self.tokenizer.vocab_size)]
+            self._think_starts = [i for i, t in enumerate(texts)
+                                  if t and (THINK_START.startswith(t) or t.startswith(THINK_START))]
+        return self._think_starts
+
     def submit(self, req: Request) -> Request:
-        self.check(len(req.input_ids), req.params)
+        self.check(len(req.input_ids), req.params, req.think, req.thinking_budget)
         with self._lock:
             self.waiting.append(req)
             self._lock.notify()
@@ -380,7 +455,7 @@ class Engine:
                                      [r for r in self.waiting if r.id in cancelled])
             admitted, budget = [], self.max_prefill_tokens
             while self.waiting and len(self.running) + len(admitted) < self.max_batch_size:
-                n = len(self.waiting[0].input_ids)
+                n = len(self.prompt_ids(self.waiting[0]))
                 if admitted and n > budget:
                     break
                 admitted.append(self.waiting.pop(0))
@@ -400,12 +475,13 @@ class Engine:
     def _prefill(self, reqs: list[Request]) -> None:
         """One left-padded forward over the new prompts, whose keys go into fresh rows, right-aligned at the
         pointer (moved forward when a prompt is longer than the timeline so far)."""
-        width = max(len(r.input_ids) for r in reqs)
+        prompts = [self.prompt_ids(r) for r in reqs]
+        width = max(len(p) for p in prompts)
         if max(self.cache.pointer, width) + 1 > self.cache.max_len:
             self._compact()
         end = max(self.cache.pointer, width)
         r0, r1 = len(self.running), len(self.running) + len(reqs)
-        ids, mask = left_pad([r.input_ids for r in reqs], self.pad_id)
+        ids, mask = left_pad(prompts, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         view = _PrefillView(self.cache, r0, r1, end - width)
         try:
@@ -422,19 +498,23 @@ class Engine:
                 for r in reqs:
                     self._prefill([r])
                 return
-            self._finish(reqs[0], [], "error", len(reqs[0].input_ids), error=f"{type(e).__name__}: {e}")
+            self._finish(reqs[0], [], "error", len(prompts[0]), error=f"{type(e).__name__}: {e}")
             return
         # Running rows hold no key at or past the pointer, so the gap up to `end` is already masked for them.
         self.cache.mask[r0:r1] = False
         self.cache.mask[r0:r1, end - width:end] = mask
         self.cache.pointer = end
-        for r in reqs:
+        for r, prompt in zip(reqs, prompts):
             gen = None
             if r.params.temperature > 0:
                 gen = torch.Generator(device=self.device)
                 gen.manual_seed(r.params.seed) if r.params.seed is not None else gen.seed()
-            n = len(r.input_ids)
-            self.running.append(_Row(r, _Detokenizer(self.tokenizer, r.params.stop), gen, n, pos=n, start=end - n))
+            n = len(prompt)
+            row = _Row(r, _Detokenizer(self.tokenizer, r.params.stop), gen, n, pos=n, start=end - n,
+                       thinking=bool(r.think))
+            if row.thinking:
+                self._budget(row)  # a budget of 0 closes the block at once
+            self.running.append(row)
             self.stats["prompt_tokens"] += n
         self.cache.rows = len(self.running)
         self._emit(r0, logits)
@@ -475,28 +555,59 @@ class Engine:
         """Sample one token for rows [r0, r0 + len(logits)), deliver text, retire finished rows."""
         if self.banned:
             logits[:, self.banned] = float("-inf")
+        rows = self.running[r0:r0 + logits.shape[0]]
+        for i, row in enumerate(rows):
+            if row.req.think is False and not row.detok.text.strip():
+                logits[i, self.think_start_ids()] = float("-inf")
         greedy = logits.argmax(-1).tolist()
         finished = []
-        for i, row in enumerate(self.running[r0:r0 + logits.shape[0]]):
+        for i, row in enumerate(rows):
             p = row.req.params
-            tok = greedy[i] if p.temperature == 0 else sample_row(logits[i], p, row.generator)
+            if row.forced:
+                tok = row.forced.pop(0)
+            else:
+                tok = greedy[i] if p.temperature == 0 else sample_row(logits[i], p, row.generator)
             row.last = tok
             self.stats["generated_tokens"] += 1
             if tok == self.eos_id and not p.ignore_eos:
-                finished.append((r0 + i, "stop", row.detok.flush()))
+                row.detok.flush()
+                finished.append((r0 + i, "stop"))
                 continue
             row.tokens.append(tok)
-            text, hit_stop = row.detok.add(tok)
+            _, hit_stop = row.detok.add(tok)
             if hit_stop:
-                finished.append((r0 + i, "stop", text))
+                finished.append((r0 + i, "stop"))
             elif len(row.tokens) >= p.max_new_tokens:
-                finished.append((r0 + i, "length", text + row.detok.flush()))
-            elif text and row.req.on_event:
-                row.req.on_event(Event(text))
-        for i, reason, text in reversed(finished):
-            self._leave(i, reason, text)
+                row.detok.flush()
+                finished.append((r0 + i, "length"))
+            else:
+                if row.thinking:
+                    self._budget(row)
+                if row.req.on_event:
+                    ev, _ = self._event(row, final=False)
+                    if ev.text or ev.thinking:
+                        row.req.on_event(ev)
+        for i, reason in reversed(finished):
+            self._leave(i, reason)
 
-    def _leave(self, i: int, reason: str, text: str = "", error: Optional[str] = None) -> None:
+    def _budget(self, row: _Row) -> None:
+        """Leaves the think block when the reply closed it; forces `</think>` once the budget is thought."""
+        if THINK_END in row.detok.text:
+            row.thinking = False
+        elif row.req.thinking_budget is not None and len(row.tokens) >= row.req.thinking_budget:
+            row.forced, row.thinking = list(self.think_close), False
+
+    def _event(self, row: _Row, final: bool, reason: Optional[str] = None,
+               error: Optional[str] = None) -> tuple[Event, tuple[Optional[str], str]]:
+        """The answer and thinking text not yet delivered (all of it, settled, when `final`), and the reply's
+        (thinking, answer) so far."""
+        text = row.detok.text if final else row.detok.text[:row.detok.sent]
+        thinking, answer = split_reply(text, bool(row.req.think), final)
+        ev = Event(answer[row.sent[1]:], reason, error, (thinking or "")[row.sent[0]:])
+        row.sent = (len(thinking or ""), len(answer))
+        return ev, (thinking, answer)
+
+    def _leave(self, i: int, reason: str, error: Optional[str] = None) -> None:
         row = self.running[i]
         last = len(self.running) - 1
         if i != last:
@@ -506,13 +617,14 @@ class Engine:
         self.cache.rows = len(self.running)
         if not self.running:
             self.cache.pointer = self.cache.lo = 0
-        self._finish(row.req, row.tokens, reason, row.prompt_len, text=text, final_text=row.detok.text, error=error)
+        ev, (thinking, answer) = self._event(row, True, reason, error)
+        self._finish(row.req, row.tokens, reason, row.prompt_len, ev, Completion(
+            answer, list(row.tokens), reason, row.prompt_len, error, thinking))
 
-    def _finish(self, req: Request, tokens: list[int], reason: str, prompt_len: int, text: str = "",
-                final_text: str = "", error: Optional[str] = None) -> None:
-        req.completion = Completion(final_text, list(tokens), reason, prompt_len, error)
+    def _finish(self, req: Request, tokens: list[int], reason: str, prompt_len: int, event: Optional[Event] = None,
+                completion: Optional[Completion] = None, error: Optional[str] = None) -> None:
+        req.completion = completion or Completion("", list(tokens), reason, prompt_len, error)
         self.finished[reason] += 1
         if req.on_event:
-            req.on_event(Event(text, reason, error))
+            req.on_event(event or Event("", reason, error))
         req.done.set()
-

@@ -2,11 +2,14 @@
 and reasoning can be sized -- and blamed -- apart.
 
 1. A perception model (a VLM) looks at the image and writes a description: `extract_prompt`, which may
-   name the question (`{question}`: a question-guided description, Prism's visual extraction) or not (the
-   plain caption prompt the built-in world's models are trained on).
+   name the question (`{question}`: a question-guided description, Prism's visual extraction; a perceiver
+   trained by visual extraction tuning is asked `data.vet.VET_PROMPT`) or not (the plain caption prompt the
+   built-in world's models are trained on).
 2. A text-only model (the reasoner) answers the question from that description alone:
    `data.extract_think.REASON_TEMPLATE`, the text it is fine-tuned on (`data.extract_think.reasoner_records`;
-   the built-in world writes it as `<split>_reason.json`).
+   the built-in world writes it as `<split>_reason.json`). It may think (a `LocalAnswerer` with `think`, within
+   a thinking budget) or reason in the open; either way, when its answer ends with a line "Answer: X", X is
+   the pipeline's answer (`data.extract_think.final_answer`), and its whole reply and thinking are in the trace.
 
 `ExtractThink` is an answerer like any other (`infer.types`), so `nativevlm eval --reasoner` and the
 study runner's `extract_think:` pairs score it with the same matching, per family and per kind; each
@@ -20,7 +23,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..data.extract_think import EXTRACT_PROMPT, descriptions_by_image, reasoning_prompt
+from ..data.extract_think import (EXTRACT_PROMPT, descriptions_by_image, extract_prompt, final_answer,
+                                  reasoning_prompt)
 from ..data.formats import DataError
 from ..data.image import load_image
 from .types import Answerer, Reply, Request
@@ -56,7 +60,7 @@ class ExtractThink:
         self.cache_size = cache_size
 
     def describe(self, requests: Sequence[Request]) -> list[Reply]:
-        prompts = [self.extract_prompt.format(question=r.text) for r in requests]
+        prompts = [extract_prompt(self.extract_prompt, r.text) for r in requests]
         keys = [image_key(r.images) + ("" if not self.guided else "|" + p) for r, p in zip(requests, prompts)]
         todo: dict[str, Request] = {}
         for key, r, p in zip(keys, requests, prompts):
@@ -78,7 +82,11 @@ class ExtractThink:
                                  for i in ok]) if ok else []
         out: list[Optional[Reply]] = [None] * len(requests)
         for i, a in zip(ok, answers):
-            out[i] = Reply(a.text, a.error, trace={"description": described[i].text})
+            trace = {"description": described[i].text, **(a.trace or {})}
+            answer = final_answer(a.text)
+            if answer != a.text:
+                trace["reasoning"] = a.text
+            out[i] = Reply(answer, a.error, trace=trace)
         for i, d in enumerate(described):
             if d.error is not None:
                 out[i] = Reply("", f"perception: {d.error}", trace={"description": None})

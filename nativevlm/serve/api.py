@@ -7,6 +7,11 @@ bounded queue (429 when full, rather than growing without limit); then the image
 (never on the event loop) or, with a vision server (DvD), its features. The engine runs on its own thread;
 this loop only parses, waits and streams, so a slow image or client never stalls the batch. Every refusal
 is a 4xx with the OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`.
+
+Thinking mode: the request fields `think` (or vLLM's `chat_template_kwargs: {"enable_thinking": ...}`) and
+`thinking_budget` (or vLLM's `thinking_token_budget`) reach the engine (`infer.engine.Request`); the reply's
+thinking comes back beside `content` as `reasoning` (current vLLM) and `reasoning_content` (DeepSeek and
+older vLLM), in the message and in each streamed delta, so the content never holds thinking.
 """
 from __future__ import annotations
 
@@ -128,6 +133,8 @@ class _Parsed:
     max_tokens_given: bool
     stream: bool
     include_usage: bool
+    think: Optional[bool] = None
+    thinking_budget: Optional[int] = None
 
 
 @dataclass
@@ -219,7 +226,9 @@ class ChatServer:
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
             raise RequestError("stream_options must be an object", "stream_options", "invalid_value")
-        return _Parsed(out, urls, params, given, _flag(body, "stream"), bool(options.get("include_usage")))
+        think, budget = _thinking(body)
+        return _Parsed(out, urls, params, given, _flag(body, "stream"), bool(options.get("include_usage")), think,
+                       budget)
 
     @staticmethod
     def _content(content, param: str, urls: list, role: str) -> str:
@@ -262,7 +271,7 @@ class ChatServer:
             enc = encode_prompt(parsed.messages, sizes, self.tokenizer, _GridOnly(self.processor) if sizes else None)
         except ValueError as e:
             raise RequestError(str(e), "messages", "invalid_messages") from None
-        n, limit = len(enc.input_ids), self.engine.max_len
+        n, limit = len(enc.input_ids) + (len(self.engine.think_open) if parsed.think else 0), self.engine.max_len
         params = parsed.params
         if not parsed.max_tokens_given:
             params.max_new_tokens = min(self.config.default_max_tokens, limit - n)
@@ -277,10 +286,12 @@ class ChatServer:
             f = self.processor.factor
             feats = await asyncio.gather(*(self.vision.features(b, (px.shape[1] // f) * (px.shape[2] // f), p)
                                            for b, px, (_, p) in zip(blobs, enc.pixel_values, parsed.urls)))
-            return Request(enc.input_ids, params, image_features=feats), image_tokens
+            return Request(enc.input_ids, params, image_features=feats, think=parsed.think,
+                           thinking_budget=parsed.thinking_budget), image_tokens
         pixels = await asyncio.gather(*(loop.run_in_executor(self.pool, self._decode, b, p)
                                         for b, (_, p) in zip(blobs, parsed.urls)))
-        return Request(enc.input_ids, params, pixel_values=pixels), image_tokens
+        return Request(enc.input_ids, params, pixel_values=pixels, think=parsed.think,
+                       thinking_budget=parsed.thinking_budget), image_tokens
 
     def _decode(self, data: bytes, param: str) -> torch.Tensor:
         return decode_image(data, self.processor, self.config.media, param)
@@ -303,23 +314,28 @@ class ChatServer:
         try:
             await anext(pieces)  # admitted, images ready, submitted: a refusal up to here is a plain 4xx
             if not parsed.stream:
-                text = "".join([piece async for piece in pieces])
+                got = [piece async for piece in pieces]
+                text, thinking = "".join(p.text for p in got), "".join(p.thinking for p in got)
         except RequestError as e:
             return JSONResponse(e.envelope(), status_code=e.status)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.config.model_name}
         if parsed.stream:
             return StreamingResponse(self._sse(pieces, reply, head, parsed.include_usage),
                                      media_type="text/event-stream")
+        message = {"role": "assistant", "content": text}
+        if reply.req.completion.thinking is not None:
+            message.update(reasoning=thinking, reasoning_content=thinking)
         return JSONResponse({**head, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reply.reason,
-            "logprobs": None}], "usage": self._usage(reply)})
+            "index": 0, "message": message, "finish_reason": reply.reason, "logprobs": None}],
+            "usage": self._usage(reply)})
 
-    async def _generate(self, request, parsed: _Parsed, reply: _Reply) -> AsyncIterator[str]:
+    async def _generate(self, request, parsed: _Parsed, reply: _Reply) -> AsyncIterator[Event]:
         """The one response loop, which the streamed and the plain reply both consume: a place in the queue
-        bound, the images, then the engine's text pieces up to the finish reason (left in `reply`). The first
-        piece is empty and says the request is in the engine. The place is held by one context manager, so
-        it is given back however this ends: answered, refused, timed out, failed, or closed because the client
-        left; a request that ends unfinished is cancelled in the engine, freeing its slot now."""
+        bound, the images, then the engine's events (answer and thinking pieces) up to the finish reason (left
+        in `reply`). The first event is empty and says the request is in the engine. The place is held by one
+        context manager, so it is given back however this ends: answered, refused, timed out, failed, or closed
+        because the client left; a request that ends unfinished is cancelled in the engine, freeing its slot
+        now."""
         try:
             with self._place():
                 try:
@@ -329,7 +345,7 @@ class ChatServer:
                     raise _timeout(self.config.request_timeout_s) from None
                 events = self._submit(reply.req)
                 try:
-                    yield ""
+                    yield Event("")
                     deadline, checks = reply.start + self.config.request_timeout_s, {}
                     while reply.reason is None:
                         ev = await self._next(request, events, deadline, checks)
@@ -338,8 +354,8 @@ class ChatServer:
                         if reply.reason == "error":
                             raise RequestError(f"generation failed: {ev.error}", None, "generation_failed",
                                                status=500, type="server_error")
-                        if ev.text:
-                            yield ev.text
+                        if ev.text or ev.thinking:
+                            yield ev
                 finally:
                     if reply.reason is None:
                         self.engine.cancel(reply.req.id)
@@ -360,7 +376,7 @@ class ChatServer:
         finally:
             self.in_flight -= 1
 
-    async def _sse(self, pieces: AsyncIterator[str], reply: _Reply, head: dict, include_usage: bool):
+    async def _sse(self, pieces: AsyncIterator[Event], reply: _Reply, head: dict, include_usage: bool):
         def chunk(delta: dict, reason=None) -> str:
             return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [
                 {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}) + "\n\n"
@@ -368,7 +384,10 @@ class ChatServer:
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for piece in pieces:
-                yield chunk({"content": piece})
+                if piece.thinking:
+                    yield chunk({"reasoning": piece.thinking, "reasoning_content": piece.thinking})
+                if piece.text:
+                    yield chunk({"content": piece.text})
             yield chunk({}, reply.reason)
             if include_usage:
                 yield "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": [],
@@ -485,6 +504,23 @@ class ChatServer:
 def _timeout(seconds: float) -> RequestError:
     return RequestError(f"the request took longer than the server's {seconds} s time-out", None, "timeout",
                         status=408, type="timeout_error")
+
+
+def _thinking(body: dict) -> tuple[Optional[bool], Optional[int]]:
+    """(think, thinking_budget) from our fields or vLLM's names for them; None: not given."""
+    kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"}:
+        raise RequestError("chat_template_kwargs may only hold enable_thinking", "chat_template_kwargs",
+                           "unsupported_parameter")
+    think = None
+    for name, holder in (("think", body), ("enable_thinking", kwargs)):
+        if holder.get(name) is not None:
+            think = _flag(holder, name)
+    budget_name = "thinking_token_budget" if "thinking_token_budget" in body else "thinking_budget"
+    budget = _number(body, budget_name, None, 0, None, integer=True)
+    if budget is not None and think is not True:
+        raise RequestError(f"{budget_name} limits thinking: send it with think: true", budget_name, "invalid_value")
+    return think, budget
 
 
 def _flag(body: dict, name: str) -> bool:

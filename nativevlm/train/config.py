@@ -17,11 +17,14 @@ class DataSource:
     """One file of a stage's data mix: LLaVA `.json`, chat `.jsonl`, `.txt` (one text document per line),
     or a sharded source streamed rank by rank (a folder of tar shards from `nativevlm data shard`, a `.tar`,
     a `.parquet` file or folder). `weight` is the relative probability of drawing the next sample from this
-    file; `shuffle_buffer` is how many records a sharded source shuffles within (its memory bound)."""
+    file; `shuffle_buffer` is how many records a sharded source shuffles within (its memory bound).
+    `thinking` is think-fusion SFT's ratio: the share of the file's samples with a rationale that train as
+    thinking samples (`<think>` steps, then the answer; `data.thinking.think_fusion`), 0 = all direct."""
 
     path: str = ""
     weight: float = 1.0
     shuffle_buffer: int = 1024
+    thinking: float = 0.0
 
 
 @dataclass

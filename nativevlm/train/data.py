@@ -21,6 +21,7 @@ from ..errors import DataError
 from ..model.batch import Batch
 from ..data.formats import item_reader, read_samples
 from ..data.sample import Sample
+from ..data.thinking import think_fusion
 from ..data.shards import ShardStream, is_sharded, iter_items, list_shards
 
 
@@ -96,8 +97,9 @@ class StageData:
     """Global batches for one stage, as this rank's list of micro-batches (see `Collator`)."""
 
     def __init__(self, stage, collator: Collator, seed: str, rank: int = 0, world: int = 1, log=print):
-        self.stage, self.collator, self.rank, self.world = stage, collator, rank, world
-        self.sources = [self._stream(src, f"{seed}:{j}", log) if is_sharded(src.path) else load_source(src.path, log)
+        self.stage, self.collator, self.rank, self.world, self.seed = stage, collator, rank, world, seed
+        self.sources = [self._stream(src, f"{seed}:{j}", log) if is_sharded(src.path) else
+                        [think_fusion(s, src.thinking, self.seed) for s in load_source(src.path, log)]
                         for j, src in enumerate(stage.data)]
         self.sampler = MixtureSampler([None if isinstance(s, ShardStream) else len(s) for s in self.sources],
                                       [src.weight for src in stage.data], seed)
@@ -111,7 +113,7 @@ class StageData:
             got = read(item)
             if got is None and report.n_skipped <= report.max_examples:
                 log(f"skipped: {report.examples[-1]}")
-            return got
+            return got if got is None else think_fusion(got, src.thinking, self.seed)
 
         return ShardStream(list_shards(src.path), sample, seed, self.rank, self.world, src.shuffle_buffer,
                            name=src.path)

@@ -109,6 +109,9 @@ def _validate_stage(stage, where: str) -> None:
             raise ConfigError(f"{where}.data[{j}].shuffle_buffer: must be at least 1, got {src.shuffle_buffer}")
         if src.weight <= 0:
             raise ConfigError(f"{where}.data[{j}].weight: must be positive, got {src.weight}")
+        if not 0 <= src.thinking <= 1:
+            raise ConfigError(f"{where}.data[{j}].thinking: the share of samples with a rationale that think, in "
+                              f"[0, 1]; got {src.thinking}")
     if stage.val_data and not Path(stage.val_data).exists():
         raise ConfigError(f"{where}.val_data: data file {stage.val_data} does not exist")
     if stage.schedule not in SCHEDULES:

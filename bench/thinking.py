@@ -1,0 +1,207 @@
+"""Thinking vs direct answering with the same weights, and VET vs caption-trained perceivers inside
+Extract+Think, on the built-in world's held-out test split, starting from a quickstart run:
+
+    nativevlm quickstart --out runs/quickstart          # once (about 10 CPU minutes)
+    python bench/thinking.py --quickstart runs/quickstart --out docs/studies/posttraining/thinking
+
+What it trains, each from the quickstart's models with the shipped recipe scaled down (`--steps`):
+- `fused`: recipes/think-fusion.yaml on the quickstart VLM (half the reasoning questions with their rationale
+  as `<think>`, everything else direct);
+- `vet`: recipes/vet-perceiver.yaml (data from `nativevlm data vet`), and `caption`, the same recipe with the
+  captions in place of the VET data, so the two perceivers differ in their data only (`--caption-steps 0`:
+  the quickstart VLM itself, trained on captions in all three of its stages, is the caption perceiver);
+- `reasoner`: recipes/reasoner.yaml from the quickstart text LM, think-fusion on (`thinking: 0.5`).
+
+What it measures (greedy, `--limit` test questions, accuracy per family):
+- the quickstart VLM as it is (the direct baseline before think-fusion), and `fused` asked with think=False,
+  think=True (budget `--budget`) and left to choose;
+- Extract+Think with perceivers {caption (asked "Describe the image."), vet (asked the VET prompt with the
+  question), truth (the ground-truth captions)} x reasoner {direct, thinking}.
+Writes `<out>/thinking.json` (accuracies, parse failures, mean thinking tokens, seconds, commands) and
+`<out>/thinking.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nativevlm.data.extract_think import EXTRACT_PROMPT  # noqa: E402
+from nativevlm.data.tokenizer import Tokenizer  # noqa: E402
+from nativevlm.data.vet import VET_PROMPT  # noqa: E402
+from nativevlm.eval.benchmarks import load_benchmark  # noqa: E402
+from nativevlm.eval.harness import evaluate  # noqa: E402
+from nativevlm.eval.local import LocalAnswerer  # noqa: E402
+from nativevlm.infer.pipelines import ExtractThink, KnownDescriptions  # noqa: E402
+from nativevlm.model.loading import load_pretrained  # noqa: E402
+from nativevlm.quickstart import load_shipped_recipe  # noqa: E402
+from nativevlm.train.trainer import train  # noqa: E402
+
+# The quickstart's sizes fix the models; these scale the shipped recipes' stages to a few CPU minutes.
+VLM = ["max_length=384", "stages.0.batch_size=16", "stages.0.lr=1e-3", "stages.0.eval_every=0",
+       "stages.0.eval_samples=32", "progress=false", "checkpoint_every=100000"]
+LM = ["max_length=256", "stages.0.batch_size=32", "stages.0.lr=2e-3", "stages.0.eval_every=0",
+      "stages.0.eval_samples=32", "progress=false", "checkpoint_every=100000"]
+
+
+def sh(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "nativevlm", *args], check=True, cwd=ROOT)
+
+
+def trained(name: str, recipe: str, work: Path, overrides: list[str], log: dict) -> Path:
+    out = work / "runs" / name
+    if not (out / "final").is_dir():
+        t0 = time.time()
+        train(load_shipped_recipe(recipe, work, overrides), out)
+        log[name] = {"recipe": recipe, "overrides": overrides, "seconds": round(time.time() - t0, 1)}
+    return out / "final"
+
+
+def summary(result, thinking_tokens=None) -> dict:
+    s = result.summary()
+    out = {"accuracy": s["accuracy"], "parse_failure_rate": s["parse_failure_rate"],
+           "by_kind": {k: g["accuracy"] for k, g in s["by_kind"].items()},
+           "by_family": {k: g["accuracy"] for k, g in s["by_category"].items()}}
+    if thinking_tokens is not None:
+        out["mean_thinking_tokens"] = thinking_tokens
+    return out
+
+
+def thinking_tokens(result, tokenizer) -> float:
+    """Mean tokens of thinking per answer (0 for an answer without a think block)."""
+    n = [len(tokenizer.encode(r["trace"]["thinking"])) if r.get("trace", {}).get("thinking") else 0
+         for r in result.records]
+    return sum(n) / max(1, len(n))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quickstart", required=True, help="a `nativevlm quickstart --out` folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", help="where the trained models go (default: <quickstart>/thinking-bench)")
+    ap.add_argument("--steps", type=int, default=120, help="optimizer steps of the think-fusion fine-tune")
+    ap.add_argument("--vet-steps", type=int, default=120, help="optimizer steps of the VET fine-tune")
+    ap.add_argument("--caption-steps", type=int, default=120,
+                    help="optimizer steps of the caption fine-tune (0: the quickstart VLM as it is)")
+    ap.add_argument("--reasoner-steps", type=int, default=300)
+    ap.add_argument("--limit", type=int, default=600, help="test questions (the first N)")
+    ap.add_argument("--budget", type=int, default=48, help="thinking budget, tokens")
+    ap.add_argument("--parts", nargs="+", choices=("thinking", "extract_think"), default=["thinking", "extract_think"],
+                    help="what to measure (and train for)")
+    args = ap.parse_args()
+    qs, out = Path(args.quickstart).resolve(), Path(args.out)
+    work = Path(args.work).resolve() if args.work else qs / "thinking-bench"
+    world = work / "data" / "world"
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    if not world.is_dir():  # the quickstart's data and models, seen from the work folder
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copytree(qs / "data" / "world", world, symlinks=True)
+        (work / "data" / "tokenizer").symlink_to(qs / "data" / "tokenizer")
+        (work / "runs").mkdir(exist_ok=True)
+        for name in ("native", "text-lm"):
+            (work / "runs" / name).symlink_to(qs / "runs" / name)
+    for split in ("train", "val") if "extract_think" in args.parts else ():
+        if not (world / f"{split}_vet.json").is_file():
+            sh("data", "vet", str(world / f"{split}.json"), "--descriptions", str(world / f"{split}_captions.json"),
+               "--out", str(world / f"{split}_vet.json"))
+
+    log: dict = {}
+
+    def steps(n: int) -> list[str]:
+        return [f"stages.0.steps={n}", "stages.0.warmup_steps=10"]
+
+    tok = Tokenizer.load(work / "data" / "tokenizer")
+    bench = load_benchmark(f"world:{world}")
+    bench.items = bench.items[:args.limit]
+    results: dict = {"direct_vs_thinking": {}, "extract_think": {}}
+    timings: dict = {}
+
+    def run(group: str, name: str, answerer, count_thinking: bool = False) -> None:
+        t0 = time.time()
+        result = evaluate(bench, answerer)
+        results[group][name] = summary(result, thinking_tokens(result, tok) if count_thinking else None)
+        timings[f"{group}/{name}"] = round(time.time() - t0, 1)
+        print(f"{group:18s} {name:24s} {results[group][name]['accuracy']:.1%}", flush=True)
+
+    n = 8 + args.budget + 8
+    if "thinking" in args.parts:
+        fused = trained("fused", "think-fusion", work, VLM + steps(args.steps), log)
+        base = load_pretrained(qs / "runs" / "native" / "final")
+        run("direct_vs_thinking", "quickstart (before fusion)", LocalAnswerer(base, tok, 64, 8))
+        model = load_pretrained(fused)
+        run("direct_vs_thinking", "fused, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
+        run("direct_vs_thinking", "fused, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
+        run("direct_vs_thinking", "fused, model chooses", LocalAnswerer(model, tok, 64, n), True)
+    if "extract_think" in args.parts:
+        extract_think(args, qs, work, world, tok, log, steps, run, n)
+
+    record = {"questions": len(bench.items), "budget": args.budget, "trained": log, "eval_seconds": timings,
+              "total_seconds": round(time.time() - t_start, 1),
+              "command": f"python bench/thinking.py --quickstart QUICKSTART --out {args.out} --steps {args.steps} "
+                         f"--vet-steps {args.vet_steps} --caption-steps {args.caption_steps} "
+                         f"--reasoner-steps {args.reasoner_steps} --limit {args.limit} --budget {args.budget} "
+                         f"--parts {' '.join(args.parts)}",
+              **{k: v for k, v in results.items() if v}}
+    (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
+    plot(record, out / "thinking.png")
+    print(f"-> {out / 'thinking.json'}, {out / 'thinking.png'} in {record['total_seconds'] / 60:.1f} min")
+
+
+def extract_think(args, qs: Path, work: Path, world: Path, tok, log: dict, steps, run, n: int) -> None:
+    """VET vs caption perceivers, each with a direct and a thinking reasoner, and perfect perception."""
+    vet = trained("vet", "vet-perceiver", work, VLM + steps(args.vet_steps), log)
+    caption = qs / "runs" / "native" / "final"
+    if args.caption_steps:
+        caption = trained("caption", "vet-perceiver", work, VLM + steps(args.caption_steps) + [  # full paths: overrides
+            f"stages.0.data.0.path={world / 'train_captions.json'}",  # are not relocated
+            f"stages.0.val_data={world / 'val_captions.json'}"], log)
+    reasoner = trained("reasoner", "reasoner", work, LM + [f"stages.0.steps={args.reasoner_steps}",
+                                                           "stages.0.data.0.thinking=0.5"], log)
+    lm = load_pretrained(reasoner)
+    reasoners = {"direct": LocalAnswerer(lm, tok, 64, 8, think=False),
+                 "thinking": LocalAnswerer(lm, tok, 64, n, True, args.budget)}
+    perceivers = {"caption": (LocalAnswerer(load_pretrained(caption), tok, 64, 128), EXTRACT_PROMPT),
+                  "vet": (LocalAnswerer(load_pretrained(vet), tok, 64, 160), VET_PROMPT),
+                  "truth": (KnownDescriptions(world / "test_captions.json"), EXTRACT_PROMPT)}
+    for p_name, (perceiver, prompt) in perceivers.items():
+        pipeline = ExtractThink(perceiver, reasoners["direct"], prompt)
+        for r_name, r in reasoners.items():
+            pipeline.reasoner = r  # the descriptions are cached: each perceiver describes once
+            run("extract_think", f"{p_name} + {r_name} reasoner", pipeline, r_name == "thinking")
+
+
+def plot(results: dict, path: Path) -> None:
+    """Accuracy per family of each direct/thinking arm (grouped bars), and of each Extract+Think pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("direct_vs_thinking", "extract_think") if results.get(k)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        arms = results[key]
+        families = list(next(iter(arms.values()))["by_family"]) + ["overall"]
+        width = 0.8 / len(arms)
+        for k, (name, s) in enumerate(arms.items()):
+            values = [s["by_family"].get(f, 0) for f in families[:-1]] + [s["accuracy"]]
+            ax.bar([i + k * width for i in range(len(families))], values, width, label=name)
+        ax.set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(families))], families, rotation=30)
+        ax.set_ylabel("accuracy (held-out test)")
+        ax.set_title("the same weights, direct or thinking" if key == "direct_vs_thinking" else
+                     "Extract+Think: perceiver + reasoner")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Thinking mode at inference: the engine opens `<think>`, forces `</think>` exactly at the budget, keeps a
+think-fusion model from thinking when asked not to, and returns thinking apart from the answer, streamed and
+whole; the API carries the fields and returns `reasoning_content`; evaluation scores the answer only."""
+import json
+
+import httpx
+import openai
+import pytest
+import torch
+
+from nativevlm.data.collate import encode_sample
+from nativevlm.data.sample import Sample, user_turn
+from nativevlm.data.thinking import THINK_END, THINK_START
+from nativevlm.eval.benchmarks import Benchmark, Item
+from nativevlm.eval.harness import evaluate
+from nativevlm.eval.local import LocalAnswerer
+from nativevlm.infer.chat import encode_prompt
+from nativevlm.infer.engine import Engine, Request, SamplingParams, split_reply
+from nativevlm.serve.api import ChatServer, ServeConfig
+from reference import generate
+from servekit import ServerThread, make_model, make_tokenizer
+
+QUESTION, THOUGHT, ANSWER = "how many red", "one red circle and one red square", "two"
+
+
+@pytest.fixture(scope="module")
+def kit():
+    tok = make_tokenizer()
+    return make_model(tok), tok
+
+
+@pytest.fixture(scope="module")
+def fused(kit):
+    """A tiny LM taught think-fusion on one question: the thinking reply twice as often as the direct one, so
+    left alone it thinks, and banned from opening `<think>` its next choice is the direct answer."""
+    from nativevlm import LanguageConfig, LanguageModel
+
+    _, tok = kit
+    torch.manual_seed(0)
+    lm = LanguageModel(LanguageConfig(vocab_size=tok.vocab_size, hidden_size=64, num_layers=2, num_heads=4,
+                                      num_kv_heads=2, intermediate_size=128, max_position_embeddings=256))
+    rows = [encode_sample(Sample("s", [{"role": "user", "content": QUESTION},
+                                       {"role": "assistant", "content": ANSWER, **extra}]), tok, None)
+            for extra in ({"thinking": THOUGHT}, {"thinking": THOUGHT}, {})]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r.input_ids + [tok.pad_id] * (width - len(r)) for r in rows])
+    targets = torch.tensor([r.targets + [-100] * (width - len(r)) for r in rows])
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        lm(ids, targets=targets).loss.backward()
+        opt.step()
+    return lm.eval(), tok
+
+
+def prompt(tok, text=QUESTION) -> list[int]:
+    return encode_prompt([{"role": "user", "content": text}], [], tok, None).input_ids
+
+
+def test_think_true_prefills_the_opening_tag_and_generates_as_the_reference_does(kit):
+    model, tok = kit
+    ids = prompt(tok)
+    engine = Engine(model, tok, max_batch_size=2)
+    got = engine.generate([Request(ids, SamplingParams(max_new_tokens=10, ignore_eos=True), think=True)])[0]
+    ref = generate(model, torch.tensor([ids + tok.encode(THINK_START + "\n")]), max_new_tokens=10, use_cache=False)
+    assert got.token_ids == ref[0].tolist()
+    assert got.prompt_tokens == len(ids) + len(engine.think_open)
+
+
+@pytest.mark.parametrize("budget", [0, 1, 5])
+def test_the_budget_forces_the_closing_tag_exactly_there(kit, budget):
+    model, tok = kit
+    engine = Engine(model, tok, max_batch_size=4)
+    params = SamplingParams(max_new_tokens=budget + 12, ignore_eos=True)
+    plain = Request(prompt(tok, "the blue square"), params)
+    thinking = Request(prompt(tok), params, think=True, thinking_budget=budget)
+    events = []
+    thinking.on_event = events.append
+    done = engine.generate([plain, thinking])[1]
+    close = tok.encode("\n" + THINK_END + "\n")
+    assert done.token_ids[budget:budget + len(close)] == close
+    assert THINK_END not in tok.decode(done.token_ids[:budget])
+    assert done.thinking == tok.decode(done.token_ids[:budget]).strip()
+    assert done.text == tok.decode(done.token_ids[budget + len(close):]).strip()
+    # streamed pieces add up to the finished parts, and the answer never streams thinking
+    assert "".join(e.thinking for e in events) == done.thinking
+    assert "".join(e.text for e in events) == done.text
+    # the budget is per request: the plain one beside it is what it is alone
+    alone = Engine(model, tok, max_batch_size=1).generate([Request(plain.input_ids, params)])[0]
+    assert plain.completion.token_ids == alone.token_ids and plain.completion.thinking is None
+
+
+def test_a_fused_model_thinks_or_answers_directly_as_asked(fused):
+    lm, tok = fused
+    engine = Engine(lm, tok, max_batch_size=3)
+    params = SamplingParams(max_new_tokens=48)
+    free, on, off = engine.generate([Request(prompt(tok), params, think=mode) for mode in (None, True, False)])
+    assert (free.thinking, free.text) == (THOUGHT, ANSWER)  # left alone, it thinks
+    assert (on.thinking, on.text) == (THOUGHT, ANSWER)
+    assert off.thinking is None and off.text == ANSWER  # think=False: the direct answer, no tag anywhere
+    assert THINK_START not in tok.decode(off.token_ids) and "<" not in off.text
+    assert not set(off.token_ids[:1]) & set(engine.think_start_ids())
+    short = engine.generate([Request(prompt(tok), params, think=True, thinking_budget=2)])[0]
+    assert len(tok.encode(short.thinking)) <= 2 and short.thinking == tok.decode(short.token_ids[:2]).strip()
+
+
+def test_requests_that_can_never_think_right_are_refused(kit):
+    model, tok = kit
+    engine = Engine(model, tok)
+    for think, budget in ((None, 4), (False, 4), (True, -1)):
+        with pytest.raises(ValueError, match="thinking_budget"):
+            engine.submit(Request(prompt(tok), think=think, thinking_budget=budget))
+
+
+@pytest.mark.parametrize("raw,opened,final,want", [
+    ("<think>\na b\n</think>\nyes", False, True, ("a b", "yes")),
+    ("  <think>a</think> no ", False, True, ("a", "no")),
+    ("a b\n</think>\n3", True, True, ("a b", "3")),
+    ("a b\n</th", True, False, ("a b", "")),  # a partial tag is held back
+    ("a b\n</th", True, True, ("a b\n</th", "")),  # ran out while thinking: no answer
+    ("<thi", False, False, (None, "")),  # undecided
+    ("<b>", False, False, (None, "<b>")),
+    (" yes ", False, True, (None, " yes ")),  # no think block: the text as generated
+])
+def test_split_reply(raw, opened, final, want):
+    assert split_reply(raw, opened, final) == want
+
+
+def test_evaluation_scores_the_answer_never_the_thinking(fused):
+    """The thinking holds other numbers: a scorer that read it would find three and no single answer."""
+    lm, tok = fused
+    bench = Benchmark("b", "mem", [Item("q", QUESTION, ANSWER, category="count", kind="reasoning")])
+    result = evaluate(bench, LocalAnswerer(lm, tok, max_new_tokens=48, think=True))
+    [record] = result.records
+    assert record["prediction"] == ANSWER and record["status"] == "correct"
+    assert record["trace"] == {"thinking": THOUGHT}
+    direct = evaluate(bench, LocalAnswerer(lm, tok, max_new_tokens=48, think=False)).records[0]
+    assert direct["prediction"] == ANSWER and "trace" not in direct
+
+
+def test_the_api_carries_thinking_fields_and_returns_reasoning_apart(fused):
+    lm, tok = fused
+    server = ChatServer(lm, tok, ServeConfig(model_name="fused", max_len=256))
+    with ServerThread(server.app()) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x")
+        ask = dict(model="fused", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48)
+        on = client.chat.completions.create(**ask, extra_body={"think": True}).choices[0].message
+        assert (on.content, on.reasoning_content, on.reasoning) == (ANSWER, THOUGHT, THOUGHT)
+        vllm_names = {"chat_template_kwargs": {"enable_thinking": True}, "thinking_token_budget": 2}
+        short = client.chat.completions.create(**ask, extra_body=vllm_names).choices[0].message
+        assert len(tok.encode(short.reasoning_content)) <= 2 and short.reasoning_content != THOUGHT
+        off = client.chat.completions.create(**ask, extra_body={"think": False}).choices[0].message
+        assert off.content == ANSWER and getattr(off, "reasoning_content", None) is None
+        stream = client.chat.completions.create(**ask, stream=True, extra_body={"think": True})
+        deltas = [c.choices[0].delta for c in stream if c.choices]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == THOUGHT
+        assert "".join(d.content or "" for d in deltas) == ANSWER
+        bad = httpx.post(s.url + "/v1/chat/completions", json={**ask, "thinking_budget": 3})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "thinking_budget"
+        bad = httpx.post(s.url + "/v1/chat/completions", json={**ask, "think": "yes"})
+        assert bad.status_code == 400 and "think must be true or false" in bad.json()["error"]["message"]
+
+
+def test_ask_and_chat_show_thinking_apart_from_the_answer(fused, tmp_path, capsys):
+    import argparse
+    import io
+
+    from nativevlm.cli import main
+    from nativevlm.commands.chat import run
+    from nativevlm.model.hub import save_language_model
+
+    lm, tok = fused
+    save_language_model(lm, tmp_path / "m")
+    tok.save(tmp_path / "m")
+    assert main(["ask", str(tmp_path / "m"), QUESTION, "--think", "--max-new-tokens", "48"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == ANSWER + "\n" and printed.err == f"thinking: {THOUGHT}\n"
+    assert main(["ask", str(tmp_path / "m"), QUESTION, "--no-think", "--max-new-tokens", "48"]) == 0
+    assert capsys.readouterr().out == ANSWER + "\n"
+    assert main(["ask", str(tmp_path / "m"), QUESTION, "--thinking-budget", "3"]) == 2
+    assert "--thinking-budget 3: give a number of tokens >= 0, with --think" in capsys.readouterr().err
+    args = argparse.Namespace(model=str(tmp_path / "m"), image=[], tokenizer=None, device="cpu", max_new_tokens=48,
+                              temperature=0.0, top_p=1.0, seed=None, think=True, thinking_budget=None)
+    out = io.StringIO()
+    assert run(args, stdin=io.StringIO(f"{QUESTION}\n/quit\n"), stdout=out) == 0
+    assert f"> thinking: {THOUGHT}\n{ANSWER}\n> " in out.getvalue()
+
+
+def test_eval_think_records_thinking_in_the_trace_and_scores_the_answer(fused, tmp_path):
+    from nativevlm.cli import main
+    from nativevlm.model.hub import save_language_model
+
+    lm, tok = fused
+    save_language_model(lm, tmp_path / "m")
+    tok.save(tmp_path / "m")
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps([{"id": "q", "conversations": [{"from": "human", "value": QUESTION},
+                                                            {"from": "gpt", "value": ANSWER}]}]))
+    common = [str(tmp_path / "m"), "--bench", f"llava:{qa}", "--max-new-tokens", "48"]
+    assert main(["eval", *common, "--think", "--thinking-budget", "40", "--out", str(tmp_path / "e")]) == 0
+    [record] = [json.loads(line) for line in (tmp_path / "e" / "qa" / "records.jsonl").read_text().splitlines()]
+    assert (record["prediction"], record["status"], record["trace"]) == (ANSWER, "correct", {"thinking": THOUGHT})
+    run = json.loads((tmp_path / "e" / "run.json").read_text())
+    assert run["think"] is True and run["thinking_budget"] == 40
+    assert main(["eval", *common, "--no-think", "--out", str(tmp_path / "e")]) == 2  # another run's folder
