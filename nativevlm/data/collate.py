@@ -1,9 +1,11 @@
 """Samples -> model batches: chat template, image token blocks, loss targets, padding or packing.
 
 Layout (NaViL): each `<image>` marker becomes `<img_start>`, then for each of `rows` rows `cols` x `<img>`
-and an `<img_eol>`, then `<img_end>`, where (rows, cols) = `connector.token_grid` of the image tensor's size
-at its compression rate (the model's `downsample`, or a per-image rate from `Sample.image_downsample`): the
-same function the model shapes its features with. The model writes the encoder's features, row-major, into
+and an `<img_eol>`, then `<img_end>`, where (rows, cols) = `connector.token_blocks` of the image tensor's size
+at its compression rate (the model's `downsample`, or a rate per image or per region from
+`Sample.image_downsample`): the same function the model shapes its features with. An image cut into
+regions (`connector.region_size`) has one such block of rows per region, in region order, inside one
+`<img_start>` ... `<img_end>`. The model writes the encoder's features, row-major, into
 the `<img>` positions with one masked assignment, so the sequence length is known here, before any vision
 compute.
 
@@ -25,7 +27,7 @@ import torch
 
 from ..errors import ImageError, SampleDropped
 from ..model.batch import Batch
-from ..model.connector import token_grid
+from ..model.connector import token_blocks
 from .image import ImageProcessor
 from .sample import IMAGE_MARKER, Sample
 from .thinking import render_thinking
@@ -49,10 +51,12 @@ class EncodedSample:
         return len(self.input_ids)
 
 
-def image_block(rows: int, cols: int, ids: dict[str, int]) -> list[int]:
-    """The token block standing for an image of rows x cols tokens."""
-    row = [ids["image_token_id"]] * cols + [ids["image_eol_id"]]
-    return [ids["image_start_id"], *row * rows, ids["image_end_id"]]
+def image_block(blocks: list[tuple[int, int]], ids: dict[str, int]) -> list[int]:
+    """The token block standing for an image whose regions are `blocks` of rows x cols tokens."""
+    out = [ids["image_start_id"]]
+    for rows, cols in blocks:
+        out += ([ids["image_token_id"]] * cols + [ids["image_eol_id"]]) * rows
+    return out + [ids["image_end_id"]]
 
 
 def encode_sample(
@@ -96,9 +100,9 @@ def encode_sample(
                 if path is None:
                     raise ValueError(f"sample {sample.id}: more {IMAGE_MARKER} markers than images")
                 pixel_values.append(image_processor(path))
-                rows, cols = token_grid(*pixel_values[-1].shape[-2:], image_processor.patch_size,
-                                        rates[len(pixel_values) - 1])
-                add(image_block(rows, cols, image_ids), False)
+                blocks = token_blocks(*pixel_values[-1].shape[-2:], image_processor.patch_size,
+                                      rates[len(pixel_values) - 1], image_processor.region_size)
+                add(image_block(blocks, image_ids), False)
                 images_end = len(ids)
             if piece:
                 add(tokenizer.encode(piece), answer)

@@ -123,7 +123,8 @@ class ImageProcessor:
     """Path or PIL image -> normalised tensor at its native-resolution size on the `factor` grid.
     `fixed_size` (square side) replaces native resolution for the fixed-input ViT baseline. `downsample` is
     the default compression rate images are tokenised at (default: factor / patch_size); `factor` is the
-    cell of the coarsest rate the model has, so an image can be tokenised at any of them."""
+    cell of the coarsest rate the model has, so an image can be tokenised at any of them; `region_size`
+    (patches) is the model's `connector.region_size`, which the token layout follows."""
 
     def __init__(
         self,
@@ -133,12 +134,14 @@ class ImageProcessor:
         max_patches: int = 4096,
         fixed_size: Optional[int] = None,
         downsample: Optional[int] = None,
+        region_size: int = 0,
     ):
         if fixed_size is not None and fixed_size % factor:
             raise ValueError(f"fixed_size {fixed_size} must be a multiple of {factor}")
         self.patch_size = patch_size
         self.factor = factor
         self.downsample = downsample or factor // patch_size
+        self.region_size = region_size
         self.min_patches = min_patches
         self.max_patches = max_patches
         self.fixed_size = fixed_size
@@ -149,6 +152,7 @@ class ImageProcessor:
             patch_size=vision.patch_size,
             factor=vision.patch_size * max(connector.downsample, connector.extra_downsample),
             downsample=connector.downsample,
+            region_size=connector.region_size,
             min_patches=vision.min_patches,
             max_patches=vision.max_patches,
             fixed_size=vision.image_size if vision.arch == "vit" else None,

@@ -63,6 +63,7 @@ class _GridOnly:
     def __init__(self, processor: ImageProcessor):
         self.processor = processor
         self.factor, self.patch_size, self.downsample = processor.factor, processor.patch_size, processor.downsample
+        self.region_size = processor.region_size
 
     def __call__(self, size: tuple[int, int]) -> torch.Tensor:
         w, h = self.processor.size_for(*size)

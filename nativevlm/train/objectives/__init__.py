@@ -10,8 +10,9 @@ The step (`train.step.train_step`) knows no objective: for each micro-batch it a
 the stage for an `Output`, backpropagates the sum of `weight * output.loss`, and logs each objective's
 metrics as `<objective>/<metric>` (e.g. `sft/loss`, `cells/loss`) and the weighted sum of their `loss`
 metrics as `loss`.
-Built in: `sft` (next-token cross-entropy, normalised over the global batch) and `cells` (the built-in
-world's per-image-token cell loss, refusing any other images).
+Built in: `sft` (next-token cross-entropy, normalised over the global batch), `cells` (the built-in
+world's per-image-token cell loss, refusing any other images) and ViCO's two stages for the visual
+resolution router, `vico_consistency` and `vico_router` (`objectives.vico`).
 
 An objective is a class registered by name (`@register("name")`: the built-in ones are imported here; a
 new one registers when its module is imported, before the recipe is loaded) with:
@@ -61,7 +62,7 @@ after which a recipe may say `objectives: [{name: sft}, {name: token_norm, weigh
 """
 from .base import (REGISTRY, MicroBatch, NoOptions, Objective, Output, StageContext, StepInfo, Weighted, build,
                    register)
-from . import cells, sft  # noqa: F401  (built-in objectives register themselves)
+from . import cells, sft, vico  # noqa: F401  (built-in objectives register themselves)
 
 __all__ = ["REGISTRY", "MicroBatch", "NoOptions", "Objective", "Output", "StageContext", "StepInfo", "Weighted",
            "build", "register"]
