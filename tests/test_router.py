@@ -172,3 +172,77 @@ def test_relayout_keeps_answers_and_positions(tok, tmp_path):
     assert coarse.position_ids[0].tolist() == list(range(coarse.input_ids.shape[1]))
     assert torch.equal(relayout(batch, [2, 2], vlm.config).input_ids, batch.input_ids)
     assert vlm(coarse).loss is not None
+
+
+@pytest.fixture(scope="module")
+def router_dir(tmp_path_factory, tok):
+    """A tiny model with a router (request mode, so a request's rates don't depend on its neighbours) whose
+    thresholds compress about half of the regions."""
+    root = tmp_path_factory.mktemp("router") / "model"
+    tiny_vlm(tok, mode="request", relative_threshold=0.5, absolute_threshold=0.0).save_pretrained(root)
+    tok.save(root)
+    return root
+
+
+def test_served_requests_report_the_visual_tokens_the_model_consumed(router_dir):
+    """Monolithic and decoupled (DvD) servers with the router: each response's usage counts the image tokens
+    of the prompt the engine ran, whose <img> slots equal the features it was given, fewer than at the fine
+    rate; the two servers give the same answers and the same counts."""
+    import asyncio
+
+    import openai
+
+    from nativevlm.model.loading import load_pretrained
+    from nativevlm.serve.api import ChatServer, ServeConfig
+    from nativevlm.serve.vision_worker import VisionClient, VisionServer
+    from servekit import ServerThread, data_uri, image
+
+    tok = Tokenizer.load(router_dir)
+    ids = tok.image_token_ids()
+    framing = {ids["image_start_id"], ids["image_end_id"], ids["image_eol_id"]}
+
+    def ask(chat: ChatServer, url: str) -> list[tuple]:
+        seen = []
+        submit = chat.engine.submit
+        chat.engine.submit = lambda req: seen.append(req) or submit(req)
+        out = []
+        for i, size in enumerate([(64, 64), (96, 64), (64, 32)]):
+            r = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0).chat.completions.create(
+                model="m", temperature=0, max_tokens=4, messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": data_uri(image((40 * i, 90, 30), size))}},
+                    {"type": "text", "text": "what colour is it"}]}])
+            req = seen[-1]
+            slots = req.input_ids.count(ids["image_token_id"])
+            assert r.usage.prompt_tokens == len(req.input_ids)
+            assert r.usage.prompt_tokens_details.image_tokens == slots + sum(t in framing for t in req.input_ids)
+            assert slots == sum(f.shape[0] for f in req.image_features)
+            regions_ = (size[0] // 32) * (size[1] // 32)
+            assert slots < 4 * regions_  # the router compressed some of the 2x2-token regions
+            out.append((r.choices[0].message.content, r.usage.prompt_tokens_details.image_tokens))
+        return out
+
+    config = ServeConfig(model_name="m", max_len=1024, api_key="k", image_workers=1)
+    mono = ChatServer(load_pretrained(router_dir), tok, config)
+    with ServerThread(mono.app()) as s:
+        monolithic = ask(mono, s.url)
+    vision_model = load_pretrained(router_dir)
+    vision_model.language = None
+    with ServerThread(VisionServer(vision_model).app()) as vs:
+        lang = ChatServer(load_pretrained(router_dir), tok, config, vision=VisionClient(vs.url))
+        with ServerThread(lang.app()) as ls:
+            decoupled = ask(lang, ls.url)
+            asyncio.run(lang.vision.aclose())
+    assert decoupled == monolithic
+
+
+def test_local_answerer_routes_and_counts_visual_tokens(router_dir):
+    from nativevlm.eval.local import LocalAnswerer
+    from nativevlm.infer.types import Request
+    from nativevlm.model.loading import load_pretrained
+    from servekit import image
+
+    model, tok = load_pretrained(router_dir), Tokenizer.load(router_dir)
+    replies = LocalAnswerer(model, tok, max_new_tokens=3)([Request([image(size=(64, 64))], "what colour"),
+                                                          Request([], "what colour")])
+    assert replies[1].visual_tokens == 0
+    assert replies[0].visual_tokens == 2 * 4 + 2 * 1  # 4 regions, the 2 above the median compressed

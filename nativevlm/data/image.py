@@ -163,6 +163,9 @@ class ImageProcessor:
             return self.fixed_size, self.fixed_size
         return fit_size(width, height, self.patch_size, self.factor, self.min_patches, self.max_patches)
 
-    def __call__(self, image: Union[str, Path, Image.Image]) -> torch.Tensor:
+    def __call__(self, image: Union[str, Path, Image.Image, torch.Tensor]) -> torch.Tensor:
+        """A tensor is an image this processor already made (a prompt laid out again at other rates)."""
+        if isinstance(image, torch.Tensor):
+            return image
         img = image if isinstance(image, Image.Image) else load_image(image)
         return to_tensor(img, self.size_for(*img.size))

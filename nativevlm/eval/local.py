@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..config import ConfigError
 from ..data.image import ImageProcessor
 from ..data.sample import user_turn
-from ..infer.chat import encode_prompt
+from ..infer.chat import encode_prompt, routed_prompts
 from ..infer.engine import Engine, Request as Prompt, SamplingParams
 from ..infer.types import Reply, Request
 
@@ -29,8 +29,13 @@ class LocalAnswerer:
             raise ConfigError("this model is a language model and can't read images; evaluate a vision-language "
                               "model, or pair it as the reasoner of Extract+Think (nativevlm eval --reasoner)")
         params = SamplingParams(max_new_tokens=self.max_new_tokens)
-        encoded = [encode_prompt([{"role": "user", "content": user_turn(r.text, len(r.images))}], r.images,
-                                 self.tokenizer, self.processor) for r in requests]
+        conversations = [([{"role": "user", "content": user_turn(r.text, len(r.images))}], r.images) for r in requests]
+        if getattr(self.model, "router", None) is not None:  # the router picks each region's rate first
+            encoded, features = zip(*routed_prompts(self.model, conversations, self.tokenizer, self.processor)) \
+                if requests else ((), ())
+        else:
+            encoded = [encode_prompt(m, images, self.tokenizer, self.processor) for m, images in conversations]
+            features = [[] for _ in encoded]
         need = max((len(e.input_ids) for e in encoded), default=0) + self.max_new_tokens
         was_training = self.model.training
         if self.engine is None or self.engine.max_len < need:
@@ -42,11 +47,13 @@ class LocalAnswerer:
             except ValueError as e:
                 replies[i].error = str(e)
                 continue
-            prompts.append((i, Prompt(enc.input_ids, params, pixel_values=enc.pixel_values)))
+            prompts.append((i, Prompt(enc.input_ids, params, image_features=features[i]) if features[i] else
+                            Prompt(enc.input_ids, params, pixel_values=enc.pixel_values)))
+        image_id = getattr(self.model.config, "image_token_id", None)
         try:
             self.model.eval()
-            for (i, _), done in zip(prompts, self.engine.generate([p for _, p in prompts])):
-                replies[i] = Reply(done.text.strip(), done.error)
+            for (i, p), done in zip(prompts, self.engine.generate([p for _, p in prompts])):
+                replies[i] = Reply(done.text.strip(), done.error, visual_tokens=p.input_ids.count(image_id))
         finally:
             self.model.train(was_training)  # evaluation mid-training leaves the model as it found it
         return replies
