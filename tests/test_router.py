@@ -246,3 +246,63 @@ def test_local_answerer_routes_and_counts_visual_tokens(router_dir):
                                                           Request([], "what colour")])
     assert replies[1].visual_tokens == 0
     assert replies[0].visual_tokens == 2 * 4 + 2 * 1  # 4 regions, the 2 above the median compressed
+
+
+def vico_recipe(world: dict, init: str = "") -> dict:
+    """ViCO's two stages on the tiny world: consistency (all but the router), then the router alone."""
+    from trainkit import tiny_model
+
+    model = tiny_model(vocab=420)
+    model["vision"].update(min_patches=16, max_patches=64)
+    model.update(connector={"extra_downsample": 4, "region_size": 4},
+                 router={"enabled": True, "num_heads": 2, "pool_layers": 2, "mlp_blocks": 2})
+    data = [{"path": str(world["root"] / "train.json")}]
+    return {"kind": "vlm", "model": model, "tokenizer": str(world["tok"]), "max_length": 256, "seed": 0,
+            "device": "cpu", "checkpoint_every": 1, "keep_checkpoints": 10, "progress": False,
+            "init": {"path": init},
+            "stages": [{"name": "consistency", "data": data, "trainable": ["vision.*", "connector.*", "language.*"],
+                        "steps": 2, "batch_size": 4, "lr": 1e-3, "objectives": [{"name": "vico_consistency"}]},
+                       {"name": "router", "data": data, "trainable": ["router.*"], "steps": 3, "batch_size": 4,
+                        "lr": 1e-3, "objectives": [{"name": "vico_router", "window": 64, "percentile": 30}]}]}
+
+
+def test_vico_stages_train_from_a_checkpoint_and_resume_exactly(tiny_world, tmp_path):
+    """A trained model without the coarse path or a router is grown by the recipe (its weights kept); stage 1
+    moves the model but not the router, stage 2 only the router, whose labels keep half the regions at
+    the fine rate; stopped inside stage 2 and resumed, the run ends bit-identical, which needs the sliding
+    window restored from the checkpoint."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from nativevlm.train.export import build_model
+    from nativevlm.train.recipe import recipe_from_dict
+    from nativevlm.train.trainer import train
+
+    quiet = dict(log=lambda *a, **k: None)
+    plain = vico_recipe(tiny_world)
+    plain["model"].update(connector={}, router={})
+    plain_cfg = recipe_from_dict(plain)
+    torch.manual_seed(0)
+    base = build_model(plain_cfg, Tokenizer.load(tiny_world["tok"]))
+    base.save_pretrained(tmp_path / "base")
+    assert base.router is None and base.connector.mlp2 is None
+
+    cfg = recipe_from_dict(vico_recipe(tiny_world, init=str(tmp_path / "base")))
+    train(cfg, tmp_path / "run", **quiet)
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [("vico_consistency/loss" in r, "vico_router/loss" in r) for r in rows] == [(True, False)] * 2 + [(False, True)] * 3
+    assert all(0 < r["vico_router/keep"] < 1 for r in rows[2:])
+    ckpt = lambda step: load_file(tmp_path / f"run/checkpoints/step-{step:08d}/model.safetensors")  # noqa: E731
+    start, s1, s2 = load_file(tmp_path / "base/model.safetensors"), ckpt(2), ckpt(5)
+    assert torch.equal(start["connector.mlp1.1.weight"], base.connector.mlp1[1].weight)
+    assert not torch.equal(s1["connector.mlp1.1.weight"], start["connector.mlp1.1.weight"])
+    assert all(torch.equal(s1[k], s2[k]) for k in s1 if not k.startswith("router."))
+    assert not torch.equal(s1["router.gate_proj.weight"], s2["router.gate_proj.weight"])
+    final = load_file(tmp_path / "run/final/model.safetensors")
+    assert json.loads((tmp_path / "run/final/config.json").read_text())["router"]["enabled"]
+
+    train(cfg, tmp_path / "resumed", max_steps=4, **quiet)
+    train(cfg, tmp_path / "resumed", resume=True, **quiet)
+    resumed = load_file(tmp_path / "resumed/final/model.safetensors")
+    assert resumed.keys() == final.keys() and all(torch.equal(resumed[k], final[k]) for k in final)
