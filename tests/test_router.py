@@ -306,3 +306,11 @@ def test_vico_stages_train_from_a_checkpoint_and_resume_exactly(tiny_world, tmp_
     train(cfg, tmp_path / "resumed", resume=True, **quiet)
     resumed = load_file(tmp_path / "resumed/final/model.safetensors")
     assert resumed.keys() == final.keys() and all(torch.equal(resumed[k], final[k]) for k in final)
+
+
+def test_hf_export_refuses_a_routed_model(router_dir, tmp_path):
+    from nativevlm.errors import UserError
+    from nativevlm.export.hf import export_hf
+
+    with pytest.raises(UserError, match="routes image regions"):
+        export_hf(router_dir, tmp_path / "hf")
