@@ -2,6 +2,7 @@
 training and evaluation)."""
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Optional, Sequence
 
 import torch
@@ -35,7 +36,7 @@ def routed_prompts(model, conversations: Sequence[tuple[list[dict], Sequence]], 
         return [(e, []) for e in encoded]
     device = next(model.parameters()).device
     with torch.inference_mode():
-        starts = [sum(len(e.pixel_values) for e in encoded[:i]) for i in range(len(encoded))]
+        starts = list(accumulate((len(e.pixel_values) for e in encoded[:-1]), initial=0))
         routed = model.route_images([p.to(device) for p in pixels],
                                     requests=[list(range(s, s + len(e.pixel_values))) for s, e in zip(starts, encoded)])
     for (m, _), e, s in zip(conversations, encoded, starts):

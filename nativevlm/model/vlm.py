@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -175,7 +176,7 @@ class NativeVLM(nn.Module):
         grids = self.vision(pixel_values)
         parts = [self.connector.regions(g) for g in grids]
         p = self.router([r for ps in parts for r in ps])
-        starts = [sum(len(ps) for ps in parts[:i]) for i in range(len(parts))]
+        starts = list(accumulate((len(ps) for ps in parts[:-1]), initial=0))
         groups = None
         if cfg.mode == "request":
             requests = requests if requests is not None else [[i] for i in range(len(parts))]
