@@ -2,13 +2,18 @@
 `nativevlm serve-vision` + `nativevlm serve --vision-url`), at fixed offered loads (Poisson arrivals), with
 small and large images.
 
-    python bench/serve_speed.py [--requests 16] [--out bench/results]
+    python bench/serve_speed.py [--requests 16] [--out bench/results] [--router]
 
 Each request is one image (a distinct random image, so DvD's feature cache never hits) and a question, with a
 fixed-length streamed answer; latency is measured to the end of the stream, time to first token to the first
 content chunk. The servers run as separate processes with one intra-op thread each, like separate devices
 would, but on one machine here: on a 2-core CPU the vision and language processes share the cores, which
 caps what the split can gain. Writes bench/results/serve_speed.json and .png.
+
+`--router`: the large images only, each mode with and without a visual resolution router (the same model
+with the coarse path, 8x8-patch regions and a router with random weights in request mode, relative
+threshold 0.5: about half of each image's regions at 1/16; what it costs and saves does not depend on how
+well it was trained). Writes serve_speed_router.json and .png instead.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import torch
 from PIL import Image
 
 from nativevlm import LanguageConfig, LanguageModel, NativeVLM, VisionConfig
+from nativevlm.config import ConnectorConfig, RouterConfig
 from nativevlm.data.tokenizer import Tokenizer
 
 IMAGES = {"small (128 px, 16 tokens)": 128, "large (448 px, 196 tokens)": 448}
@@ -40,7 +46,7 @@ LOADS = (2.0, 8.0, 32.0)  # offered requests/s: light, busy, saturating
 NEW_TOKENS = 32
 
 
-def make_model_dir(root: Path) -> Path:
+def make_model_dir(root: Path, router: bool = False) -> Path:
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6))) for _ in range(800)]
     tok = Tokenizer.train([" ".join(rng.choice(words) for _ in range(10)) for _ in range(1500)], vocab_size=1024,
@@ -49,7 +55,11 @@ def make_model_dir(root: Path) -> Path:
     lm = LanguageModel(LanguageConfig(vocab_size=tok.vocab_size, hidden_size=256, num_layers=4, num_heads=4,
                                       num_kv_heads=2, intermediate_size=768, max_position_embeddings=2048))
     vision = VisionConfig(hidden_size=256, num_layers=6, num_heads=4, intermediate_size=768)
-    NativeVLM.from_language_model(lm, vision=vision, image_token_ids=tok.image_token_ids()).save_pretrained(root)
+    vlm = NativeVLM.from_language_model(lm, vision=vision, image_token_ids=tok.image_token_ids())
+    if router:
+        vlm.add_router(ConnectorConfig(extra_downsample=4, region_size=8),
+                       RouterConfig(enabled=True, relative_threshold=0.5, absolute_threshold=0.0, mode="request"))
+    vlm.save_pretrained(root)
     tok.save(root)
     return root
 
@@ -114,18 +124,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=16, help="requests per load point")
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--router", action="store_true", help="large images, each mode with and without a router")
     args = ap.parse_args()
     results = {}
+    images = {k: v for k, v in IMAGES.items() if v == 448} if args.router else IMAGES
+    modes = ("monolithic", "monolithic+router", "dvd", "dvd+router") if args.router else ("monolithic", "dvd")
     with tempfile.TemporaryDirectory() as d:
-        model = make_model_dir(Path(d) / "bench")
-        common = [str(model), "--served-model-name", "bench", "--max-model-len", "1024", "--max-queue", "256"]
-        for label, side in IMAGES.items():
+        models = {False: make_model_dir(Path(d) / "bench")}
+        if args.router:
+            models[True] = make_model_dir(Path(d) / "bench-router", router=True)
+        for label, side in images.items():
             uris = [image_uri(side, seed) for seed in range(args.requests * len(LOADS) * 2)]
             results[label] = {}
-            for mode in ("monolithic", "dvd"):
+            for mode in modes:
+                model = models[mode.endswith("+router")]
+                common = [str(model), "--served-model-name", "bench", "--max-model-len", "1024", "--max-queue", "256"]
                 procs = []
                 try:
-                    if mode == "dvd":
+                    if mode.startswith("dvd"):
                         procs.append(start(["serve-vision", str(model)], 8301))
                         procs.append(start(["serve", *common, "--vision-url", "http://127.0.0.1:8301"], 8300))
                     else:
@@ -146,14 +162,15 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
-        "command": f"python bench/serve_speed.py --requests {args.requests}",
+        "command": f"python bench/serve_speed.py --requests {args.requests}" + (" --router" if args.router else ""),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared by both servers, "
                    "1 intra-op thread per server process, fp32, CPU",
         "model": "native VLM: vision 6x256 (patch 16), LM 4x256, random weights", "new_tokens": NEW_TOKENS,
         "requests_per_point": args.requests, "results": results,
     }
-    (out / "serve_speed.json").write_text(json.dumps(record, indent=2) + "\n")
-    plot(record, out / "serve_speed.png")
+    name = "serve_speed_router" if args.router else "serve_speed"
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    plot(record, out / f"{name}.png")
 
 
 def plot(record: dict, path: Path) -> None:
@@ -165,8 +182,10 @@ def plot(record: dict, path: Path) -> None:
     labels = list(record["results"])
     fig, axes = plt.subplots(1, len(labels) * 2, figsize=(5 * len(labels) * 2 / 1.6, 3.8))
     for i, label in enumerate(labels):
-        for mode, style in (("monolithic", "o-"), ("dvd", "s--")):
-            pts = record["results"][label][mode]
+        for mode, pts in record["results"][label].items():
+            style = ("o-" if mode.startswith("monolithic") else "s--") + ("" if "router" not in mode else "")
+            if "router" in mode:
+                style = style.replace("o", "^").replace("s", "v")
             x = [p["offered_rps"] for p in pts]
             axes[2 * i].plot(x, [p["achieved_rps"] for p in pts], style, label=mode)
             axes[2 * i + 1].plot(x, [p["latency_p50_s"] for p in pts], style, label=f"{mode} p50")
@@ -178,7 +197,8 @@ def plot(record: dict, path: Path) -> None:
         for ax in axes[2 * i: 2 * i + 2]:
             ax.set_xlabel("offered requests/s", fontsize=8)
             ax.legend(fontsize=7)
-    fig.suptitle(f"monolithic vs decoupled vision (DvD); {record['machine']}", fontsize=9)
+    fig.suptitle(f"monolithic vs decoupled vision (DvD){' with and without the router' if len(record['results'][labels[0]]) > 2 else ''}; "
+                 f"{record['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

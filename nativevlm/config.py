@@ -53,14 +53,35 @@ class VisionConfig:
 @dataclass
 class ConnectorConfig:
     """Pixel shuffle (downsample x downsample neighbouring patches -> one token) then an MLP to the LLM
-    width. `extra_downsample` adds a second, coarser path (InternVL3.5's 4x4 / mlp2 for ViR)."""
+    width. `extra_downsample` adds a second, coarser path (InternVL3.5's 4x4 / mlp2 for ViR), chosen per
+    region: `region_size` x `region_size` patches (0 = the whole image is one region; see
+    `model.connector` for the token layout)."""
 
     downsample: int = 2
     extra_downsample: int = 0
+    region_size: int = 0
     hidden_size: int = 0  # MLP hidden width; 0 = the LLM width
     # Start image tokens at the RMS of the LM's token embeddings (Connector.match_output_scale) rather than
     # at the MLP's default scale, which is many times a word's and throws a pretrained LM off its inputs.
     match_text_scale: bool = True
+
+
+@dataclass
+class RouterConfig:
+    """InternVL3.5-Flash's visual resolution router (`model.router`): per region, the probability that the
+    coarse rate (`connector.extra_downsample`) is enough. A region is compressed when that probability is
+    above the `relative_threshold` quantile of the probabilities it is ranked with and at least
+    `absolute_threshold`; `mode` says what it is ranked with: `batch` (every region encoded together, as
+    released: a region's rate depends on the other requests) or `request` (the regions of its own request)."""
+
+    enabled: bool = False
+    num_heads: int = 4
+    pool_layers: int = 4
+    mlp_blocks: int = 4
+    expansion: int = 4
+    relative_threshold: float = 0.5
+    absolute_threshold: float = 0.1
+    mode: str = "batch"
 
 
 @dataclass
@@ -118,6 +139,7 @@ class SpecialTokens:
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
     special_tokens: SpecialTokens = field(default_factory=SpecialTokens)

@@ -1,9 +1,11 @@
 """Samples -> model batches: chat template, image token blocks, loss targets, padding or packing.
 
 Layout (NaViL): each `<image>` marker becomes `<img_start>`, then for each of `rows` rows `cols` x `<img>`
-and an `<img_eol>`, then `<img_end>`, where (rows, cols) = `connector.token_grid` of the image tensor's size
-at its compression rate (the model's `downsample`, or a per-image rate from `Sample.image_downsample`): the
-same function the model shapes its features with. An image the processor splits into several views
+and an `<img_eol>`, then `<img_end>`, where (rows, cols) = `connector.token_blocks` of the image tensor's size
+at its compression rate (the model's `downsample`, or a rate per image or per region from
+`Sample.image_downsample`): the same function the model shapes its features with. An image cut into
+regions (`connector.region_size`) has one such block of rows per region, in region order, inside one
+`<img_start>` ... `<img_end>`. An image the processor splits into several views
 (`ImageProcessor.segments`: multi-scale or tiled) becomes one such block per segment, each holding the rows
 of its views in order. The model writes the encoder's features, row-major, into
 the `<img>` positions with one masked assignment, so the sequence length is known here, before any vision
@@ -27,7 +29,7 @@ import torch
 
 from ..errors import ImageError, SampleDropped
 from ..model.batch import Batch
-from ..model.connector import token_grid
+from ..model.connector import token_blocks
 from .image import ImageProcessor
 from .sample import IMAGE_MARKER, Sample
 from .thinking import render_thinking
@@ -51,10 +53,12 @@ class EncodedSample:
         return len(self.input_ids)
 
 
-def image_block(grids: Sequence[tuple[int, int]], ids: dict[str, int]) -> list[int]:
-    """The token block standing for views of (rows, cols) tokens each, one after the other."""
-    body = [t for rows, cols in grids for t in ([ids["image_token_id"]] * cols + [ids["image_eol_id"]]) * rows]
-    return [ids["image_start_id"], *body, ids["image_end_id"]]
+def image_block(blocks: list[tuple[int, int]], ids: dict[str, int]) -> list[int]:
+    """The token block standing for an image whose regions are `blocks` of rows x cols tokens."""
+    out = [ids["image_start_id"]]
+    for rows, cols in blocks:
+        out += ([ids["image_token_id"]] * cols + [ids["image_eol_id"]]) * rows
+    return out + [ids["image_end_id"]]
 
 
 def encode_sample(
@@ -104,7 +108,8 @@ def encode_sample(
                 for views in image_processor.segments(path):
                     pixel_values.extend(views)
                     view_rates.extend([rate] * len(views))
-                    grids = [token_grid(*v.shape[-2:], image_processor.patch_size, rate) for v in views]
+                    grids = [b for v in views for b in token_blocks(*v.shape[-2:], image_processor.patch_size,
+                                                                      rate, image_processor.region_size)]
                     add(image_block(grids, image_ids), False)
                 images_end = len(ids)
             if piece:

@@ -176,7 +176,8 @@ class ImageProcessor:
     """Path or PIL image -> normalised tensor at its native-resolution size on the `factor` grid.
     `fixed_size` (square side) replaces native resolution for the fixed-input ViT baseline. `downsample` is
     the default compression rate images are tokenised at (default: factor / patch_size); `factor` is the
-    cell of the coarsest rate the model has, so an image can be tokenised at any of them."""
+    cell of the coarsest rate the model has, so an image can be tokenised at any of them; `region_size`
+    (patches) is the model's `connector.region_size`, which the token layout follows."""
 
     def __init__(
         self,
@@ -188,6 +189,7 @@ class ImageProcessor:
         downsample: Optional[int] = None,
         scales: int = 1,
         max_tiles: int = 1,
+        region_size: int = 0,
     ):
         if fixed_size is not None and fixed_size % factor:
             raise ValueError(f"fixed_size {fixed_size} must be a multiple of {factor}")
@@ -202,6 +204,7 @@ class ImageProcessor:
         self.patch_size = patch_size
         self.factor = factor
         self.downsample = downsample or factor // patch_size
+        self.region_size = region_size
         self.min_patches = min_patches
         self.max_patches = max_patches
         self.fixed_size = fixed_size
@@ -214,6 +217,7 @@ class ImageProcessor:
             patch_size=vision.patch_size,
             factor=vision.patch_size * max(connector.downsample, connector.extra_downsample),
             downsample=connector.downsample,
+            region_size=connector.region_size,
             min_patches=vision.min_patches,
             max_patches=vision.max_patches,
             fixed_size=vision.image_size if vision.arch == "vit" else None,
@@ -242,8 +246,10 @@ class ImageProcessor:
                 sizes.append(size)
         return sizes[::-1]
 
-    def segments(self, image: Union[str, Path, Image.Image]) -> list[list[torch.Tensor]]:
+    def segments(self, image: Union[str, Path, Image.Image, torch.Tensor]) -> list[list[torch.Tensor]]:
         """The image's views grouped into segments (see the module docstring): [[one tensor]] by default."""
+        if isinstance(image, torch.Tensor):  # a view this processor already made (a prompt laid out again)
+            return [[image]]
         img = image if isinstance(image, Image.Image) else load_image(image)
         if self.max_tiles > 1:
             return [[to_tensor(t, (self.fixed_size,) * 2) for t in tile_image(img, self.fixed_size, self.max_tiles)]]
@@ -251,7 +257,10 @@ class ImageProcessor:
             return [[to_tensor(img, size)] for size in self.scale_sizes(*img.size)]
         return [[to_tensor(img, self.size_for(*img.size))]]
 
-    def __call__(self, image: Union[str, Path, Image.Image]) -> torch.Tensor:
-        """The image as one tensor (its single view; `segments` for multi-scale or tiled images)."""
+    def __call__(self, image: Union[str, Path, Image.Image, torch.Tensor]) -> torch.Tensor:
+        """The image as one tensor (its single view; `segments` for multi-scale or tiled images). A tensor
+        is an image this processor already made (a prompt laid out again at other rates)."""
+        if isinstance(image, torch.Tensor):
+            return image
         img = image if isinstance(image, Image.Image) else load_image(image)
         return to_tensor(img, self.size_for(*img.size))

@@ -28,15 +28,15 @@ class Sample:
     marker order), so the collator can replace markers by
     image token blocks without knowing where the sample came from. `meta` carries
     the source record's own `meta` (task family, answer, ...) plus `source` = "file:line" or "file:index".
-    `image_downsample` is the compression rate of each image (empty: the model's default rate); the visual
-    resolution router sets it per image.
+    `image_downsample` is the compression rate of each image (empty: the model's default rate): an int, or
+    a tuple with one rate per region (`model.connector.Rate`), which the visual resolution router sets.
     """
 
     id: str
     messages: list[dict]
     images: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-    image_downsample: list[int] = field(default_factory=list)
+    image_downsample: list = field(default_factory=list)
 
     def n_markers(self) -> int:
         return sum(m["content"].count(IMAGE_MARKER) for m in self.messages)

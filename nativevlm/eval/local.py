@@ -8,7 +8,7 @@ from typing import Optional
 from ..config import ConfigError
 from ..data.image import ImageProcessor
 from ..data.sample import user_turn
-from ..infer.chat import encode_prompt
+from ..infer.chat import encode_prompt, routed_prompts
 from ..infer.engine import Engine, Request as Prompt, SamplingParams, think_opening
 from ..infer.types import Reply, Request
 
@@ -35,8 +35,13 @@ class LocalAnswerer:
             raise ConfigError("this model is a language model and can't read images; evaluate a vision-language "
                               "model, or pair it as the reasoner of Extract+Think (nativevlm eval --reasoner)")
         params = SamplingParams(max_new_tokens=self.max_new_tokens)
-        encoded = [encode_prompt([{"role": "user", "content": user_turn(r.text, len(r.images))}], r.images,
-                                 self.tokenizer, self.processor) for r in requests]
+        conversations = [([{"role": "user", "content": user_turn(r.text, len(r.images))}], r.images) for r in requests]
+        if getattr(self.model, "router", None) is not None:  # the router picks each region's rate first
+            encoded, features = zip(*routed_prompts(self.model, conversations, self.tokenizer, self.processor)) \
+                if requests else ((), ())
+        else:
+            encoded = [encode_prompt(m, images, self.tokenizer, self.processor) for m, images in conversations]
+            features = [[] for _ in encoded]
         opener = len(think_opening(self.tokenizer)) if self.think else 0
         need = max((len(e.input_ids) for e in encoded), default=0) + opener + self.max_new_tokens
         was_training = self.model.training
@@ -50,13 +55,16 @@ class LocalAnswerer:
             except ValueError as e:
                 replies[i].error = str(e)
                 continue
-            prompts.append((i, Prompt(enc.input_ids, params, pixel_values=enc.pixel_values, think=self.think,
-                                      thinking_budget=self.thinking_budget)))
+            vision = dict(image_features=features[i]) if features[i] else dict(pixel_values=enc.pixel_values)
+            prompts.append((i, Prompt(enc.input_ids, params, think=self.think, thinking_budget=self.thinking_budget,
+                                      **vision)))
+        image_id = getattr(self.model.config, "image_token_id", None)
         try:
             self.model.eval()
-            for (i, _), done in zip(prompts, self.engine.generate([p for _, p in prompts])):
+            for (i, p), done in zip(prompts, self.engine.generate([p for _, p in prompts])):
                 trace = {"thinking": done.thinking} if done.thinking is not None else None
-                replies[i] = Reply(done.text.strip(), done.error, trace)
+                replies[i] = Reply(done.text.strip(), done.error, trace,
+                                   visual_tokens=p.input_ids.count(image_id))
         finally:
             self.model.train(was_training)  # evaluation mid-training leaves the model as it found it
         return replies

@@ -136,6 +136,10 @@ def export_hf(model_path: Union[str, Path], out: Union[str, Path], tokenizer_pat
         raise UserError(f"{model_path} is a language model with visual experts or sparse MoE layers, which only "
                         "a NativeVLM export carries: export the NativeVLM trained from it, or a dense language "
                         "model (written as a standard Llama / Qwen folder)")
+    if isinstance(model, NativeVLM) and (model.router is not None or model.config.connector.region_size):
+        raise UserError(f"{model_path} routes image regions (connector.region_size / router), which the Hugging "
+                        "Face remote code does not implement: serve it with nativevlm serve, or export a model "
+                        "without regions")
     special = model.config.special_tokens if isinstance(model, NativeVLM) else None
     tokenizer = Tokenizer.load(tokenizer_path or model_path, special_tokens=special)
     with atomic_dir(Path(out)) as tmp:

@@ -2,6 +2,7 @@
 training and evaluation)."""
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Optional, Sequence
 
 import torch
@@ -9,27 +10,57 @@ import torch
 from ..data.collate import EncodedSample, encode_sample
 from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, Sample, user_turn
+from ..model.connector import Rate
 from ..model.vlm import NativeVLM
 from .engine import Completion, Engine, Request, SamplingParams, think_opening
 
 
-def encode_prompt(messages: list[dict], images: Sequence, tokenizer, processor: Optional[ImageProcessor]) -> EncodedSample:
+def encode_prompt(messages: list[dict], images: Sequence, tokenizer, processor: Optional[ImageProcessor],
+                  rates: Sequence[Rate] = ()) -> EncodedSample:
     """A conversation (`content` strings with one `<image>` marker per entry of `images`: paths or PIL
-    images) -> the prompt that asks for the next assistant turn, tokenised exactly as in training."""
-    sample = Sample(id="prompt", messages=messages, images=list(images))
+    images) -> the prompt that asks for the next assistant turn, tokenised exactly as in training, each image
+    at its rate in `rates` (default: the model's fine rate)."""
+    sample = Sample(id="prompt", messages=messages, images=list(images), image_downsample=list(rates))
     return encode_sample(sample, tokenizer, processor, add_generation_prompt=True)
+
+
+def routed_prompts(model, conversations: Sequence[tuple[list[dict], Sequence]], tokenizer,
+                   processor: ImageProcessor) -> list[tuple[EncodedSample, list[torch.Tensor]]]:
+    """Prompts for a model with a router: every conversation's images are preprocessed once and routed
+    together (each conversation one request, for the router's `request` mode), then each prompt is laid out
+    at the rates its images got. Returns each prompt and its images' features, for `Request.image_features`."""
+    encoded = [encode_prompt(m, images, tokenizer, processor) for m, images in conversations]
+    pixels = [p for e in encoded for p in e.pixel_values]
+    out = []
+    if not pixels:
+        return [(e, []) for e in encoded]
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        starts = list(accumulate((len(e.pixel_values) for e in encoded[:-1]), initial=0))
+        routed = model.route_images([p.to(device) for p in pixels],
+                                    requests=[list(range(s, s + len(e.pixel_values))) for s, e in zip(starts, encoded)])
+    for (m, _), e, s in zip(conversations, encoded, starts):
+        k = len(e.pixel_values)
+        out.append((encode_prompt(m, e.pixel_values, tokenizer, processor, routed.rates[s:s + k]),
+                    routed.features[s:s + k]))
+    return out
 
 
 def reply(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tokens: int = 64,
           temperature: float = 0.0, processor: Optional[ImageProcessor] = None, think: Optional[bool] = None,
           thinking_budget: Optional[int] = None) -> Completion:
     """The engine's completion (answer, and thinking when the reply thought: `infer.engine.Request`). Images go
-    before the question, one marker each, as in the training data."""
+    before the question, one marker each, as in the training data; a model with a router routes them first."""
     processor = processor or (ImageProcessor.from_config(model.config.vision, model.config.connector)
                               if images else None)
-    enc = encode_prompt([{"role": "user", "content": user_turn(question, len(images))}], images, tokenizer, processor)
-    req = Request(enc.input_ids, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature),
-                  pixel_values=enc.pixel_values, think=think, thinking_budget=thinking_budget)
+    messages = [{"role": "user", "content": user_turn(question, len(images))}]
+    if images and getattr(model, "router", None) is not None:
+        [(enc, feats)] = routed_prompts(model, [(messages, images)], tokenizer, processor)
+    else:
+        enc, feats = encode_prompt(messages, images, tokenizer, processor), []
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    vision = dict(image_features=feats) if feats else dict(pixel_values=enc.pixel_values)
+    req = Request(enc.input_ids, params, think=think, thinking_budget=thinking_budget, **vision)
     opening = len(think_opening(tokenizer)) if think else 0
     engine = Engine(model, tokenizer, max_batch_size=1, max_len=len(enc.input_ids) + opening + max_new_tokens)
     return engine.generate([req])[0]

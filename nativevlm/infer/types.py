@@ -18,6 +18,7 @@ class Reply:
     text: str = ""
     error: Optional[str] = None  # set when the request failed for good (after the answerer's retries)
     trace: Optional[dict] = None  # what a multi-stage answerer did on the way (Extract+Think: the description)
+    visual_tokens: int = 0  # <img> tokens the prompt spent on its images (fewer where a router compressed)
 
 
 Answerer = Callable[[list[Request]], list[Reply]]  # with a `chunk_size` attribute: requests per call

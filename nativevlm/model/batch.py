@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from .connector import Rate
+
 
 @dataclass
 class Batch:
@@ -15,7 +17,8 @@ class Batch:
     pre-shifted, -100 = no loss; loss_weights [B, T] float32, 0 where no target (loss = sum(w * ce) / sum(w));
     attention_mask [B, T] bool, True = real token; position_ids [B, T] long; document_ids [B, T] long (index
     of the document within its row, -1 = padding) or None unpacked; pixel_values: [3, H, W] tensors in order
-    of appearance over the flattened batch, and image_downsample the compression rate each was tokenised at;
+    of appearance over the flattened batch, and image_downsample the compression rate each was tokenised at
+    (an int, or a tuple with one rate per region: `connector.Rate`, laid out as `connector.token_blocks` says);
     n_samples, n_loss_tokens: for logging and throughput."""
 
     input_ids: torch.Tensor
@@ -25,7 +28,7 @@ class Batch:
     position_ids: Optional[torch.Tensor] = None
     document_ids: Optional[torch.Tensor] = None
     pixel_values: list[torch.Tensor] = field(default_factory=list)
-    image_downsample: list[int] = field(default_factory=list)
+    image_downsample: list[Rate] = field(default_factory=list)
     n_samples: int = 0
     n_loss_tokens: int = 0
 

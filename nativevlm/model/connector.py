@@ -2,16 +2,27 @@
 f*f times the width) then an MLP (LayerNorm -> Linear -> GELU -> Linear, as in InternVL).
 
 `mlp1` is the 2x2 path (1/4 of the patches as tokens). With `extra_downsample=4` a second path `mlp2`
-gives 1/16 (InternVL3.5's compressed rate, which the visual resolution router picks per image).
+gives 1/16 (InternVL3.5's compressed rate, which the visual resolution router picks per region).
 
-`token_grid` is the one statement of how many image tokens an image becomes: the collator sizes each image's
+Regions and token layout. An image's patch grid is cut into regions of `region_size` x `region_size`
+patches, row-major from the top-left corner (the last row and column of regions may be smaller; 0 = the
+whole image is one region). A compression rate is one int (every region at that rate) or a tuple with one
+rate per region (`Rate`). Each region becomes a block of tokens, its rows row-major; the image's text is
+`<img_start>`, then region after region each of its token rows followed by `<img_eol>`, then `<img_end>`.
+With one region this is NaViL's layout (an `<img_eol>` after each row of the image); with several, each
+region reads like a small image, so a region's token count changes with its rate without moving any other
+region's tokens. `token_blocks` is the one statement of that layout: the collator sizes each image's
 token block with it and the model shapes the connector's output with it."""
 from __future__ import annotations
+
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
 from ..config import ConnectorConfig
+
+Rate = Union[int, tuple[int, ...]]  # one rate for every region of an image, or one per region (row-major)
 
 
 def token_grid(height_px: int, width_px: int, patch_size: int, downsample: int) -> tuple[int, int]:
@@ -22,6 +33,35 @@ def token_grid(height_px: int, width_px: int, patch_size: int, downsample: int) 
         raise ValueError(f"image {width_px}x{height_px} is not a multiple of patch_size * downsample = {cell} "
                          "pixels; preprocess images with nativevlm.data.image.ImageProcessor")
     return height_px // cell, width_px // cell
+
+
+def regions(rows: int, cols: int, region_size: int) -> list[tuple[int, int, int, int]]:
+    """The (r0, r1, c0, c1) patch boxes of a rows x cols patch grid's regions, row-major."""
+    step_r, step_c = (region_size, region_size) if region_size else (rows, cols)
+    return [(r, min(r + step_r, rows), c, min(c + step_c, cols))
+            for r in range(0, rows, step_r) for c in range(0, cols, step_c)]
+
+
+def region_rates(rate: Rate, n_regions: int) -> tuple[int, ...]:
+    if isinstance(rate, int):
+        return (rate,) * n_regions
+    if len(rate) != n_regions:
+        raise ValueError(f"{len(rate)} compression rates for an image of {n_regions} regions")
+    return tuple(rate)
+
+
+def token_blocks(height_px: int, width_px: int, patch_size: int, rate: Rate,
+                 region_size: int = 0) -> list[tuple[int, int]]:
+    """(rows, cols) of each region's token block, in layout order, for an image of this size at `rate`."""
+    if height_px % patch_size or width_px % patch_size:
+        raise ValueError(f"image {width_px}x{height_px} is not a multiple of the patch size {patch_size}")
+    boxes = regions(height_px // patch_size, width_px // patch_size, region_size)
+    return [token_grid((r1 - r0) * patch_size, (c1 - c0) * patch_size, patch_size, f)
+            for (r0, r1, c0, c1), f in zip(boxes, region_rates(rate, len(boxes)))]
+
+
+def n_tokens(height_px: int, width_px: int, patch_size: int, rate: Rate, region_size: int = 0) -> int:
+    return sum(r * c for r, c in token_blocks(height_px, width_px, patch_size, rate, region_size))
 
 
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -41,6 +81,10 @@ class Connector(nn.Module):
     def __init__(self, vision_dim: int, llm_dim: int, config: ConnectorConfig):
         super().__init__()
         self.config = config
+        coarsest = max(config.downsample, config.extra_downsample)
+        if config.region_size % coarsest:
+            raise ValueError(f"connector.region_size {config.region_size} must be a multiple of the coarsest rate "
+                             f"{coarsest} (in patches), so each region tiles at every rate")
         hidden = config.hidden_size or llm_dim
         f = config.downsample
         self.mlp1 = ProjectorMLP(vision_dim * f * f, hidden, llm_dim)
@@ -48,15 +92,16 @@ class Connector(nn.Module):
         self.mlp2 = ProjectorMLP(vision_dim * e * e, hidden, llm_dim) if e else None
 
     @torch.no_grad()
-    def match_output_scale(self, target_rms: float) -> None:
+    def match_output_scale(self, target_rms: float, paths: Optional[tuple[str, ...]] = None) -> None:
         """Rescale each path's last layer so that image tokens start at `target_rms`, the RMS of the language
         model's token embeddings. An MLP's default init gives tokens several times (a small pretrained LM:
         tens of times) larger than the words around them, which throws a pretrained LM far off its input
         distribution before any training (a first-step loss many times the text LM's). The input is the
         LayerNorm'd pixel-shuffled features, so a standard-normal probe measures the output scale; the probe
-        uses its own generator and leaves the global RNG untouched."""
+        uses its own generator and leaves the global RNG untouched. `paths` limits it to some of `mlp1`,
+        `mlp2` (a path added to a trained model)."""
         g = torch.Generator().manual_seed(0)
-        for mlp in (self.mlp1, self.mlp2):
+        for mlp in (getattr(self, name) for name in paths or ("mlp1", "mlp2")):
             if mlp is None:
                 continue
             last = mlp[-1]
@@ -70,6 +115,26 @@ class Connector(nn.Module):
     def rates(self) -> tuple[int, ...]:
         """The compression rates this connector has a path for."""
         return (self.config.downsample,) + ((self.config.extra_downsample,) if self.mlp2 is not None else ())
+
+    def regions(self, grid: torch.Tensor) -> list[torch.Tensor]:
+        """One image's feature grid [h, w, D] -> its regions' grids, in layout order."""
+        return [grid[r0:r1, c0:c1] for r0, r1, c0, c1 in regions(*grid.shape[:2], self.config.region_size)]
+
+    def connect(self, grids: list[torch.Tensor], rates: list[Rate]) -> list[torch.Tensor]:
+        """Feature grids [h, w, D] of images -> each image's tokens [n, llm_dim] in the layout of
+        `token_blocks` at its rate. Regions of equal shape and rate go through the connector together."""
+        pieces: list[list] = []
+        groups: dict[tuple, list[tuple[int, int, torch.Tensor]]] = {}
+        for i, (grid, rate) in enumerate(zip(grids, rates)):
+            parts = self.regions(grid)
+            pieces.append([None] * len(parts))
+            for j, (part, f) in enumerate(zip(parts, region_rates(rate, len(parts)))):
+                groups.setdefault((tuple(part.shape), f), []).append((i, j, part))
+        for (_, f), members in groups.items():
+            tokens = self(torch.stack([part for _, _, part in members]), f)
+            for (i, j, _), t in zip(members, tokens):
+                pieces[i][j] = t.reshape(-1, t.shape[-1])
+        return [torch.cat(p) for p in pieces]
 
     def forward(self, features: torch.Tensor, downsample: int) -> torch.Tensor:
         """features [B, h, w, D] -> tokens [B, h/f, w/f, llm_dim] at rate f = `downsample` (the connector's

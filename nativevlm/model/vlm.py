@@ -8,7 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections import defaultdict
+from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -17,14 +18,26 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..config import ConnectorConfig, ModelConfig, SpecialTokens, VisionConfig, from_dict, read_json_object, to_dict
+from ..config import (ConnectorConfig, ModelConfig, RouterConfig, SpecialTokens, VisionConfig, from_dict,
+                      read_json_object, to_dict)
 from ..errors import CheckpointError
 from ..utils.atomic import atomic_dir
 from .batch import Batch
-from .connector import Connector, token_grid
+from .connector import Connector, ProjectorMLP, Rate
 from .language import LanguageModel, ModelOutput
 from .layers import KVCache
+from .router import Router, decide
 from .vision import VisionEncoder
+
+
+@dataclass
+class Routed:
+    """What the router made of some images: each image's rates (one per region), its tokens at those rates
+    and the regions' compress-probabilities (flattened over images, in layout order)."""
+
+    rates: list[tuple[int, ...]]
+    features: list[torch.Tensor]
+    p_compress: torch.Tensor
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,6 +51,7 @@ class NativeVLM(nn.Module):
         config = copy.deepcopy(config)
         self.vision = VisionEncoder(config.vision)
         self.connector = Connector(config.vision.hidden_size, config.language.hidden_size, config.connector)
+        self.router = self._new_router(config) if config.router.enabled else None
         self.language = language if language is not None else LanguageModel(config.language, config.moe)
         self.config = dataclasses.replace(config, vision=self.vision.config, connector=self.connector.config,
                                           language=self.language.config, moe=self.language.moe_config)
@@ -46,6 +60,31 @@ class NativeVLM(nn.Module):
             self.connector.match_output_scale(float(table.detach().float().pow(2).mean().sqrt()))
 
     # -- construction ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_router(config: ModelConfig) -> Router:
+        if not config.connector.extra_downsample:
+            raise ValueError("router.enabled needs a coarse path to route to: set connector.extra_downsample=4")
+        return Router(config.vision.hidden_size, config.router)
+
+    def add_router(self, connector: ConnectorConfig, router: RouterConfig) -> None:
+        """Grow a trained model for ViCO: the coarse path `mlp2` (output scaled to the text embeddings, as a
+        new connector's is) and the router, where `connector` / `router` ask for them and the model has
+        none, and `connector.region_size`. Trained weights are kept; a model that has them is unchanged."""
+        cfg = self.connector.config
+        if connector.extra_downsample and self.connector.mlp2 is None:
+            f, table = connector.extra_downsample, self.language.embed_tokens.weight
+            self.connector.config = cfg = dataclasses.replace(cfg, extra_downsample=f)
+            self.connector.mlp2 = ProjectorMLP(self.config.vision.hidden_size * f * f,
+                                               self.connector.mlp1[1].out_features,
+                                               self.config.language.hidden_size).to(table)
+            self.connector.match_output_scale(float(table.detach().float().pow(2).mean().sqrt()), ("mlp2",))
+        if connector.region_size != cfg.region_size:
+            self.connector.config = cfg = dataclasses.replace(cfg, region_size=connector.region_size)
+        self.config = dataclasses.replace(self.config, connector=cfg)
+        if router.enabled and self.router is None:
+            self.config = dataclasses.replace(self.config, router=router)
+            self.router = self._new_router(self.config).to(self.language.embed_tokens.weight)
 
     @classmethod
     def from_language_model(
@@ -108,28 +147,44 @@ class NativeVLM(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: Sequence[torch.Tensor],
-                      downsample: Union[int, Sequence[int], None] = None) -> list[torch.Tensor]:
-        """The vision half: images -> per-image LLM-width tokens [rows * cols, D] (row-major, rows and cols
-        from `connector.token_grid`), which is the order of the <img> placeholders in the text.
-        `downsample` is the compression rate, one for all images or one per image (default: the
-        connector's `downsample`). The encoder and the connector each run once per group of equal size."""
-        n = len(pixel_values)
-        rates = [self.config.connector.downsample] * n if downsample is None else (
-            [downsample] * n if isinstance(downsample, int) else list(downsample))
+    def image_rates(self, n: int, downsample: Union[Rate, Sequence[Rate], None]) -> list[Rate]:
+        """Per-image rates from one rate for all (an int), one per image, or None (the fine rate)."""
+        if downsample is None or isinstance(downsample, int):
+            return [downsample or self.config.connector.downsample] * n
+        rates = list(downsample)
         if len(rates) != n:
             raise ValueError(f"{len(rates)} compression rates for {n} images")
+        return rates
+
+    def encode_images(self, pixel_values: Sequence[torch.Tensor],
+                      downsample: Union[Rate, Sequence[Rate], None] = None) -> list[torch.Tensor]:
+        """The vision half: images -> per-image LLM-width tokens [n, D] in the layout of
+        `connector.token_blocks`, which is the order of the image's <img> placeholders in the text.
+        `downsample` is the compression rate, one for all images or one per image, each an int or a tuple
+        with one rate per region (default: the connector's `downsample`)."""
+        rates = self.image_rates(len(pixel_values), downsample)
+        return self.connector.connect(self.vision(pixel_values), rates)
+
+    def route_images(self, pixel_values: Sequence[torch.Tensor],
+                     requests: Optional[Sequence[Sequence[int]]] = None) -> Routed:
+        """Encode images with the router choosing each region's rate (`model.router`'s thresholds; in
+        `request` mode each list of `requests`, image indices, is ranked on its own, by default each image).
+        The prompt must then be laid out at the returned rates."""
+        if self.router is None:
+            raise ValueError("this model has no router; train one with the vico recipe (router.enabled)")
+        cfg, conn = self.config.router, self.config.connector
         grids = self.vision(pixel_values)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, (img, rate) in enumerate(zip(pixel_values, rates)):
-            groups[(tuple(img.shape[-2:]), rate)].append(i)
-        out: list = [None] * n
-        for ((h, w), rate), idx in groups.items():
-            rows, cols = token_grid(h, w, self.config.vision.patch_size, rate)
-            tokens = self.connector(torch.stack([grids[i] for i in idx]), rate)
-            for j, i in enumerate(idx):
-                out[i] = tokens[j].reshape(rows * cols, -1)
-        return out
+        parts = [self.connector.regions(g) for g in grids]
+        p = self.router([r for ps in parts for r in ps])
+        starts = list(accumulate((len(ps) for ps in parts[:-1]), initial=0))
+        groups = None
+        if cfg.mode == "request":
+            requests = requests if requests is not None else [[i] for i in range(len(parts))]
+            groups = [[starts[i] + j for i in req for j in range(len(parts[i]))] for req in requests]
+        compress = decide(p, cfg.relative_threshold, cfg.absolute_threshold, groups).tolist()
+        rates = [tuple(conn.extra_downsample if compress[s + j] else conn.downsample for j in range(len(ps)))
+                 for s, ps in zip(starts, parts)]
+        return Routed(rates, self.connector.connect(grids, rates), p)
 
     def embed(self, input_ids: torch.Tensor, pixel_values=None, image_features=None, image_downsample=None):
         """Token embeddings with image features written into the <img> placeholders (one masked
@@ -184,8 +239,8 @@ class NativeVLM(nn.Module):
         return self.language.new_kv_cache(batch_size, max_len)
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part: vision, connector, language (text), visual experts."""
-        counts = {"vision": 0, "connector": 0, "language": 0, "visual_experts": 0}
+        """Parameters per part: vision, connector, router, language (text), visual experts."""
+        counts = {"vision": 0, "connector": 0, "router": 0, "language": 0, "visual_experts": 0}
         for name, p in self.named_parameters():
             part = name.split(".")[0]
             if part == "language" and ".visual_" in name:

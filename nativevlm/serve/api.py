@@ -37,6 +37,7 @@ from ..data.image import ImageProcessor
 from ..data.sample import IMAGE_MARKER, user_turn
 from ..errors import ConfigError
 from ..infer.chat import encode_prompt
+from ..model.connector import n_tokens
 from ..infer.engine import Engine, Event, Request, SamplingParams
 from .media import MediaPolicy, RequestError, decode_image, image_bytes, image_size
 
@@ -69,6 +70,7 @@ class _GridOnly:
     def __init__(self, processor: ImageProcessor):
         self.processor = processor
         self.factor, self.patch_size, self.downsample = processor.factor, processor.patch_size, processor.downsample
+        self.region_size = processor.region_size
 
     def __call__(self, size: tuple[int, int]) -> torch.Tensor:
         w, h = self.processor.size_for(*size)
@@ -280,18 +282,42 @@ class ChatServer:
                                f"{n + params.max_new_tokens} tokens ({n} in the messages, {params.max_new_tokens} in "
                                "the completion). Please reduce the length of the messages or completion.",
                                "messages", "context_length_exceeded")
-        image_tokens = sum(1 for t in enc.input_ids if t in self.engine.banned)
         loop = asyncio.get_running_loop()
         if self.vision is not None:
-            f = self.processor.factor
-            feats = await asyncio.gather(*(self.vision.features(b, (px.shape[1] // f) * (px.shape[2] // f), p)
-                                           for b, px, (_, p) in zip(blobs, enc.pixel_values, parsed.urls)))
-            return Request(enc.input_ids, params, image_features=feats, think=parsed.think,
-                           thinking_budget=parsed.thinking_budget), image_tokens
-        pixels = await asyncio.gather(*(loop.run_in_executor(self.pool, self._decode, b, p)
-                                        for b, (_, p) in zip(blobs, parsed.urls)))
-        return Request(enc.input_ids, params, pixel_values=pixels, think=parsed.think,
-                       thinking_budget=parsed.thinking_budget), image_tokens
+            got = await asyncio.gather(*(self.vision.features(b, p) for b, (_, p) in zip(blobs, parsed.urls)))
+            feats, rates = [f for f, _ in got], [r for _, r in got]
+        else:
+            pixels = await asyncio.gather(*(loop.run_in_executor(self.pool, self._decode, b, p)
+                                            for b, (_, p) in zip(blobs, parsed.urls)))
+            if getattr(self.engine.model, "router", None) is None or not pixels:
+                return Request(enc.input_ids, params, pixel_values=pixels, think=parsed.think,
+                               thinking_budget=parsed.thinking_budget), self.image_tokens(enc.input_ids)
+            routed = await loop.run_in_executor(self.pool, self._route, pixels)
+            feats, rates = routed.features, routed.rates
+        if any(r is not None for r in rates):  # the router chose: lay the prompt out at its rates (shorter)
+            fine = self.processor.downsample
+            enc = encode_prompt(parsed.messages, sizes, self.tokenizer, _GridOnly(self.processor),
+                                [fine if r is None else r for r in rates])
+        slots = [n_tokens(*px.shape[-2:], self.processor.patch_size, rate, self.processor.region_size)
+                 for px, rate in zip(enc.pixel_values, enc.image_downsample)]
+        for f, n, (_, p) in zip(feats, slots, parsed.urls):
+            if f.shape[0] != n:
+                raise RequestError(f"the vision server returned {f.shape[0]} image tokens where the prompt has {n}: "
+                                   "do both servers run the same model?", p, "vision_mismatch", status=502,
+                                   type="server_error")
+        return Request(enc.input_ids, params, image_features=feats, think=parsed.think,
+                       thinking_budget=parsed.thinking_budget), self.image_tokens(enc.input_ids)
+
+    def image_tokens(self, input_ids: list[int]) -> int:
+        """The prompt's tokens that stand for images (placeholders and their framing): what usage reports."""
+        return sum(1 for t in input_ids if t in self.engine.banned)
+
+    @torch.inference_mode()
+    def _route(self, pixels: list[torch.Tensor]):
+        """One request's images through the encoder and the router (in `request` mode ranked among
+        themselves; in `batch` mode too, since the server routes each request as it comes)."""
+        device = self.engine.device
+        return self.engine.model.route_images([p.to(device) for p in pixels], requests=[list(range(len(pixels)))])
 
     def _decode(self, data: bytes, param: str) -> torch.Tensor:
         return decode_image(data, self.processor, self.config.media, param)

@@ -1,8 +1,12 @@
 """Decoupled vision-language serving (InternVL3.5's DvD): the vision half on its own server.
 
-`VisionServer` (`nativevlm serve-vision`) holds the encoder + connector. `POST /v1/encode` takes one encoded
-image file as the body and answers with its features, `[rows * cols, language width]`, as a safetensors blob
-(bf16 on GPU, fp32 on CPU; safetensors rather than pickle, so a response can't run code). Decoding runs in a
+`VisionServer` (`nativevlm serve-vision`) holds the encoder + connector (+ the router, when the model has
+one). `POST /v1/encode` takes one encoded image file as the body and answers with its features,
+`[image tokens, language width]`, as a safetensors blob (bf16 on GPU, fp32 on CPU; safetensors rather than
+pickle, so a response can't run code); with a router the blob also holds `rates`, the rate the router gave
+each region, which the language server lays the prompt out at. The router ranks the regions of the images
+encoded together (`router.mode: batch`, as released: an image's rates then depend on what else was in the
+batch) or each image's own (`request`). Decoding runs in a
 worker pool and concurrent images are encoded together: whatever arrived while one batch ran is the next batch.
 
 `VisionClient` is the language server's side (`nativevlm serve --vision-url URL`): features are cached by the
@@ -31,12 +35,16 @@ from .media import MediaPolicy, RequestError, decode_image
 ENCODE_PATH = "/v1/encode"
 
 
-def pack_features(features: torch.Tensor) -> bytes:
-    return save({"features": features.contiguous()})
+def pack_features(features: torch.Tensor, rates: Optional[tuple[int, ...]] = None) -> bytes:
+    blob = {"features": features.contiguous()}
+    if rates is not None:
+        blob["rates"] = torch.tensor(rates, dtype=torch.int64)
+    return save(blob)
 
 
-def unpack_features(blob: bytes) -> torch.Tensor:
-    return load(blob)["features"]
+def unpack_features(blob: bytes) -> tuple[torch.Tensor, Optional[tuple[int, ...]]]:
+    data = load(blob)
+    return data["features"], tuple(data["rates"].tolist()) if "rates" in data else None
 
 
 class VisionServer:
@@ -53,10 +61,13 @@ class VisionServer:
         self.stats = {"images": 0, "batches": 0}
 
     @torch.inference_mode()
-    def _encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _encode(self, pixels: list[torch.Tensor]) -> list[tuple[torch.Tensor, Optional[tuple[int, ...]]]]:
         device = next(self.model.parameters()).device
-        feats = self.model.encode_images([p.to(device) for p in pixels])
-        return [f.to(self.wire_dtype).cpu() for f in feats]
+        pixels = [p.to(device) for p in pixels]
+        if self.model.router is None:
+            return [(f.to(self.wire_dtype).cpu(), None) for f in self.model.encode_images(pixels)]
+        routed = self.model.route_images(pixels)  # each image is its own request
+        return [(f.to(self.wire_dtype).cpu(), r) for f, r in zip(routed.features, routed.rates)]
 
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -74,7 +85,7 @@ class VisionServer:
             self.stats["batches"] += 1
             self.stats["images"] += len(batch)
 
-    async def encode(self, data: bytes) -> torch.Tensor:
+    async def encode(self, data: bytes) -> tuple[torch.Tensor, Optional[tuple[int, ...]]]:
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self.pool, decode_image, data, self.processor, self.media, None)
         fut = loop.create_future()
@@ -96,10 +107,10 @@ class VisionServer:
         @app.post(ENCODE_PATH)
         async def encode(request: Request):
             try:
-                feats = await self.encode(await request.body())
+                feats, rates = await self.encode(await request.body())
             except RequestError as e:
                 return JSONResponse(e.envelope(), status_code=e.status)
-            return Response(pack_features(feats), media_type="application/octet-stream")
+            return Response(pack_features(feats, rates), media_type="application/octet-stream")
 
         @app.get("/health")
         async def health():
@@ -109,17 +120,18 @@ class VisionServer:
 
 
 class VisionClient:
-    """Features from a vision server, cached by image content hash (an LRU bounded in stored values)."""
+    """Features (and the router's rates, None without a router) from a vision server, cached by image
+    content hash (an LRU bounded in stored values)."""
 
     def __init__(self, url: str, cache_values: int = 64 * 1024 * 1024, timeout_s: float = 120.0):
         self.http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s)
         self.url = url
-        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache: OrderedDict[str, tuple] = OrderedDict()
         self.cache_values, self.cached_values = cache_values, 0
         self.pending: dict[str, asyncio.Future] = {}
         self.stats = {"hits": 0, "misses": 0}
 
-    async def features(self, data: bytes, expected_tokens: int, param: Optional[str] = None) -> torch.Tensor:
+    async def features(self, data: bytes, param: Optional[str] = None) -> tuple[torch.Tensor, Optional[tuple]]:
         key = hashlib.sha256(data).hexdigest()
         if key in self.cache:
             self.cache.move_to_end(key)
@@ -141,13 +153,9 @@ class VisionClient:
                 raise
             finally:
                 del self.pending[key]
-        if feats.shape[0] != expected_tokens:
-            raise RequestError(f"the vision server returned {feats.shape[0]} image tokens where the prompt has "
-                               f"{expected_tokens}: do both servers run the same model?", param, "vision_mismatch",
-                               status=502, type="server_error")
         return feats
 
-    async def _fetch(self, data: bytes, param: Optional[str]) -> torch.Tensor:
+    async def _fetch(self, data: bytes, param: Optional[str]) -> tuple[torch.Tensor, Optional[tuple]]:
         try:
             r = await self.http.post(ENCODE_PATH, content=data, headers={"content-type": "application/octet-stream"})
         except httpx.HTTPError as e:
@@ -162,12 +170,12 @@ class VisionClient:
                                type="invalid_request_error" if r.status_code < 500 else "server_error")
         return unpack_features(r.content)
 
-    def _store(self, key: str, feats: torch.Tensor) -> None:
+    def _store(self, key: str, feats: tuple[torch.Tensor, Optional[tuple]]) -> None:
         self.cache[key] = feats
-        self.cached_values += feats.numel()
+        self.cached_values += feats[0].numel()
         while self.cached_values > self.cache_values and len(self.cache) > 1:
             _, old = self.cache.popitem(last=False)
-            self.cached_values -= old.numel()
+            self.cached_values -= old[0].numel()
 
     async def aclose(self) -> None:
         await self.http.aclose()

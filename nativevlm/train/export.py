@@ -49,6 +49,7 @@ def build_model(cfg, tokenizer) -> Union[NativeVLM, LanguageModel]:
     if isinstance(lm, NativeVLM):
         if cfg.kind == "lm":
             raise ConfigError(f"init.path: {cfg.init.path} is a NativeVLM; kind lm needs a language model")
+        lm.add_router(cfg.model.connector, cfg.model.router)  # what a ViCO recipe asks for and the model lacks
         return lm
     if lm is not None:
         lm.resize_token_embeddings(tokenizer.vocab_size)

@@ -42,10 +42,10 @@ def keep_graph(model: nn.Module) -> Iterator[None]:
 def module_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable-or-not parameters by part, for per-group gradient norms: vision, connector, embeddings
     (token table and head), visual_experts (NaViL's image-token weights in the LM), objectives (their own
-    modules, see `train.objectives`), language (the rest)."""
+    modules, see `train.objectives`), router (the visual resolution router), language (the rest)."""
     groups: dict[str, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if name.startswith(("vision.", "connector.", "objectives.")):
+        if name.startswith(("vision.", "connector.", "router.", "objectives.")):
             part = name.split(".")[0]
         elif "embed_tokens" in name or "lm_head" in name:
             part = "embeddings"
