@@ -130,9 +130,31 @@ def test_mpo_objective_is_mpo_loss_on_its_pairs(tiny_world, pairs):
     assert all(p.grad is None for p in objective.reference.parameters())
 
 
+@pytest.mark.parametrize("objective, message", [
+    ({"name": "gspo", "group_size": 1}, r"stages\[0\].objectives\[0\]: objective gspo: group_size must be >= 2"),
+    ({"name": "gspo", "accuracy_low": 0.9, "accuracy_high": 0.1}, r"objectives\[0\]: .*accuracy_low <= accuracy_high"),
+    ({"name": "gspo", "steps_per_rollout": 0}, r"objectives\[0\]: .*steps_per_rollout"),
+    ({"name": "mpo", "beta": 0}, r"objectives\[0\]: objective mpo: beta must be > 0"),
+])
+def test_bad_rl_options_fail_naming_the_entry(tiny_world, objective, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict(recipe(tiny_world, [{**gspo_stage(tiny_world, 2), "objectives": [objective]}]))
+
+
 def test_mpo_stage_refuses_data_that_is_not_a_pair_file(tiny_world):
     with pytest.raises(ConfigError, match="not a preference file.*nativevlm data preferences"):
         setup_objective(tiny_world, mpo_stage(tiny_world["root"] / "train.json"))
+
+
+def test_gspo_stage_refuses_questions_without_answers(tiny_world, tmp_path):
+    records = json.loads((tiny_world["root"] / "train.json").read_text())[:4]
+    for r in records:
+        r["conversations"], r["meta"] = r["conversations"][:1], {}
+        r["image"] = str(tiny_world["root"] / r["image"])
+    (tmp_path / "questions.json").write_text(json.dumps(records))
+    stage = {**gspo_stage(tiny_world, 2), "data": [{"path": str(tmp_path / "questions.json")}]}
+    with pytest.raises(ConfigError, match="questions.json has questions without an answer"):
+        setup_objective(tiny_world, stage)
 
 
 def test_gspo_rollout_loss_is_the_mean_of_its_sequences_alone(tiny_world, monkeypatch):
@@ -192,9 +214,12 @@ def start(recipe_path: Path, out: Path, kill_at: str, *extra: str) -> subprocess
 
 @pytest.fixture(scope="module")
 def cascade(tiny_world, pairs, tmp_path_factory):
-    """MPO (3 steps) then GSPO (6 steps, 3 per rollout), a checkpoint every step, run uninterrupted."""
+    """SFT (2 steps), MPO (3 steps), GSPO (6 steps, 3 per rollout), a checkpoint every step, uninterrupted.
+    The SFT stage makes the weights MPO starts from differ from the freshly built model a resume begins with."""
     root = tmp_path_factory.mktemp("rl_resume")
-    path = write_recipe(root / "recipe.yaml", recipe(tiny_world, [mpo_stage(pairs), gspo_stage(tiny_world, 3)],
+    sft = {"name": "sft", "data": [{"path": str(tiny_world["root"] / "train.json")}], "steps": 2, "batch_size": 4,
+           "lr": 3e-3}
+    path = write_recipe(root / "recipe.yaml", recipe(tiny_world, [sft, mpo_stage(pairs), gspo_stage(tiny_world, 3)],
                                                      checkpoint_every=1, keep_checkpoints=3))
     proc = start(path, root / "reference", "never")
     output, _ = proc.communicate(timeout=300)
@@ -202,11 +227,11 @@ def cascade(tiny_world, pairs, tmp_path_factory):
     return path, load_file(root / "reference" / "final" / "model.safetensors"), rows(root / "reference")
 
 
-@pytest.mark.parametrize("kill_at", ["step-00000003", "step-00000009"])
+@pytest.mark.parametrize("kill_at", ["step-00000004", "step-00000011"])
 def test_rl_stage_killed_midway_resumes_bit_identically(cascade, tmp_path, kill_at):
-    """step-00000003 dies mid-MPO (resumes from step 2: the reference and delta come from the checkpoint);
-    step-00000009 dies in GSPO's second rollout window (resumes from step 8, in the window's third step: the
-    rollout comes from the checkpoint, since the policy that sampled it is gone)."""
+    """step-00000004 dies mid-MPO (resumes from step 3, MPO's first: the reference and delta come from the
+    checkpoint); step-00000011 dies in GSPO's second rollout window (resumes from step 10, before the window's
+    third step: the rollout comes from the checkpoint, since the policy that sampled it is gone)."""
     path, reference, reference_rows = cascade
     out = tmp_path / "run"
     proc = start(path, out, kill_at)

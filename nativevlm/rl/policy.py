@@ -25,6 +25,9 @@ def samples_by_id(sources: list[list[Sample]], stage: str, objective: str) -> di
     ConfigError when an id repeats, since the batch could then not say which sample it holds."""
     out: dict[str, Sample] = {}
     for samples in sources:
+        if not isinstance(samples, list):
+            raise ConfigError(f"stage {stage}: the {objective} objective finds its samples by id, so it needs data "
+                              "files read whole (.json / .jsonl), not a sharded source")
         for s in samples:
             if s.id in out:
                 raise ConfigError(f"stage {stage}: sample id {s.id!r} occurs twice in the stage's data; the {objective} "

@@ -36,7 +36,7 @@ from ...infer.engine import Engine, Request, SamplingParams
 from ...model.batch import Batch
 from ...rl.losses import accuracy_filter, group_advantages, gspo_loss
 from ...rl.policy import answer_logprobs, samples_by_id
-from ...rl.preferences import prompt_of, reply_seed
+from ...rl.preferences import has_answer, prompt_of, reply_seed
 from ...rl.reward import RewardWeights, reward
 from .base import MicroBatch, Objective, Output, StageContext, StepInfo, register
 
@@ -87,6 +87,10 @@ class GSPO(Objective):
     def setup(self, ctx: StageContext) -> None:
         self.model, self.tokenizer = ctx.model, ctx.tokenizer
         self.samples = samples_by_id(ctx.data.sources, ctx.stage.name, "gspo")
+        for src, samples in zip(ctx.stage.data, ctx.data.sources):
+            if not all(has_answer(s) for s in samples):
+                raise ConfigError(f"stage {ctx.stage.name}: {src.path} has questions without an answer; the gspo "
+                                  "objective rewards replies against it (meta.answer or the last assistant turn)")
         trainer = ctx.data.collator
         self.collator = Collator(trainer.tokenizer, trainer.image_processor, trainer.max_length)
         self.seed = ctx.data.sampler.seed
