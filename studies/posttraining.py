@@ -40,7 +40,11 @@ LABELS = {"sft": "SFT", "mpo": "+MPO", "mpo+gspo": "+MPO +GSPO", "gspo": "GSPO a
 
 
 def evaluate_model(path: Path, world: Path) -> dict:
-    """Accuracy overall, per family and per kind on the world's test split."""
+    """Accuracy overall, per family and per kind on the world's test split; kept beside the model folder
+    (`eval_test.json`), so a rerun, or a run of other seeds, evaluates each model once."""
+    cache = path.parent / "eval_test.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
     from nativevlm.eval.benchmarks import load_benchmark
     from nativevlm.eval.harness import evaluate
     from nativevlm.eval.local import LocalAnswerer
@@ -48,8 +52,10 @@ def evaluate_model(path: Path, world: Path) -> dict:
 
     model, tok = load_model_and_tokenizer(path)
     s = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 64, max_new_tokens=8)).summary()
-    return {"overall": s["accuracy"], "n": s["n"], **{k: v["accuracy"] for k, v in s["by_category"].items()},
-            **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()}}
+    result = {"overall": s["accuracy"], "n": s["n"], **{k: v["accuracy"] for k, v in s["by_category"].items()},
+              **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()}}
+    cache.write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def stage_run(qs: Path, stage: str, init: Path, out: Path, seed: int, overrides: list[str]) -> Path:
@@ -131,9 +137,6 @@ def main(argv=None) -> None:
     timings = {}
     study = {"seeds": args.seeds, "questions": args.questions, "accuracy": {m: {} for m in MODELS}, "curves": {},
              "pairs": {}, "timings_s": timings}
-    t = time.time()
-    sft_acc = evaluate_model(sft, world)
-    timings["evaluate sft"] = round(time.time() - t)
     for seed in args.seeds:
         s, w = str(seed), work / f"seed{seed}"
         t = time.time()
@@ -152,10 +155,13 @@ def main(argv=None) -> None:
             runs[name] = stage_run(qs, stage, init, w / name.replace("+", "_"), seed, extra)
             study["accuracy"][name][s] = evaluate_model(runs[name], world)
             timings[f"{name} {s} (train + evaluate)"] = round(time.time() - t)
-        study["accuracy"]["sft"][s] = sft_acc  # greedy evaluation of one model: the same for every seed
         study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo")}
-        print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in MODELS),
+        print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in MODELS[1:]),
               flush=True)
+    t = time.time()
+    sft_acc = evaluate_model(sft, world)  # greedy evaluation of one model: the same for every seed
+    study["accuracy"]["sft"] = {str(seed): sft_acc for seed in args.seeds}
+    timings["evaluate sft"] = round(time.time() - t)
     timings["total"] = round(time.time() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
