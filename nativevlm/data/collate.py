@@ -48,6 +48,7 @@ class EncodedSample:
     pixel_values: list[torch.Tensor] = field(default_factory=list)
     image_downsample: list[int] = field(default_factory=list)
     n_loss_tokens: int = 0
+    id: str = ""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -134,7 +135,7 @@ def encode_sample(
             )
     targets = [nxt if answer else IGNORE for nxt, answer in zip(ids[1:], is_answer[1:])] + [IGNORE]
     n_loss = sum(t != IGNORE for t in targets)
-    return EncodedSample(ids, targets, pixel_values, view_rates, n_loss)
+    return EncodedSample(ids, targets, pixel_values, view_rates, n_loss, sample.id)
 
 
 def pack_first_fit(samples: list[EncodedSample], max_length: int) -> list[list[EncodedSample]]:
@@ -193,7 +194,10 @@ class Collator:
 
     def __call__(self, samples: list[Sample]) -> Batch:
         """Rows right-padded with pad_id (B = rows, T = longest row; see `Batch` for each field)."""
-        encoded = self.encode(samples)
+        return self.batch(self.encode(samples))
+
+    def batch(self, encoded: list[EncodedSample]) -> Batch:
+        """Encoded samples -> `Batch` (packed into rows with `pack`); `sample_ids` keeps their ids in order."""
         rows = pack_first_fit(encoded, self.max_length) if self.pack else [[e] for e in encoded]
         B, T = len(rows), max((sum(len(d) for d in row) for row in rows), default=0)
         input_ids = torch.full((B, T), self.tokenizer.pad_id, dtype=torch.long)
@@ -220,7 +224,7 @@ class Collator:
                      attention_mask=document_ids >= 0, position_ids=position_ids,
                      document_ids=document_ids if self.pack else None, pixel_values=pixel_values,
                      image_downsample=image_downsample, n_samples=len(encoded),
-                     n_loss_tokens=sum(e.n_loss_tokens for e in encoded))
+                     n_loss_tokens=sum(e.n_loss_tokens for e in encoded), sample_ids=[e.id for e in encoded])
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,8 @@ class Batch:
     of the document within its row, -1 = padding) or None unpacked; pixel_values: [3, H, W] tensors in order
     of appearance over the flattened batch, and image_downsample the compression rate each was tokenised at
     (an int, or a tuple with one rate per region: `connector.Rate`, laid out as `connector.token_blocks` says);
-    n_samples, n_loss_tokens: for logging and throughput."""
+    n_samples, n_loss_tokens: for logging and throughput; sample_ids: the ids of the samples in the batch, in
+    order (objectives that build their own sequences from them: MPO's pairs, GSPO's rollouts)."""
 
     input_ids: torch.Tensor
     targets: Optional[torch.Tensor] = None
@@ -31,6 +32,7 @@ class Batch:
     image_downsample: list[Rate] = field(default_factory=list)
     n_samples: int = 0
     n_loss_tokens: int = 0
+    sample_ids: list[str] = field(default_factory=list)
 
     @property
     def n_images(self) -> int:

@@ -40,7 +40,7 @@ class SamplingSettings:
     max_new_tokens: int = 32
 
 
-def reply_seed(seed: int, sample_id: str, k: int) -> int:
+def reply_seed(seed: int | str, sample_id: str, k: int) -> int:
     """The seed of reply k to a question: a stable hash, the same in every process and batch."""
     digest = hashlib.sha256(f"{seed}|{sample_id}|{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

@@ -164,5 +164,9 @@ def build(specs: list[dict], where: str) -> list[Weighted]:
         for option, allowed in cls.choices.items():
             if getattr(parsed, option) not in allowed:
                 raise ConfigError(f"{at}.{option}: {getattr(parsed, option)!r} is not one of {', '.join(allowed)}")
-        out.append(Weighted(cls(parsed), float(weight)))
+        try:  # an objective checks the values of its options together when it is made
+            objective = cls(parsed)
+        except ConfigError as e:
+            raise ConfigError(f"{at}: {e}") from None
+        out.append(Weighted(objective, float(weight)))
     return out

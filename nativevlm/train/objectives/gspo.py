@@ -1,0 +1,170 @@
+"""GSPO (online RL with a verifiable reward; `rl.losses` holds the formulas): every `steps_per_rollout`
+optimizer steps, the policy answers each question of the micro-batch `group_size` times, the replies are
+scored, and the following `steps_per_rollout` steps all train on that rollout.
+
+A rollout, per micro-batch: the trainer draws the questions (any QA data with answers: the world's
+`train.json`); each is asked through the serving engine (`infer.engine`, the generation path evaluation
+uses), reply k of question q sampled with its own generator seeded from (the stage's seed, the step, q's id,
+k), so a rollout does not depend on batch composition and a resumed run draws the same replies. The reward
+is `rl.reward` (the answer read rule-first as evaluation reads it, plus the format term); advantages are
+normalised within each question's group; questions whose accuracy lies outside [accuracy_low,
+accuracy_high] are dropped (their advantages are all or nearly zero). The kept replies' per-token
+log-probabilities under the policy that sampled them (one forward, no gradient) are the old log-probs.
+
+Each step of the window computes GSPO's clipped sequence-ratio loss on the rollout against those old
+log-probs. The first step is on-policy (every ratio 1, nothing clipped); the later ones are off-policy, which
+is where the clip acts (with `steps_per_rollout: 1` it never would). The loss is the mean over the
+micro-batch's kept replies, averaged over micro-batches and ranks. The trainer's batches in the window's
+other steps are drawn (keeping the sampler's order) but not used. No KL term, no reference model.
+
+The rollout (questions, reply tokens, old log-probs, advantages) is the objective's state: a run killed
+mid-window resumes on the same rollout, bit-exactly. Metrics: `reward`, `accuracy`, `response_length` and
+`kept` (the share of questions the accuracy filter keeps) on rollout steps; `loss`, `clip_fraction` and
+`ratio` (mean sequence ratio) on every step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ...config import ConfigError
+from ...data.collate import IGNORE, Collator, EncodedSample, encode_sample
+from ...data.sample import Sample
+from ...infer.engine import Engine, Request, SamplingParams
+from ...model.batch import Batch
+from ...rl.losses import accuracy_filter, group_advantages, gspo_loss
+from ...rl.policy import answer_logprobs, samples_by_id
+from ...rl.preferences import has_answer, prompt_of, reply_seed
+from ...rl.reward import RewardWeights, reward
+from .base import MicroBatch, Objective, Output, StageContext, StepInfo, register
+
+
+@dataclass
+class GSPOOptions:
+    group_size: int = 8  # G: replies sampled per question
+    steps_per_rollout: int = 4  # optimizer steps on each rollout (> 1, or the clip never acts)
+    eps_low: float = 3e-4  # the ratio is clipped to [1 - eps_low, 1 + eps_high]
+    eps_high: float = 4e-4
+    accuracy_low: float = 0.2  # keep questions whose rollout accuracy lies in [accuracy_low, accuracy_high]
+    accuracy_high: float = 0.8
+    temperature: float = 1.0
+    max_new_tokens: int = 16
+    format_weight: float = 0.5  # the reward's format term (correct = 1)
+
+
+@dataclass
+class Rollout:
+    """One micro-batch's rollout: the kept replies (`ids[i]` the question, `replies[i]` its tokens), their
+    log-probs under the sampling policy and their advantages; `batch` is built from them on first use."""
+
+    ids: list[str]
+    replies: list[list[int]]
+    old_logps: torch.Tensor
+    advantages: torch.Tensor
+    batch: Optional[Batch] = None
+
+    def state_dict(self) -> dict:
+        return {"ids": self.ids, "replies": self.replies, "old_logps": self.old_logps, "advantages": self.advantages}
+
+
+@register("gspo")
+class GSPO(Objective):
+    Options = GSPOOptions
+    metrics = ("loss", "clip_fraction", "ratio", "reward", "accuracy", "response_length", "kept")
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        o = self.options
+        if o.group_size < 2:
+            raise ConfigError(f"objective gspo: group_size must be >= 2 (advantages compare replies), got {o.group_size}")
+        if o.steps_per_rollout < 1 or o.max_new_tokens < 1 or o.temperature <= 0:
+            raise ConfigError("objective gspo: steps_per_rollout and max_new_tokens must be >= 1 and temperature > 0")
+        if not 0 <= o.accuracy_low <= o.accuracy_high <= 1 or min(o.eps_low, o.eps_high) < 0:
+            raise ConfigError("objective gspo: need 0 <= accuracy_low <= accuracy_high <= 1 and eps_low, eps_high >= 0")
+
+    def setup(self, ctx: StageContext) -> None:
+        self.model, self.tokenizer = ctx.model, ctx.tokenizer
+        self.samples = samples_by_id(ctx.data.sources, ctx.stage.name, "gspo")
+        for src, samples in zip(ctx.stage.data, ctx.data.sources):
+            if not all(has_answer(s) for s in samples):
+                raise ConfigError(f"stage {ctx.stage.name}: {src.path} has questions without an answer; the gspo "
+                                  "objective rewards replies against it (meta.answer or the last assistant turn)")
+        trainer = ctx.data.collator
+        self.collator = Collator(trainer.tokenizer, trainer.image_processor, trainer.max_length)
+        self.seed = ctx.data.sampler.seed
+        self.weights = RewardWeights(format=self.options.format_weight)
+        self.rollouts: dict[int, Rollout] = {}
+
+    def prompt(self, sample: Sample) -> EncodedSample:
+        return encode_sample(prompt_of(sample), self.tokenizer, self.collator.image_processor,
+                             add_generation_prompt=True)
+
+    def sequences(self, ids: list[str], replies: list[list[int]]) -> Batch:
+        """Prompt + reply rows with targets on the reply tokens only."""
+        rows = []
+        for i, reply in zip(ids, replies):
+            p = self.prompt(self.samples[i])
+            targets = [IGNORE] * (len(p.input_ids) - 1) + reply + [IGNORE]
+            rows.append(EncodedSample(p.input_ids + reply, targets, p.pixel_values, p.image_downsample, len(reply), i))
+        return self.collator.batch(rows)
+
+    def rollout(self, ids: list[str], info: StepInfo, device: torch.device) -> tuple[Optional[Rollout], dict]:
+        """Sample, score, filter and record old log-probs for the questions `ids`; returns the rollout (None
+        when no question is kept) and the rollout metrics."""
+        o, G = self.options, self.options.group_size
+        samples = [self.samples[i] for i in ids]
+        prompts = [self.prompt(s) for s in samples]
+        requests = [Request(p.input_ids, SamplingParams(o.max_new_tokens, o.temperature,
+                                                        seed=reply_seed(self.seed, f"{info.step}:{s.id}", k)),
+                            pixel_values=p.pixel_values)
+                    for s, p in zip(samples, prompts) for k in range(G)]
+        longest = max(len(p.input_ids) for p in prompts)
+        was_training = self.model.training
+        done = Engine(self.model, self.tokenizer, max_batch_size=len(requests),
+                      max_len=longest + o.max_new_tokens).generate(requests)
+        self.model.train(was_training)
+        eos = self.tokenizer.eos_id
+        replies = [c.token_ids + ([eos] if c.finish_reason == "stop" else []) for c in done]
+        scored = [reward(samples[j // G], c.text.strip(), weights=self.weights) for j, c in enumerate(done)]
+        rewards = torch.tensor([r.value for r in scored]).view(-1, G)
+        correct = torch.tensor([float(r.correct) for r in scored]).view(-1, G)
+        keep = accuracy_filter(correct.mean(1), o.accuracy_low, o.accuracy_high)
+        metrics = {"reward": (rewards.sum(), rewards.numel()), "accuracy": (correct.sum(), correct.numel()),
+                   "response_length": (sum(len(r) for r in replies), len(replies)),
+                   "kept": (keep.sum(), len(keep))}
+        rows = [j for j in range(len(replies)) if keep[j // G]]
+        if not rows:
+            return None, metrics
+        advantages = group_advantages(rewards).flatten()[rows].to(device)
+        kept_ids, kept_replies = [ids[j // G] for j in rows], [replies[j] for j in rows]
+        batch = self.sequences(kept_ids, kept_replies).to(device)
+        with torch.no_grad():
+            old, _ = answer_logprobs(self.model, batch)
+        return Rollout(kept_ids, kept_replies, old, advantages, batch), metrics
+
+    def loss(self, model, mb: MicroBatch, info: StepInfo) -> Output:
+        metrics = {}
+        if info.stage_step % self.options.steps_per_rollout == 0:
+            rollout, metrics = self.rollout(mb.batch.sample_ids, info, mb.batch.input_ids.device)
+            self.rollouts.pop(mb.index, None)
+            if rollout is not None:
+                self.rollouts[mb.index] = rollout
+        rollout = self.rollouts.get(mb.index)
+        if rollout is None:
+            return Output(None, metrics)
+        if rollout.batch is None:
+            rollout.batch = self.sequences(rollout.ids, rollout.replies).to(mb.batch.input_ids.device)
+        logps, mask = answer_logprobs(model, rollout.batch)
+        loss, m = gspo_loss(logps, rollout.old_logps, mask, rollout.advantages, self.options.eps_low,
+                            self.options.eps_high)
+        n = len(rollout.ids)
+        metrics.update(loss=(loss.detach(), 1), clip_fraction=(m["clip_fraction"] * n, n), ratio=(m["ratio_mean"] * n, n))
+        return Output(loss / info.micro_batches, metrics)
+
+    def state_dict(self) -> dict:
+        return {"rollouts": {i: r.state_dict() for i, r in self.rollouts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollouts = {int(i): Rollout(**r) for i, r in state["rollouts"].items()}

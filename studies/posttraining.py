@@ -1,0 +1,173 @@
+"""Cascade RL at toy scale: does MPO, then GSPO, lift the quickstart's SFT model on held-out world questions?
+One command:
+
+    python studies/posttraining.py --quickstart runs/quickstart --out docs/studies/posttraining
+
+`--quickstart` is the folder of a finished `nativevlm quickstart` (its world, tokenizer and SFT model
+`runs/native/final`); when it holds no model the quickstart is run there first (about 10 minutes). For each
+seed the study then runs the shipped `recipes/cascade-rl.yaml`, stage by stage so each step is measured:
+
+1. preference pairs sampled from the SFT model on the first `--questions` training questions (`nativevlm
+   data preferences`, the seed's replies);
+2. SFT -> +MPO (the recipe's mpo stage), 3. +MPO -> +GSPO (its gspo stage), 4. SFT -> GSPO alone;
+
+and evaluates every model on the held-out test split (greedy, through the engine, as the quickstart does).
+`--out` gets study.json (accuracy per family of each model and seed, and each GSPO run's reward, accuracy,
+kept fraction and clip fraction per step) and study.png. The step counts are the recipe's unless overridden
+(`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nativevlm.config import read_yaml  # noqa: E402
+from nativevlm.quickstart import RECIPES  # noqa: E402
+from nativevlm.train.recipe import recipe_from_dict, relocate_paths  # noqa: E402
+
+MODELS = ("sft", "mpo", "mpo+gspo", "gspo")
+# The recipe's stages cut to fit a shared 2-core CPU (the only place the study departs from the recipe):
+# GSPO on 8 questions x 8 replies per rollout, 2 optimizer steps per rollout, 16 steps (8 rollouts).
+SCALE = {"mpo": [], "gspo": ["stages.0.batch_size=8", "stages.0.steps=16", "stages.0.objectives.0.steps_per_rollout=2"]}
+LABELS = {"sft": "SFT", "mpo": "+MPO", "mpo+gspo": "+MPO +GSPO", "gspo": "GSPO alone"}
+
+
+def evaluate_model(path: Path, world: Path) -> dict:
+    """Accuracy overall, per family and per kind on the world's test split; kept beside the model folder
+    (`eval_test.json`), so a rerun, or a run of other seeds, evaluates each model once."""
+    cache = path.parent / "eval_test.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    from nativevlm.eval.benchmarks import load_benchmark
+    from nativevlm.eval.harness import evaluate
+    from nativevlm.eval.local import LocalAnswerer
+    from nativevlm.infer.chat import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(path)
+    s = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 64, max_new_tokens=8)).summary()
+    result = {"overall": s["accuracy"], "n": s["n"], **{k: v["accuracy"] for k, v in s["by_category"].items()},
+              **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()}}
+    cache.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def stage_run(qs: Path, stage: str, init: Path, out: Path, seed: int, overrides: list[str]) -> Path:
+    """One stage of the shipped cascade recipe from `init` into `out` (reused when already finished)."""
+    from nativevlm.train.trainer import train
+
+    if (out / "final" / "model.safetensors").exists():
+        return out / "final"
+    data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), qs)
+    data["stages"] = [s for s in data["stages"] if s["name"] == stage]
+    data.update(init={"path": str(init)}, seed=seed, device="cpu", progress=False)
+    cfg = recipe_from_dict(data, overrides)
+    return train(cfg, out, resume=(out / "checkpoints").exists(), log=lambda *a, **k: None).final
+
+
+def curves(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run.parent / "metrics.jsonl").read_text().splitlines()]
+    pick = lambda key: [[r["step"], r[key]] for r in rows if key in r]  # noqa: E731
+    return {"reward": pick("gspo/reward"), "accuracy": pick("gspo/accuracy"), "kept": pick("gspo/kept"),
+            "clip_fraction": pick("gspo/clip_fraction"), "response_length": pick("gspo/response_length")}
+
+
+def plot(study: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    colours = {"sft": "tab:gray", "mpo": "tab:orange", "mpo+gspo": "tab:red", "gspo": "tab:blue"}
+    for seed, runs in study["curves"].items():
+        for name, c in runs.items():
+            style = "-" if seed == str(study["seeds"][0]) else "--"
+            x, y = zip(*c["reward"])
+            axes[0].plot(x, y, style, color=colours[name], marker="o", ms=3, label=f"{LABELS[name]}, seed {seed}")
+            x, y = zip(*c["clip_fraction"])
+            axes[1].plot(x, y, style, color=colours[name], lw=1, label=f"{LABELS[name]}, seed {seed}")
+    axes[0].set(title="GSPO: mean reward of each rollout (correct 1 + format 0.5)", xlabel="optimizer step",
+                ylabel="reward")
+    axes[1].set(title="GSPO: clip fraction per step (rollout steps are on-policy: 0)", xlabel="optimizer step",
+                ylabel="share of sequences clipped")
+    for ax in axes[:2]:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    families = [k for k in study["accuracy"]["sft"][str(study["seeds"][0])] if k not in ("n",)]
+    width = 0.8 / len(MODELS)
+    for j, m in enumerate(MODELS):
+        runs = study["accuracy"][m]
+        vals = np.array([[runs[s][f] for f in families] for s in runs]) * 100
+        mean = vals.mean(0)
+        err = np.stack([mean - vals.min(0), vals.max(0) - mean])
+        axes[2].bar(np.arange(len(families)) + (j - 1.5) * width, mean, width, yerr=err, capsize=2,
+                    color=colours[m], label=LABELS[m])
+    axes[2].set_xticks(np.arange(len(families)), families, rotation=45, ha="right", fontsize=8)
+    axes[2].set(title="held-out test accuracy (%), mean and range over seeds", ylim=(0, 100))
+    axes[2].legend(fontsize=7)
+    axes[2].grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quickstart", type=Path, default=Path("runs/quickstart"))
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "studies" / "posttraining")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--questions", type=int, default=320, help="training questions sampled for MPO's pairs")
+    ap.add_argument("--mpo-steps", type=int, default=0, help="0: the recipe's")
+    ap.add_argument("--gspo-steps", type=int, default=0, help="0: the recipe's")
+    args = ap.parse_args(argv)
+    qs, t0 = args.quickstart.resolve(), time.time()
+    sft = qs / "runs" / "native" / "final"
+    if not (sft / "model.safetensors").exists():
+        subprocess.run([sys.executable, "-m", "nativevlm", "quickstart", "--out", str(qs)], check=True)
+    world, work = qs / "data" / "world", qs / "posttraining"
+    overrides = {"mpo": SCALE["mpo"] + ([f"stages.0.steps={args.mpo_steps}"] if args.mpo_steps else []),
+                 "gspo": SCALE["gspo"] + ([f"stages.0.steps={args.gspo_steps}"] if args.gspo_steps else [])}
+    timings = {}
+    study = {"seeds": args.seeds, "questions": args.questions, "accuracy": {m: {} for m in MODELS}, "curves": {},
+             "pairs": {}, "timings_s": timings}
+    for seed in args.seeds:
+        s, w = str(seed), work / f"seed{seed}"
+        t = time.time()
+        pairs_seed = w / "world_pairs.jsonl"
+        subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(world / "train.json"),
+                        "--model", str(sft), "--out", str(pairs_seed), "--limit", str(args.questions), "--seed", s,
+                        "--max-new-tokens", "8", "--device", "cpu"], check=True, stdout=subprocess.DEVNULL)
+        study["pairs"][s] = json.loads(Path(f"{pairs_seed}.summary.json").read_text())
+        pair_override = [f"stages.0.data.0.path={pairs_seed}"]
+        timings[f"pairs {s}"] = round(time.time() - t)
+        runs = {}
+        for name, stage, init in (("mpo", "mpo", sft), ("mpo+gspo", "gspo", None), ("gspo", "gspo", sft)):
+            t = time.time()
+            init = init or runs["mpo"]
+            extra = overrides[stage] + (pair_override if stage == "mpo" else [])
+            runs[name] = stage_run(qs, stage, init, w / name.replace("+", "_"), seed, extra)
+            study["accuracy"][name][s] = evaluate_model(runs[name], world)
+            timings[f"{name} {s} (train + evaluate)"] = round(time.time() - t)
+        study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo")}
+        print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in MODELS[1:]),
+              flush=True)
+    t = time.time()
+    sft_acc = evaluate_model(sft, world)  # greedy evaluation of one model: the same for every seed
+    study["accuracy"]["sft"] = {str(seed): sft_acc for seed in args.seeds}
+    timings["evaluate sft"] = round(time.time() - t)
+    timings["total"] = round(time.time() - t0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+    plot(study, args.out / "study.png")
+    print(f"{timings['total']} s; wrote {args.out / 'study.json'} and {args.out / 'study.png'}")
+
+
+if __name__ == "__main__":
+    main()
