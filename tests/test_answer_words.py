@@ -61,33 +61,50 @@ def test_each_image_gets_its_own_conversations_answer_words(tok, images, pack):
     assert bags[3] == tok.encode("green ring")
 
 
-def test_loss_known_values():
+def test_loss_known_values_mixture_over_tokens():
     table = torch.eye(4)  # word w's embedding is the w-th axis
     # One token exactly on word 2, three on word 0: with a large scale each token's softmax is one-hot, so
     # p(2) = 1/4 and p(0) = 3/4.
     tokens = torch.tensor([[0.0, 0, 5, 0], [1, 0, 0, 0], [2, 0, 0, 0], [3, 0, 0, 0]])
-    loss, n = answer_words_loss([tokens], [[2]], table, scale=200.0)
+    loss, n = answer_words_loss([tokens], [[2]], table, scale=200.0, pool="tokens")
     assert n == 1 and loss.item() == pytest.approx(math.log(4), abs=1e-5)
-    loss, _ = answer_words_loss([tokens], [[2, 0]], table, scale=200.0)
+    loss, _ = answer_words_loss([tokens], [[2, 0]], table, scale=200.0, pool="tokens")
     assert loss.item() == pytest.approx((math.log(4) - math.log(0.75)) / 2, abs=1e-5)
     # Scale 0: every token's softmax is uniform over the 4 words.
-    loss, _ = answer_words_loss([tokens], [[1]], table, scale=0.0)
+    loss, _ = answer_words_loss([tokens], [[1]], table, scale=0.0, pool="tokens")
     assert loss.item() == pytest.approx(math.log(4), abs=1e-6)
     # Images without a bag (no answer words, or a skipped conversation) do not count toward the mean.
-    loss2, n = answer_words_loss([tokens, tokens * 0 + 1], [[2], None], table, scale=200.0)
+    loss2, n = answer_words_loss([tokens, tokens * 0 + 1], [[2], None], table, scale=200.0, pool="tokens")
     assert n == 1 and loss2.item() == pytest.approx(math.log(4), abs=1e-5)
 
 
-def test_gradient_reaches_the_tokens_not_the_embedding_table():
+def test_loss_known_values_mean_token():
+    table = torch.eye(3)
+    # The mean token is (1, 1, 0) / 2: cosine 1/sqrt(2) with words 0 and 1, 0 with word 2.
+    tokens = torch.tensor([[2.0, 0, 0], [0, 2, 0]])
+    c = 1 / math.sqrt(2)
+    for scale in (1.0, 10.0):
+        z = math.exp(scale * c) * 2 + 1
+        loss, _ = answer_words_loss([tokens], [[0]], table, scale=scale)
+        assert loss.item() == pytest.approx(-math.log(math.exp(scale * c) / z), abs=1e-5)
+        loss, _ = answer_words_loss([tokens], [[2]], table, scale=scale)
+        assert loss.item() == pytest.approx(-math.log(1 / z), abs=1e-5)
+    # The same tokens as a mixture: each token is one-hot on its word at a large scale, so p(0) = 1/2.
+    loss, _ = answer_words_loss([tokens], [[0]], table, scale=200.0, pool="tokens")
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["mean", "tokens"])
+def test_gradient_reaches_the_tokens_not_the_embedding_table(pool):
     torch.manual_seed(0)
     table = torch.randn(6, 8, requires_grad=True)
     tokens = torch.randn(5, 8, requires_grad=True)
-    loss, _ = answer_words_loss([tokens], [[3]], table, scale=10.0)
+    loss, _ = answer_words_loss([tokens], [[3]], table, scale=10.0, pool=pool)
     loss.backward()
     assert table.grad is None and tokens.grad is not None and tokens.grad.abs().sum() > 0
     # A step along the gradient makes the answer word more likely.
     with torch.no_grad():
-        after, _ = answer_words_loss([tokens - 0.5 * tokens.grad], [[3]], table, scale=10.0)
+        after, _ = answer_words_loss([tokens - 0.5 * tokens.grad], [[3]], table, scale=10.0, pool=pool)
     assert after < loss
     cos = F.cosine_similarity(tokens - 0.5 * tokens.grad, table[3:4].detach()).max()
     assert cos > F.cosine_similarity(tokens, table[3:4].detach()).max()
