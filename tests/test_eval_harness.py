@@ -411,7 +411,7 @@ def test_table_known_answer():
 
 
 def test_evaluation_never_imports_the_trainer():
-    """Evaluation sits below training (ARCHITECTURE.md): it loads models through model/loading.py."""
+    """Evaluation sits below training (docs/architecture.md): it loads models through model/loading.py."""
     import subprocess
     import sys
 
