@@ -38,10 +38,6 @@ def chat(*turns, images=(), sid="s"):
     return Sample(id=sid, messages=[{"role": r, "content": c} for r, c in zip(roles, turns)], images=list(images))
 
 
-def special_ids(tok) -> set[int]:
-    return {i for i, t in tok.tk.get_added_tokens_decoder().items() if t.special}
-
-
 @pytest.mark.parametrize("pack", [False, True])
 def test_each_image_gets_its_own_conversations_answer_words(tok, images, pack):
     a, b, c = images
@@ -54,7 +50,7 @@ def test_each_image_gets_its_own_conversations_answer_words(tok, images, pack):
     proc = ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64)
     batch = Collator(tok, proc, max_length=512, pack=pack)(samples)
     image_start = tok.image_token_ids()["image_start_id"]
-    bags = image_answer_bags(batch.input_ids, batch.targets, batch.document_ids, image_start, special_ids(tok))
+    bags = image_answer_bags(batch.input_ids, batch.targets, batch.document_ids, image_start, tok.special_ids())
     assert len(bags) == batch.n_images == 4
     assert bags[0] == tok.encode("red square") + tok.encode("red")  # both answers about the one image
     assert bags[1] is None and bags[2] is None  # which image a word of a two-image answer is about is unknown

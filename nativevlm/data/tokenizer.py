@@ -165,6 +165,10 @@ class Tokenizer:
     def bos_id(self) -> Optional[int]:
         return self.token_to_id(self.bos_token) if self.bos_token else None
 
+    def special_ids(self) -> set[int]:
+        """Ids of the special tokens (chat, padding, image framing): the ones `decode` skips."""
+        return {i for i, t in self.tk.get_added_tokens_decoder().items() if t.special}
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """ChatML: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message, then `<|im_start|>assistant\\n`
         when a reply is to be generated."""

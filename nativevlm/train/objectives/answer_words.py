@@ -90,8 +90,7 @@ class AnswerWords(Objective):
                               "kind lm has none")
         self.embeddings = ctx.model.language.embed_tokens
         self.image_start_id = ctx.model.config.image_start_id
-        decoder = ctx.tokenizer.tk.get_added_tokens_decoder()
-        self.ignore = {i for i, t in decoder.items() if t.special}
+        self.ignore = ctx.tokenizer.special_ids()
 
     def loss(self, model, mb: MicroBatch, info: StepInfo) -> Output:
         batch = mb.batch
