@@ -104,3 +104,20 @@ def test_gradient_reaches_the_tokens_not_the_embedding_table(pool):
     assert after < loss
     cos = F.cosine_similarity(tokens - 0.5 * tokens.grad, table[3:4].detach()).max()
     assert cos > F.cosine_similarity(tokens, table[3:4].detach()).max()
+
+
+def test_words_that_answer_most_conversations_are_left_out(tok):
+    """`max_share`: answer tokens found in more than that share of the data's one-image conversations (yes,
+    no: they answer every kind of image) are counted once per conversation and left out of the bags."""
+    from nativevlm.train.objectives.answer_words import common_answer_tokens
+
+    class Data:
+        sources = [[chat("<image>\nq", "yes", images=["x"]) for _ in range(6)]
+                   + [chat("<image>\nq", "red red red", images=["x"]) for _ in range(3)]
+                   + [chat("<image>\nq", "green", images=["x"])]
+                   + [chat("no image", "yes")] * 20]  # no image: not counted
+    yes, red = set(tok.encode("yes")), set(tok.encode("red red red"))
+    assert yes and red and not yes & red and not set(tok.encode("green")) & (yes | red)
+    assert common_answer_tokens(Data, tok, 0.5, 1000) == yes  # 6 of 10 image conversations
+    assert common_answer_tokens(Data, tok, 0.25, 1000) == yes | red  # 3 of 10, however often in each
+    assert common_answer_tokens(Data, tok, 0.6, 1000) == set()

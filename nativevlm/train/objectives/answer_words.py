@@ -17,8 +17,14 @@ the micro-batch's images. `pool: tokens` uses p(a) = mean_i softmax(s * cos(x_i,
 mixture over tokens in which each token may carry one word. The mean reads what spans several patches:
 on a one-shape set, both read colour by 9,600 samples, but shape only with the mean (48% at 16,000 against
 21%, the prior; docs/learnability.md). A question-blind predictor cannot know which of an image's
-attributes a question asks for, and on yes/no answers it learns their base rate; both only spread p, they
-do not pull the tokens the wrong way.
+attributes a question asks for, which only spreads p over the image's words.
+
+Answer words that answer most conversations (`max_share`, default 0.2: more than a fifth of the stage's
+one-image conversations; yes and no in a yes/no-heavy set, a and the in captions) name nothing about any one
+image: a question-blind predictor can only learn their base rate, and the pull toward them is noise. They
+are left out, as a stop-word list would leave them. Measured on a one-shape set where 70% of
+the answers are yes or no: colour read at 91% after 3,200 samples with them left out, against 40% with
+them in (one run each; both at 100% by 12,800).
 
 A conversation with several images is skipped (which answer word belongs to which image is unknown) and
 counted in the `skipped` metric.
@@ -39,6 +45,8 @@ from .base import MicroBatch, Objective, Output, StageContext, StepInfo, registe
 class AnswerWordsOptions:
     scale: float = 10.0  # inverse temperature of the cosine logits
     pool: str = "mean"  # mean: one distribution from the mean token; tokens: a mixture of per-token ones
+    max_share: float = 0.2  # leave out answer tokens found in more than this share of the data's conversations
+    share_samples: int = 4000  # conversations read (evenly spaced over each in-memory source) to count them
 
 
 def image_answer_bags(input_ids: torch.Tensor, targets: torch.Tensor, document_ids, image_start_id: int,
@@ -78,6 +86,26 @@ def answer_words_loss(tokens: list[torch.Tensor], bags: list[list[int] | None], 
     return torch.stack(losses).mean(), len(losses)
 
 
+def common_answer_tokens(data, tokenizer, max_share: float, limit: int) -> set[int]:
+    """Token ids found in the assistant turns of more than `max_share` of the stage's single-image
+    conversations, counted over up to `limit` of them, evenly spaced, from each in-memory source (streamed
+    sources are not read ahead)."""
+    counts: dict[int, int] = {}
+    n = 0
+    for source in getattr(data, "sources", []):
+        if not isinstance(source, list) or not source:
+            continue
+        step = max(1, len(source) // limit)
+        for sample in source[::step][:limit]:
+            if len(sample.images) != 1:
+                continue
+            n += 1
+            text = " ".join(m["content"] for m in sample.messages if m["role"] == "assistant")
+            for t in set(tokenizer.encode(text)):
+                counts[t] = counts.get(t, 0) + 1
+    return {t for t, c in counts.items() if n and c / n > max_share}
+
+
 @register("answer_words")
 class AnswerWords(Objective):
     Options = AnswerWordsOptions
@@ -91,6 +119,9 @@ class AnswerWords(Objective):
         self.embeddings = ctx.model.language.embed_tokens
         self.image_start_id = ctx.model.config.image_start_id
         self.ignore = ctx.tokenizer.special_ids()
+        if self.options.max_share < 1.0:
+            self.ignore = self.ignore | common_answer_tokens(ctx.data, ctx.tokenizer, self.options.max_share,
+                                                             self.options.share_samples)
 
     def loss(self, model, mb: MicroBatch, info: StepInfo) -> Output:
         batch = mb.batch
