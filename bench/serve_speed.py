@@ -13,7 +13,8 @@ caps what the split can gain. Writes bench/results/serve_speed.json and .png.
 `--router`: the large images only, each mode with and without a visual resolution router (the same model
 with the coarse path, 8x8-patch regions and a router with random weights in request mode, relative
 threshold 0.5: about half of each image's regions at 1/16; what it costs and saves does not depend on how
-well it was trained). Writes serve_speed_router.json and .png instead.
+well it was trained). Each point also records the mean image tokens the server reports in `usage`.
+Writes serve_speed_router.json and .png instead.
 """
 from __future__ import annotations
 
@@ -88,18 +89,23 @@ def start(args: list[str], port: int) -> subprocess.Popen:
     raise RuntimeError(f"server {args} did not start")
 
 
-async def one(http: httpx.AsyncClient, url: str, uri: str) -> tuple[float, float]:
+async def one(http: httpx.AsyncClient, url: str, uri: str) -> tuple[float, float, int]:
+    """(latency, time to first token, image tokens the server reports it consumed)"""
     body = {"model": "bench", "stream": True, "max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True,
+            "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
                                                       {"type": "text", "text": "describe the image"}]}]}
     t0 = time.perf_counter()
-    first = None
+    first, image_tokens = None, 0
     async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200, await r.aread()
         async for line in r.aiter_lines():
             if first is None and '"content": "' in line and '"content": ""' not in line:
                 first = time.perf_counter() - t0
-    return time.perf_counter() - t0, first if first is not None else time.perf_counter() - t0
+            if '"usage"' in line and line.startswith("data: "):
+                usage = json.loads(line[6:]).get("usage") or {}
+                image_tokens = usage.get("prompt_tokens_details", {}).get("image_tokens", 0)
+    return time.perf_counter() - t0, first if first is not None else time.perf_counter() - t0, image_tokens
 
 
 async def offered_load(url: str, uris: list[str], rate: float) -> dict:
@@ -117,7 +123,8 @@ async def offered_load(url: str, uris: list[str], rate: float) -> dict:
     pct = lambda xs, q: float(np.percentile(xs, q))
     return {"offered_rps": rate, "achieved_rps": len(uris) / elapsed, "latency_p50_s": pct(lat, 50),
             "latency_p90_s": pct(lat, 90), "latency_p99_s": pct(lat, 99), "ttft_p50_s": pct(ttft, 50),
-            "ttft_p90_s": pct(ttft, 90), "mean_latency_s": statistics.mean(lat)}
+            "ttft_p90_s": pct(ttft, 90), "mean_latency_s": statistics.mean(lat),
+            "mean_image_tokens": statistics.mean(r[2] for r in results)}
 
 
 def main():
@@ -152,7 +159,8 @@ def main():
                         batch = uris[k * args.requests:(k + 1) * args.requests]
                         points.append(asyncio.run(offered_load("http://127.0.0.1:8300", batch, rate)))
                         print(f"{label:28s} {mode:10s} {rate:4.1f} rps offered -> {points[-1]['achieved_rps']:.2f} rps, "
-                              f"p50 {points[-1]['latency_p50_s']:.2f} s, p90 {points[-1]['latency_p90_s']:.2f} s",
+                              f"p50 {points[-1]['latency_p50_s']:.2f} s, p90 {points[-1]['latency_p90_s']:.2f} s, "
+                              f"{points[-1]['mean_image_tokens']:.0f} image tokens",
                               flush=True)
                     results[label][mode] = points
                 finally:
@@ -197,7 +205,7 @@ def plot(record: dict, path: Path) -> None:
         for ax in axes[2 * i: 2 * i + 2]:
             ax.set_xlabel("offered requests/s", fontsize=8)
             ax.legend(fontsize=7)
-    fig.suptitle(f"monolithic vs decoupled vision (DvD){' with and without the router' if len(record['results'][labels[0]]) > 2 else ''}; "
+    fig.suptitle(f"monolithic vs decoupled vision (DvD){' with and without the router' if len(record['results'][labels[0]]) > 2 else ''}\n"
                  f"{record['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
