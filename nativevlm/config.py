@@ -99,6 +99,9 @@ class LanguageConfig:
     norm_eps: float = 1e-6
     qkv_bias: bool = False
     qk_norm: bool = False
+    # Input embeddings (text and spliced image tokens alike) are multiplied by this before the first layer
+    # (Gemma: sqrt(hidden_size)); the tied output head is not. 1.0 = Llama / Qwen.
+    embedding_multiplier: float = 1.0
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 4096
     bos_token_id: Optional[int] = None

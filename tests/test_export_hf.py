@@ -42,15 +42,15 @@ PROMPTS = [["a.png"], ["b.png", "a.png"]]  # the images of the two prompts of th
 
 # name -> (language, vision, connector, moe). "quickstart": the quickstart's shape (native encoder, Qwen3-style
 # q/k norms, grouped-query attention, tied embeddings), dense. "experts": NaViL's modality experts with
-# per-modality norms, Qwen2-style q/k/v biases, an untied head, both connector rates. "vit-moe": the SigLIP-style
-# ViT of the compositional baseline with a sparse top-2 MoE FFN.
+# per-modality norms, Qwen2-style q/k/v biases, an untied head, an input-embedding multiplier, both connector
+# rates. "vit-moe": the SigLIP-style ViT of the compositional baseline with a sparse top-2 MoE FFN.
 MODELS = {
     "quickstart": (dict(hidden_size=48, num_layers=2, num_heads=3, num_kv_heads=1, intermediate_size=64, qk_norm=True),
                    dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=8, min_patches=4,
                         max_patches=64),
                    dict(), dict()),
     "experts": (dict(hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, qkv_bias=True,
-                     tie_word_embeddings=False),
+                     tie_word_embeddings=False, embedding_multiplier=3.0),
                 dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, patch_size=8, min_patches=4,
                      max_patches=64),
                 dict(extra_downsample=4), dict(modality_experts=True, per_modality_norms=True)),

@@ -51,6 +51,7 @@ def hf_config(model: NativeVLM) -> dict:
         "text_rope_theta": lm.rope_theta,
         "attention_bias": lm.qkv_bias,
         "qk_norm": lm.qk_norm,
+        "embedding_multiplier": lm.embedding_multiplier,
         "max_position_embeddings": lm.max_position_embeddings,
         "tie_word_embeddings": lm.tie_word_embeddings,
         "bos_token_id": lm.bos_token_id,

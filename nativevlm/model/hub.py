@@ -188,6 +188,10 @@ def _hf_model_type(cfg: LanguageConfig) -> str:
 def language_config_to_hf(cfg: LanguageConfig, dtype: torch.dtype) -> dict:
     """config.json for transformers. RoPE is written both the transformers 5 way (`rope_parameters`) and
     the older way (`rope_theta`) so either generation of the library reads it."""
+    if cfg.embedding_multiplier != 1.0:
+        raise ValueError(f"embedding_multiplier {cfg.embedding_multiplier}: transformers' Llama and Qwen have no "
+                         "input-embedding multiplier, so this language model has no Hugging Face equivalent; "
+                         "export it inside a VLM (remote code), or train it with embedding_multiplier 1.0")
     model_type = _hf_model_type(cfg)
     arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]
     out = {

@@ -226,6 +226,8 @@ class LanguageModel(nn.Module):
         if isinstance(input_ids, Batch):
             return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if self.config.embedding_multiplier != 1.0:
+            x = x * self.config.embedding_multiplier
         b, t = x.shape[:2]
         past = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:

@@ -22,6 +22,7 @@ class NativeVLMConfig(PretrainedConfig):
         text_rope_theta=10000.0,
         attention_bias=False,
         qk_norm=False,
+        embedding_multiplier=1.0,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
         modality_experts=False,
@@ -48,6 +49,7 @@ class NativeVLMConfig(PretrainedConfig):
         self.text_rope_theta = text_rope_theta
         self.attention_bias = attention_bias
         self.qk_norm = qk_norm
+        self.embedding_multiplier = embedding_multiplier
         self.max_position_embeddings = max_position_embeddings
         self.modality_experts = modality_experts
         self.per_modality_norms = per_modality_norms

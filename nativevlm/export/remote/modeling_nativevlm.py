@@ -357,7 +357,7 @@ class LanguageModel(nn.Module):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def forward(self, inputs_embeds, attention_mask, position_ids, cache, image_mask, logits_to_keep):
-        x = inputs_embeds
+        x = inputs_embeds * getattr(self.config, "embedding_multiplier", 1.0)
         b, t = x.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:

@@ -1,0 +1,158 @@
+"""Same or different: how fast does a from-scratch decoder learn to compare a word of the question with one
+given earlier in the context? The decoder-side half of a yes/no question such as "Is there a teal shape?",
+with no image and no vision encoder in the way.
+
+    python bench/same_different.py [--steps 1500] [--seeds 0 1 2] [--out bench/results/same_different]
+
+Each sequence is synthetic tokens: 3 filler words, "colour is" c1, 4 fillers, "is there" c2, 3 fillers, "?"
+(8 colours, c1 == c2 half the time), and the answer (yes / no) is read at the last position with a
+cross-entropy loss there only. Batch 16, AdamW (weight decay 0.05), constant learning rate, held-out accuracy
+on 1,000 sequences every 100 steps. Arms, each at the same width (192) and depth (3 layers):
+- `plain causal`: `nn.TransformerEncoder` (pre-LayerNorm, GELU, learned absolute positions, 4 heads, an
+  untied head), causal mask, the last position's state;
+- `plain bidirectional, pooled`: the same, no mask, the mean over positions (the learnability peer's read-out);
+- `ours`: `LanguageModel` as the BYOD recipe has it (RMSNorm, SwiGLU, RoPE, 3 heads, tied embeddings);
+- `ours + qk_norm`; `ours + qk_norm + embedding_multiplier 4`; `... x sqrt(192), lr 5e-4`.
+Writes same_different.json (every curve) and same_different.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nativevlm import LanguageConfig, LanguageModel  # noqa: E402
+
+V, C, YES, NO, WIDTH = 64, 8, 2, 3, 192
+
+
+def batch(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    c1 = torch.randint(0, C, (n,), generator=g)
+    same = torch.rand(n, generator=g) < 0.5
+    c2 = torch.where(same, c1, (c1 + torch.randint(1, C, (n,), generator=g)) % C)
+    filler = lambda k: torch.randint(30, 60, (n, k), generator=g)  # noqa: E731
+    word = lambda w: torch.full((n, 1), w)  # noqa: E731
+    x = torch.cat([filler(3), word(20), word(21), (c1 + 10)[:, None], filler(4), word(22), (c2 + 10)[:, None],
+                   filler(3), word(23)], 1)
+    return x, torch.where(same, YES, NO)
+
+
+class Ours(nn.Module):
+    def __init__(self, **overrides):
+        super().__init__()
+        cfg = dict(vocab_size=V, hidden_size=WIDTH, num_layers=3, num_heads=3, num_kv_heads=3, intermediate_size=576,
+                   max_position_embeddings=64)
+        self.lm = LanguageModel(LanguageConfig(**{**cfg, **overrides}))
+
+    def forward(self, x):
+        return self.lm(x).logits[:, -1]
+
+
+class Plain(nn.Module):
+    def __init__(self, causal: bool):
+        super().__init__()
+        self.causal = causal
+        self.emb = nn.Embedding(V, WIDTH)
+        self.pos = nn.Parameter(torch.randn(1, 32, WIDTH) * 0.02)
+        layer = nn.TransformerEncoderLayer(WIDTH, 4, 4 * WIDTH, 0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.enc = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(WIDTH), nn.Linear(WIDTH, V)
+
+    def forward(self, x):
+        h = self.emb(x) + self.pos[:, :x.shape[1]]
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1]) if self.causal else None
+        h = self.norm(self.enc(h, mask=mask, is_causal=self.causal))
+        return self.head(h[:, -1] if self.causal else h.mean(1))
+
+
+ARMS = {
+    "plain causal": (lambda: Plain(True), 1e-3),
+    "plain bidirectional, pooled": (lambda: Plain(False), 1e-3),
+    "ours": (lambda: Ours(), 1e-3),
+    "ours + qk_norm": (lambda: Ours(qk_norm=True), 1e-3),
+    "ours + qk_norm + embedding x4": (lambda: Ours(qk_norm=True, embedding_multiplier=4.0), 1e-3),
+    "ours + qk_norm + embedding x sqrt(d), lr 5e-4": (lambda: Ours(qk_norm=True, embedding_multiplier=math.sqrt(WIDTH)),
+                                                       5e-4),
+}
+
+
+def train(make, lr: float, seed: int, steps: int) -> list[float]:
+    torch.manual_seed(seed)
+    model = make()
+    g, gv = torch.Generator().manual_seed(1000 + seed), torch.Generator().manual_seed(7)
+    xv, yv = batch(1000, gv)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    curve = []
+    for step in range(1, steps + 1):
+        x, y = batch(16, g)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            with torch.no_grad():
+                curve.append(round((model(xv).argmax(-1) == yv).float().mean().item(), 3))
+    return curve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--out", default="bench/results/same_different")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "same_different.json"
+    record = json.loads(path.read_text()) if path.exists() else {"arms": {}}
+    record.update(steps=args.steps, batch=16, eval_every=100,
+                  command="python bench/same_different.py " + " ".join(
+                      [f"--steps {args.steps}", "--seeds " + " ".join(map(str, args.seeds))]))
+    for name in args.arms:
+        make, lr = ARMS[name]
+        for seed in args.seeds:
+            t0 = time.time()
+            curve = train(make, lr, seed, args.steps)
+            first = next((100 * (i + 1) for i, a in enumerate(curve) if a >= 0.9), None)
+            record["arms"].setdefault(name, {})[str(seed)] = {"lr": lr, "accuracy": curve, "steps_to_90": first}
+            print(f"{name:48s} seed {seed}: " + " ".join(f"{a * 100:.0f}" for a in curve)
+                  + f"  (90% at step {first}; {time.time() - t0:.0f} s)", flush=True)
+            path.write_text(json.dumps(record, indent=1) + "\n")
+    plot(record, out / "same_different.png")
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(record["arms"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), sharey=True)
+    for ax, name in zip(axes, names):
+        for seed, run in record["arms"][name].items():
+            xs = [100 * (i + 1) * record["batch"] for i in range(len(run["accuracy"]))]
+            ax.plot(xs, run["accuracy"], "-", alpha=0.8, label=f"seed {seed}")
+        ax.axhline(0.5, ls="--", c="grey", lw=0.8)
+        ax.set_title(name, fontsize=8, wrap=True)
+        ax.set_xlabel("samples seen", fontsize=8)
+        ax.set_ylim(0.4, 1.02)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("held-out accuracy")
+    fig.suptitle("same or different: is the colour asked about the colour given? (chance dashed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
