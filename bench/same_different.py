@@ -138,8 +138,12 @@ def plot(record: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(record["arms"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), sharey=True)
-    for ax, name in zip(axes, names):
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         for seed, run in record["arms"][name].items():
             xs = [100 * (i + 1) * record["batch"] for i in range(len(run["accuracy"]))]
             ax.plot(xs, run["accuracy"], "-", alpha=0.8, label=f"seed {seed}")
@@ -148,7 +152,8 @@ def plot(record: dict, path: Path) -> None:
         ax.set_xlabel("samples seen", fontsize=8)
         ax.set_ylim(0.4, 1.02)
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("held-out accuracy")
+    for row in axes:
+        row[0].set_ylabel("held-out accuracy")
     fig.suptitle("same or different: is the colour asked about the colour given? (chance dashed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
