@@ -100,8 +100,10 @@ def common_answer_tokens(data, tokenizer, max_share: float, limit: int) -> set[i
             if len(sample.images) != 1:
                 continue
             n += 1
-            text = " ".join(m["content"] for m in sample.messages if m["role"] == "assistant")
-            for t in set(tokenizer.encode(text)):
+            # each answer on its own, as the targets tokenise it (a joined text would count later answers'
+            # first words in their mid-sentence form, which no target has)
+            found = set().union(*(tokenizer.encode(m["content"]) for m in sample.messages if m["role"] == "assistant"))
+            for t in found:
                 counts[t] = counts.get(t, 0) + 1
     return {t for t, c in counts.items() if n and c / n > max_share}
 
