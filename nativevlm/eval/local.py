@@ -8,8 +8,8 @@ from typing import Optional
 from ..config import ConfigError
 from ..data.image import ImageProcessor
 from ..data.sample import user_turn
-from ..infer.chat import encode_prompt, routed_prompts
-from ..infer.engine import Engine, Request as Prompt, SamplingParams, think_opening
+from ..infer.chat import engine_request, prompts
+from ..infer.engine import Engine, SamplingParams, think_opening
 from ..infer.types import Reply, Request
 
 
@@ -36,32 +36,27 @@ class LocalAnswerer:
                               "model, or pair it as the reasoner of Extract+Think (nativevlm eval --reasoner)")
         params = SamplingParams(max_new_tokens=self.max_new_tokens)
         conversations = [([{"role": "user", "content": user_turn(r.text, len(r.images))}], r.images) for r in requests]
-        if getattr(self.model, "router", None) is not None:  # the router picks each region's rate first
-            encoded, features = zip(*routed_prompts(self.model, conversations, self.tokenizer, self.processor)) \
-                if requests else ((), ())
-        else:
-            encoded = [encode_prompt(m, images, self.tokenizer, self.processor) for m, images in conversations]
-            features = [[] for _ in encoded]
+        # a model with a router picks each region's rate first
+        pairs = prompts(self.model, conversations, self.tokenizer, self.processor)
         opener = len(think_opening(self.tokenizer)) if self.think else 0
-        need = max((len(e.input_ids) for e in encoded), default=0) + opener + self.max_new_tokens
+        need = max((len(e.input_ids) for e, _ in pairs), default=0) + opener + self.max_new_tokens
         was_training = self.model.training
         if self.engine is None or self.engine.max_len < need:
             self.engine = Engine(self.model, self.tokenizer, max_batch_size=self.chunk_size, max_len=need)
-        prompts, replies = [], [Reply() for _ in requests]
-        for i, enc in enumerate(encoded):
+        queued, replies = [], [Reply() for _ in requests]
+        for i, (enc, feats) in enumerate(pairs):
             try:
                 # over the model's context: that question fails
                 self.engine.check(len(enc.input_ids), params, self.think, self.thinking_budget)
             except ValueError as e:
                 replies[i].error = str(e)
                 continue
-            vision = dict(image_features=features[i]) if features[i] else dict(pixel_values=enc.pixel_values)
-            prompts.append((i, Prompt(enc.input_ids, params, think=self.think, thinking_budget=self.thinking_budget,
-                                      **vision)))
+            queued.append((i, engine_request(enc, feats, params, think=self.think,
+                                             thinking_budget=self.thinking_budget)))
         image_id = getattr(self.model.config, "image_token_id", None)
         try:
             self.model.eval()
-            for (i, p), done in zip(prompts, self.engine.generate([p for _, p in prompts])):
+            for (i, p), done in zip(queued, self.engine.generate([p for _, p in queued])):
                 trace = {"thinking": done.thinking} if done.thinking is not None else None
                 replies[i] = Reply(done.text.strip(), done.error, trace,
                                    visual_tokens=p.input_ids.count(image_id))

@@ -46,6 +46,21 @@ def routed_prompts(model, conversations: Sequence[tuple[list[dict], Sequence]], 
     return out
 
 
+def prompts(model, conversations: Sequence[tuple[list[dict], Sequence]], tokenizer,
+            processor: Optional[ImageProcessor]) -> list[tuple[EncodedSample, list[torch.Tensor]]]:
+    """Each conversation's prompt and its images' features: routed first (`routed_prompts`) for a model with
+    a router, else no features (the engine encodes the prompt's pixels)."""
+    if getattr(model, "router", None) is not None:
+        return routed_prompts(model, conversations, tokenizer, processor)
+    return [(encode_prompt(m, images, tokenizer, processor), []) for m, images in conversations]
+
+
+def engine_request(enc: EncodedSample, features: list[torch.Tensor], params: SamplingParams, **kwargs) -> Request:
+    """The engine's request for a prompt from `prompts`: its images as features when routed, else as pixels."""
+    vision = dict(image_features=features) if features else dict(pixel_values=enc.pixel_values)
+    return Request(enc.input_ids, params, **vision, **kwargs)
+
+
 def reply(model, tokenizer, question: str, images: Sequence[str] = (), max_new_tokens: int = 64,
           temperature: float = 0.0, processor: Optional[ImageProcessor] = None, think: Optional[bool] = None,
           thinking_budget: Optional[int] = None) -> Completion:
@@ -54,13 +69,9 @@ def reply(model, tokenizer, question: str, images: Sequence[str] = (), max_new_t
     processor = processor or (ImageProcessor.from_config(model.config.vision, model.config.connector)
                               if images else None)
     messages = [{"role": "user", "content": user_turn(question, len(images))}]
-    if images and getattr(model, "router", None) is not None:
-        [(enc, feats)] = routed_prompts(model, [(messages, images)], tokenizer, processor)
-    else:
-        enc, feats = encode_prompt(messages, images, tokenizer, processor), []
+    [(enc, feats)] = prompts(model, [(messages, images)], tokenizer, processor)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
-    vision = dict(image_features=feats) if feats else dict(pixel_values=enc.pixel_values)
-    req = Request(enc.input_ids, params, think=think, thinking_budget=thinking_budget, **vision)
+    req = engine_request(enc, feats, params, think=think, thinking_budget=thinking_budget)
     opening = len(think_opening(tokenizer)) if think else 0
     engine = Engine(model, tokenizer, max_batch_size=1, max_len=len(enc.input_ids) + opening + max_new_tokens)
     return engine.generate([req])[0]

@@ -55,11 +55,15 @@ class NativeVLM(nn.Module):
         self.language = language if language is not None else LanguageModel(config.language, config.moe)
         self.config = dataclasses.replace(config, vision=self.vision.config, connector=self.connector.config,
                                           language=self.language.config, moe=self.language.moe_config)
-        table = self.language.embed_tokens.weight
-        if config.connector.match_text_scale and table.device.type != "meta":
-            self.connector.match_output_scale(float(table.detach().float().pow(2).mean().sqrt()))
+        if config.connector.match_text_scale and self.language.embed_tokens.weight.device.type != "meta":
+            self._match_text_scale()
 
     # -- construction ---------------------------------------------------------------------------------
+
+    def _match_text_scale(self, paths: Optional[tuple[str, ...]] = None) -> None:
+        """Start the connector's image tokens (all paths, or `paths`) at the RMS of the LM's token embeddings."""
+        table = self.language.embed_tokens.weight.detach().float()
+        self.connector.match_output_scale(float(table.pow(2).mean().sqrt()), paths)
 
     @staticmethod
     def _new_router(config: ModelConfig) -> Router:
@@ -78,7 +82,7 @@ class NativeVLM(nn.Module):
             self.connector.mlp2 = ProjectorMLP(self.config.vision.hidden_size * f * f,
                                                self.connector.mlp1[1].out_features,
                                                self.config.language.hidden_size).to(table)
-            self.connector.match_output_scale(float(table.detach().float().pow(2).mean().sqrt()), ("mlp2",))
+            self._match_text_scale(("mlp2",))
         if connector.region_size != cfg.region_size:
             self.connector.config = cfg = dataclasses.replace(cfg, region_size=connector.region_size)
         self.config = dataclasses.replace(self.config, connector=cfg)
