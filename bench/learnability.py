@@ -16,7 +16,8 @@ minutes and against samples seen, the peer beside each arm, the prior dashed).
 Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped;
 `sft-only` drops the recipe's answer_words objective (next-token loss alone, the ladder's previous rung);
 `four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale, as the recipe did
-before (the ladder's geometry rung).
+before (the ladder's geometry rung); `before-qk` is the recipe before q/k norms, the input-embedding scale and
+3x the steps.
 """
 from __future__ import annotations
 
@@ -40,11 +41,10 @@ ARMS: dict[str, list[str]] = {
     "byod": [],
     "sft-only": ["stages.0.objectives=[{name: sft}]"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
-    # q/k norms and input embeddings x sqrt(192) learn to compare words faster (bench/same_different.py),
-    # at half the LM learning rate (vision and connector kept at 2e-3), over 3x the recipe's steps.
-    "qk-embed-3x": ["model.language.qk_norm=true", "model.language.embedding_multiplier=13.86", "stages.0.lr=5e-4",
-                    'stages.0.lr_multipliers={"vision.*": 4.0, "connector.*": 4.0}', "stages.0.steps=3000",
-                    "curves.every=300"],
+    # The recipe before q/k norms, the input scale and 3x the steps (the ladder's previous rung).
+    "before-qk": ["model.language.qk_norm=false", "model.language.embedding_multiplier=1.0", "stages.0.lr=1e-3",
+                  'stages.0.lr_multipliers={"vision.*": 2.0, "connector.*": 2.0}', "stages.0.steps=1000",
+                  "curves.every=100"],
 }
 
 

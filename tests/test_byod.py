@@ -60,16 +60,14 @@ def write_split(root: Path, name: str, n: int, seed: int) -> Path:
 
 
 def test_own_llava_qa_set_trains_a_native_vlm_above_its_answer_prior(tmp_path, monkeypatch):
-    """The README's commands on a mixed-family set: the families read off the image (hue, kind) end above
-    their answer priors on held-out questions. The hue margin (40 points) is one the recipe without its
-    answer_words objective misses (hue 68% against a 39% prior at this size; 88% with it). The kind of shape
-    (56% against 51% with 1 vision layer of width 64) is only asserted not below its prior. Yes/no ("Is the
-    blob teal?") needs the hue read AND compared with the question's word; at this size and length it stays
-    at its prior (as it does for the plain peer of bench/peer.py at a few thousand samples): asserted not to
-    fall below it by much, a known gap."""
+    """The README's commands on a mixed-family, yes/no-heavy set: every family ends well above its answer
+    prior on held-out questions, yes/no included ("Is the blob teal?" needs the hue read AND compared with the
+    question's word). The recipe before its q/k norms and input-embedding scale, trained the same way, reads
+    hue (100%) and kind (85%) but leaves yes/no at its prior (52.5%) through 24,000 samples; this one takes
+    it to 99% by 14,400. Without answer_words, yes/no stays at its prior too (hue 85%, kind 72%)."""
     monkeypatch.chdir(tmp_path)
     data = Path("data/custom")
-    train_json = write_split(data, "train", 480, seed=1)
+    train_json = write_split(data, "train", 2000, seed=1)
     val_json = write_split(data, "val", 200, seed=2)
     assert main(["data", "text", str(train_json), "--out", str(data / "text.jsonl")]) == 0
     assert main(["tokenizer", "train", str(data / "text.jsonl"), "--vocab-size", "320", "--min-frequency", "1",
@@ -77,9 +75,9 @@ def test_own_llava_qa_set_trains_a_native_vlm_above_its_answer_prior(tmp_path, m
     tiny = ["model.vision.hidden_size=64", "model.vision.num_layers=1", "model.vision.num_heads=2",
             "model.vision.intermediate_size=128", "model.language.hidden_size=64", "model.language.num_layers=2",
             "model.language.num_heads=2", "model.language.num_kv_heads=1", "model.language.intermediate_size=128",
-            "model.language.vocab_size=320", "max_length=64"]
+            "model.language.vocab_size=320", "max_length=64", "model.language.embedding_multiplier=8.0"]  # sqrt(64)
     assert main(["train", str(RECIPES / "native-custom.yaml"), "--out", "runs/custom-vlm", "--set", "progress=false",
-                 "--set", "stages.0.steps=300", "--set", "stages.0.eval_every=0", "--set", "stages.0.lr=2e-3",
+                 "--set", "stages.0.steps=900", "--set", "stages.0.eval_every=0", "--set", "stages.0.lr=2e-3",
                  "--set", "curves.every=0", "--set", "curves.samples=200", *(f"--set={t}" for t in tiny)]) == 0
     run = Path("runs/custom-vlm")
     curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -89,9 +87,9 @@ def test_own_llava_qa_set_trains_a_native_vlm_above_its_answer_prior(tmp_path, m
     for fam in ("yes/no", "hue", "kind"):
         answers = Counter(r["meta"]["answer"] for r in records if r["meta"]["family"] == fam)
         assert priors[fam] == max(answers.values()) / sum(answers.values())
-    assert points[0]["samples"] == 0 and points[-1]["samples"] == 300 * 16
+    assert points[0]["samples"] == 0 and points[-1]["samples"] == 900 * 16
     final = points[-1]
-    for fam, margin in (("hue", 0.40), ("kind", 0.0), ("yes/no", -0.1)):
+    for fam, margin in (("hue", 0.40), ("kind", 0.2), ("yes/no", 0.3)):
         assert final[f"acc/{fam}"] >= priors[fam] + margin, (fam, final[f"acc/{fam}"], priors[fam])
     assert (run / "final" / "model.safetensors").is_file() and (run / "curves.png").is_file()
 
