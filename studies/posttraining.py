@@ -14,7 +14,14 @@ seed the study then runs the shipped `recipes/cascade-rl.yaml`, stage by stage s
 and evaluates every model on the held-out test split (greedy, through the engine, as the quickstart does).
 `--out` gets study.json (accuracy per family of each model and seed, and each GSPO run's reward, accuracy,
 kept fraction and clip fraction per step) and study.png. The step counts are the recipe's unless overridden
-(`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core CPU.
+(`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core CPU. `--gspo-only` runs SFT ->
+GSPO alone (no pairs, no MPO) and `--gspo-set KEY=VALUE` changes the GSPO stage after those cuts, e.g. a
+longer run:
+
+    python studies/posttraining.py --quickstart runs/quickstart --out docs/studies/posttraining/gspo-long \
+        --work runs/quickstart/posttraining-long --gspo-only --gspo-set stages.0.batch_size=16 \
+        --gspo-set stages.0.steps=200 --gspo-set stages.0.lr=1e-5 \
+        --gspo-set stages.0.objectives.0.eps_low=0.2 --gspo-set stages.0.objectives.0.eps_high=0.28
 """
 from __future__ import annotations
 
@@ -102,13 +109,14 @@ def plot(study: dict, path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     families = [k for k in study["accuracy"]["sft"][str(study["seeds"][0])] if k not in ("n",)]
-    width = 0.8 / len(MODELS)
-    for j, m in enumerate(MODELS):
+    models = list(study["accuracy"])
+    width = 0.8 / len(models)
+    for j, m in enumerate(models):
         runs = study["accuracy"][m]
         vals = np.array([[runs[s][f] for f in families] for s in runs]) * 100
         mean = vals.mean(0)
         err = np.stack([mean - vals.min(0), vals.max(0) - mean])
-        axes[2].bar(np.arange(len(families)) + (j - 1.5) * width, mean, width, yerr=err, capsize=2,
+        axes[2].bar(np.arange(len(families)) + (j - (len(models) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
                     color=colours[m], label=LABELS[m])
     axes[2].set_xticks(np.arange(len(families)), families, rotation=45, ha="right", fontsize=8)
     axes[2].set(title="held-out test accuracy (%), mean and range over seeds", ylim=(0, 100))
@@ -126,19 +134,33 @@ def main(argv=None) -> None:
     ap.add_argument("--questions", type=int, default=320, help="training questions sampled for MPO's pairs")
     ap.add_argument("--mpo-steps", type=int, default=0, help="0: the recipe's")
     ap.add_argument("--gspo-steps", type=int, default=0, help="0: the recipe's")
+    ap.add_argument("--gspo-only", action="store_true", help="SFT -> GSPO alone: no pairs, no MPO")
+    ap.add_argument("--gspo-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the GSPO stage after the cuts above, e.g. stages.0.lr=1e-5")
+    ap.add_argument("--work", type=Path, default=None, help="run folder (default: QUICKSTART/posttraining)")
     args = ap.parse_args(argv)
     qs, t0 = args.quickstart.resolve(), time.time()
     sft = qs / "runs" / "native" / "final"
     if not (sft / "model.safetensors").exists():
         subprocess.run([sys.executable, "-m", "nativevlm", "quickstart", "--out", str(qs)], check=True)
-    world, work = qs / "data" / "world", qs / "posttraining"
+    world, work = qs / "data" / "world", (args.work or qs / "posttraining").resolve()
     overrides = {"mpo": SCALE["mpo"] + ([f"stages.0.steps={args.mpo_steps}"] if args.mpo_steps else []),
-                 "gspo": SCALE["gspo"] + ([f"stages.0.steps={args.gspo_steps}"] if args.gspo_steps else [])}
+                 "gspo": SCALE["gspo"] + ([f"stages.0.steps={args.gspo_steps}"] if args.gspo_steps else [])
+                 + args.gspo_set}
+    models = ("sft", "gspo") if args.gspo_only else MODELS
     timings = {}
-    study = {"seeds": args.seeds, "questions": args.questions, "accuracy": {m: {} for m in MODELS}, "curves": {},
-             "pairs": {}, "timings_s": timings}
+    study = {"seeds": args.seeds, "questions": args.questions, "accuracy": {m: {} for m in models}, "curves": {},
+             "pairs": {}, "overrides": overrides, "timings_s": timings}
     for seed in args.seeds:
         s, w = str(seed), work / f"seed{seed}"
+        if args.gspo_only:
+            t = time.time()
+            run = stage_run(qs, "gspo", sft, w / "gspo", seed, overrides["gspo"])
+            study["accuracy"]["gspo"][s] = evaluate_model(run, world)
+            timings[f"gspo {s} (train + evaluate)"] = round(time.time() - t)
+            study["curves"][s] = {"gspo": curves(run)}
+            print(f"seed {seed}: GSPO alone {study['accuracy']['gspo'][s]['overall']:.1%}", flush=True)
+            continue
         t = time.time()
         pairs_seed = w / "world_pairs.jsonl"
         subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(world / "train.json"),
