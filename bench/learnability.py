@@ -2,7 +2,7 @@
 from-scratch model trained on the same data in the same run?
 
     python bench/learnability.py --out bench/results/learnability [--sets solo glyphs multi world] \
-        [--arms byod] [--vlm-steps 1000]
+        [--arms byod] [--vlm-steps 1000] [--seed 1]
 
 For each image-QA set (`bench/qa_sets.py`: three generated sets that share nothing with the built-in world,
 and the world's own QA), each arm runs the README's "Bring your own data" commands as a user would
@@ -68,7 +68,7 @@ def curve_points(metrics: Path) -> list[dict]:
     return [r for r in map(json.loads, metrics.read_text().splitlines()) if "samples" in r]
 
 
-def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int) -> dict:
+def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: int = 0) -> dict:
     """The README's bring-your-own-data commands on this set, as written there, plus the arm's overrides."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
@@ -78,6 +78,8 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int) -> dict
             f"curves.data={data['val']}", "progress=false", *ARMS[arm]]
     if vlm_steps:
         sets.append(f"stages.0.steps={vlm_steps}")
+    if seed:
+        sets.append(f"seed={seed}")
     # A finished run is reused only if it was made by this recipe text with these overrides.
     made_by = {"recipe": (RECIPES / "native-custom.yaml").read_text(), "sets": sets}
     stamp = work / "made_by.json"
@@ -148,6 +150,7 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=["byod"], choices=sorted(ARMS))
     ap.add_argument("--vlm-steps", type=int, default=0, help="native-VLM steps (0: the recipe's own)")
     ap.add_argument("--train", type=int, default=16000, help="training questions per generated set")
+    ap.add_argument("--seed", type=int, default=0, help="the native VLM's and the peer's seed (data stay the same)")
     a = ap.parse_args()
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,12 +162,13 @@ def main() -> None:
         entry = results.setdefault(name, {"arms": {}})
         for arm in a.arms:
             print(f"[{name}] {arm}: the README's commands", flush=True)
-            entry["arms"][arm] = run_arm(arm, data, work / name / arm, a.vlm_steps)
+            entry["arms"][arm] = run_arm(arm, data, work / name / (f"{arm}-seed{a.seed}" if a.seed else arm),
+                                         a.vlm_steps, a.seed)
         minutes = max(r["curve"][-1]["train_seconds"] for r in entry["arms"].values()) / 60
         image_size = 96 if name in ("multi", "world") else 64
         print(f"[{name}] peer: {minutes:.1f} training minutes", flush=True)
         peer = train_peer(str(data["train"]), str(data["val"]), minutes, image_size=image_size, eval_every=2048,
-                          test_path=str(data["test"]))
+                          test_path=str(data["test"]), seed=a.seed)
         entry["peer"] = peer
         entry["priors"] = peer["priors"]
         entry["test_questions"] = peer["test_questions"]
