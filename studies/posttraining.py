@@ -153,32 +153,27 @@ def main(argv=None) -> None:
              "pairs": {}, "overrides": overrides, "timings_s": timings}
     for seed in args.seeds:
         s, w = str(seed), work / f"seed{seed}"
-        if args.gspo_only:
+        runs, pair_override = {}, []
+        if not args.gspo_only:
             t = time.time()
-            run = stage_run(qs, "gspo", sft, w / "gspo", seed, overrides["gspo"])
-            study["accuracy"]["gspo"][s] = evaluate_model(run, world)
-            timings[f"gspo {s} (train + evaluate)"] = round(time.time() - t)
-            study["curves"][s] = {"gspo": curves(run)}
-            print(f"seed {seed}: GSPO alone {study['accuracy']['gspo'][s]['overall']:.1%}", flush=True)
-            continue
-        t = time.time()
-        pairs_seed = w / "world_pairs.jsonl"
-        subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(world / "train.json"),
-                        "--model", str(sft), "--out", str(pairs_seed), "--limit", str(args.questions), "--seed", s,
-                        "--max-new-tokens", "8", "--device", "cpu"], check=True, stdout=subprocess.DEVNULL)
-        study["pairs"][s] = json.loads(Path(f"{pairs_seed}.summary.json").read_text())
-        pair_override = [f"stages.0.data.0.path={pairs_seed}"]
-        timings[f"pairs {s}"] = round(time.time() - t)
-        runs = {}
+            pairs_seed = w / "world_pairs.jsonl"
+            subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(world / "train.json"),
+                            "--model", str(sft), "--out", str(pairs_seed), "--limit", str(args.questions), "--seed",
+                            s, "--max-new-tokens", "8", "--device", "cpu"], check=True, stdout=subprocess.DEVNULL)
+            study["pairs"][s] = json.loads(Path(f"{pairs_seed}.summary.json").read_text())
+            pair_override = [f"stages.0.data.0.path={pairs_seed}"]
+            timings[f"pairs {s}"] = round(time.time() - t)
         for name, stage, init in (("mpo", "mpo", sft), ("mpo+gspo", "gspo", None), ("gspo", "gspo", sft)):
+            if name not in models:
+                continue
             t = time.time()
             init = init or runs["mpo"]
             extra = overrides[stage] + (pair_override if stage == "mpo" else [])
             runs[name] = stage_run(qs, stage, init, w / name.replace("+", "_"), seed, extra)
             study["accuracy"][name][s] = evaluate_model(runs[name], world)
             timings[f"{name} {s} (train + evaluate)"] = round(time.time() - t)
-        study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo")}
-        print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in MODELS[1:]),
+        study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo") if name in runs}
+        print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in models[1:]),
               flush=True)
     t = time.time()
     sft_acc = evaluate_model(sft, world)  # greedy evaluation of one model: the same for every seed
