@@ -121,3 +121,65 @@ def test_words_that_answer_most_conversations_are_left_out(tok):
     assert common_answer_tokens(Data, tok, 0.5, 1000) == yes  # 6 of 10 image conversations
     assert common_answer_tokens(Data, tok, 0.25, 1000) == yes | red  # 3 of 10, however often in each
     assert common_answer_tokens(Data, tok, 0.6, 1000) == set()
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_yes_no_questions_give_their_words_to_the_bag_or_the_negatives(tok, images, pack):
+    """`question_words`: a question answered yes gives its words to the image's bag, one answered no to its
+    negatives; other answers, and the chat template's tokens, give nothing; two images: skipped."""
+    from nativevlm.train.objectives.answer_words import image_turns, yes_no_words
+
+    a, b, c = images
+    samples = [
+        chat("<image>\nis it red?", "yes", "is it green?", "no", "what is it?", "square", images=[a], sid="1"),
+        chat("<image> and <image>?", "yes", images=[b, c], sid="two images"),
+        chat("<image>\nleft of it?", "No.", images=[c], sid="2"),
+    ]
+    proc = ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64)
+    batch = Collator(tok, proc, max_length=512, pack=pack)(samples)
+    image_start = tok.image_token_ids()["image_start_id"]
+    template = set(tok.encode(tok.apply_chat_template([{"role": r, "content": ""} for r in ("user", "assistant")])))
+    ignore = tok.special_ids() | template | set(tok.encode("is it"))
+    verdicts = {"yes": True, "no": False}
+
+    def verdict(ids):
+        return verdicts.get(tok.decode(ids).strip().lower().removesuffix("."))
+
+    turns = image_turns(batch.input_ids, batch.targets, batch.document_ids, image_start)
+    out = [ts and yes_no_words(ts, ignore, verdict) for ts in turns]
+    assert len(out) == 4
+    words = lambda text: [i for i in tok.encode(text) if i not in ignore]  # noqa: E731
+    assert out[0] == (words("is it red?"), [words("is it green?")])
+    assert out[1] is None and out[2] is None
+    assert out[3] == ([], [words("left of it?")])
+    assert words("is it red?") and words("left of it?")
+
+
+def test_negative_groups_known_value():
+    """A negative group g (the words of a question answered no) adds -log(1 - prod_{n in g} p(n)) to the
+    image's mean of terms: not all of its words are in the image, though any one may be."""
+    table = torch.eye(3)
+    tokens = torch.tensor([[2.0, 0, 0], [0, 2, 0]])  # mean token (1, 1, 0) / 2
+    c = 1 / math.sqrt(2)
+    z = math.exp(c) * 2 + 1
+    p0, p2 = math.exp(c) / z, 1 / z
+    loss, n = answer_words_loss([tokens], [[]], table, scale=1.0, negatives=[[[2]]])
+    assert n == 1 and loss.item() == pytest.approx(-math.log(1 - p2), abs=1e-5)
+    loss, _ = answer_words_loss([tokens], [[0]], table, scale=1.0, negatives=[[[2]]])
+    assert loss.item() == pytest.approx((-math.log(p0) - math.log(1 - p2)) / 2, abs=1e-5)
+    loss, _ = answer_words_loss([tokens], [[0]], table, scale=1.0, negatives=[[[2], [0, 2]]])
+    assert loss.item() == pytest.approx((-math.log(p0) - math.log(1 - p2) - math.log(1 - p0 * p2)) / 3, abs=1e-5)
+    loss, n = answer_words_loss([tokens], [None], table, scale=1.0, negatives=[None])
+    assert n == 0
+
+
+def test_turns_split_each_conversation_into_its_questions_and_answers(tok, images):
+    from nativevlm.train.objectives.answer_words import image_turns
+
+    samples = [chat("<image>\nis it red?", "yes", "what is it?", "red square", images=[images[0]], sid="1")]
+    proc = ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64)
+    batch = Collator(tok, proc, max_length=512, pack=False)(samples)
+    (turns,) = image_turns(batch.input_ids, batch.targets, batch.document_ids, tok.image_token_ids()["image_start_id"])
+    assert [(tok.decode(q).strip(), tok.decode(a).strip()) for q, a in turns] == [
+        ("user\n\nis it red?\nassistant", "yes"), ("user\nwhat is it?\nassistant", "red square")]
+
