@@ -39,6 +39,8 @@ RECIPES = ROOT / "nativevlm" / "recipes"
 # Each arm: native-custom overrides; the README's own (the data paths) are added by run_arm.
 ARMS: dict[str, list[str]] = {
     "byod": [],
+    # The recipe before yes/no questions' words labelled the image (answer_words.question_words).
+    "no-question-words": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0}]"],
     "sft-only": ["stages.0.objectives=[{name: sft}]"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
     # The recipe before q/k norms, the input scale and 3x the steps (the ladder's previous rung).
