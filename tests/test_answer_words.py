@@ -13,7 +13,7 @@ from nativevlm.data.collate import Collator
 from nativevlm.data.image import ImageProcessor
 from nativevlm.data.sample import Sample
 from nativevlm.data.tokenizer import Tokenizer
-from nativevlm.train.objectives.answer_words import answer_words_loss, image_answer_bags
+from nativevlm.train.objectives.answer_words import answer_words_loss, image_turns, turn_bags
 
 CORPUS = [f"the {c} {s} is left of it, answer {i}" for i, (c, s) in enumerate([("red", "square"), ("green", "ring")] * 30)]
 
@@ -50,7 +50,8 @@ def test_each_image_gets_its_own_conversations_answer_words(tok, images, pack):
     proc = ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64)
     batch = Collator(tok, proc, max_length=512, pack=pack)(samples)
     image_start = tok.image_token_ids()["image_start_id"]
-    bags = image_answer_bags(batch.input_ids, batch.targets, batch.document_ids, image_start, tok.special_ids())
+    turns = image_turns(batch.input_ids, batch.targets, batch.document_ids, image_start)
+    bags = turn_bags(turns, tok.special_ids())
     assert len(bags) == batch.n_images == 4
     assert bags[0] == tok.encode("red square") + tok.encode("red")  # both answers about the one image
     assert bags[1] is None and bags[2] is None  # which image a word of a two-image answer is about is unknown
@@ -127,7 +128,7 @@ def test_words_that_answer_most_conversations_are_left_out(tok):
 def test_yes_no_questions_give_their_words_to_the_bag_or_the_negatives(tok, images, pack):
     """`question_words`: a question answered yes gives its words to the image's bag, one answered no to its
     negatives; other answers, and the chat template's tokens, give nothing; two images: skipped."""
-    from nativevlm.train.objectives.answer_words import image_turns, yes_no_words
+    from nativevlm.train.objectives.answer_words import yes_no_words
 
     a, b, c = images
     samples = [
@@ -174,8 +175,6 @@ def test_negative_groups_known_value():
 
 
 def test_turns_split_each_conversation_into_its_questions_and_answers(tok, images):
-    from nativevlm.train.objectives.answer_words import image_turns
-
     samples = [chat("<image>\nis it red?", "yes", "what is it?", "red square", images=[images[0]], sid="1")]
     proc = ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64)
     batch = Collator(tok, proc, max_length=512, pack=False)(samples)

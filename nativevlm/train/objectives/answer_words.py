@@ -65,21 +65,21 @@ class AnswerWordsOptions:
     no: list[str] = field(default_factory=lambda: ["no"])
 
 
-def image_answer_bags(input_ids: torch.Tensor, targets: torch.Tensor, document_ids, image_start_id: int,
-                      ignore_ids: set[int]) -> list[list[int] | None]:
-    """For each image of the batch (in the order of their blocks, row-major: the order of `pixel_values`),
-    the target token ids of its conversation (its document when packed) less `ignore_ids`, or None when
-    that conversation holds more than one image."""
+def turn_bags(images_turns: list[list[tuple[list[int], list[int]]] | None], ignore_ids: set[int]
+              ) -> list[list[int] | None]:
+    """For each image of the batch, from its turns (`image_turns`), the target token ids of its conversation
+    (its document when packed) less `ignore_ids`, or None when that conversation holds more than one image."""
     return [None if turns is None else [i for _, answer in turns for i in answer if i not in ignore_ids]
-            for turns in image_turns(input_ids, targets, document_ids, image_start_id)]
+            for turns in images_turns]
 
 
 def image_turns(input_ids: torch.Tensor, targets: torch.Tensor, document_ids, image_start_id: int
                 ) -> list[list[tuple[list[int], list[int]]] | None]:
-    """For each image of the batch (in the order of `image_answer_bags`), its conversation's turns as
-    (question ids, answer ids), special tokens included; None for a conversation with several images. A
-    question is every non-answer token since the previous answer (targets are pre-shifted: position t is an
-    answer token when targets[t - 1] is not IGNORE)."""
+    """For each image of the batch (in the order of their blocks, row-major: the order of `pixel_values`), the
+    turns of its conversation (its document when packed) as (question ids, answer ids), special tokens
+    included; None for a conversation with several images. A question is every non-answer token since the
+    previous answer (targets are pre-shifted: position t is an answer token when targets[t - 1] is not
+    IGNORE)."""
     out: list[list[tuple[list[int], list[int]]] | None] = []
     for b in range(input_ids.shape[0]):
         starts = (input_ids[b] == image_start_id).nonzero().flatten().tolist()
@@ -212,15 +212,14 @@ class AnswerWords(Objective):
         batch = mb.batch
         if not batch.pixel_values:
             return Output(None)
-        bags = image_answer_bags(batch.input_ids, batch.targets, batch.document_ids, self.image_start_id,
-                                 self.ignore)
+        turns = image_turns(batch.input_ids, batch.targets, batch.document_ids, self.image_start_id)
+        bags = turn_bags(turns, self.ignore)
         feats = list(mb.forward().image_features)
         if len(feats) != len(bags):
             raise ValueError(f"{len(feats)} images encoded but {len(bags)} image blocks in the batch")
         skipped = sum(b is None for b in bags)
         negatives = None
         if self.options.question_words:
-            turns = image_turns(batch.input_ids, batch.targets, batch.document_ids, self.image_start_id)
             yes_no = [None if ts is None else yes_no_words(ts, self.question_ignore, self.verdict) for ts in turns]
             bags = [None if yn is None else b + yn[0] for b, yn in zip(bags, yes_no)]
             negatives = [None if yn is None else yn[1] for yn in yes_no]
