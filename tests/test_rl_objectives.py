@@ -20,11 +20,14 @@ from safetensors.torch import load_file
 
 import faultkit
 from nativevlm.config import ConfigError
-from nativevlm.data.collate import Collator
+from nativevlm.data.collate import IGNORE, Collator
 from nativevlm.data.image import ImageProcessor
+from nativevlm.data.thinking import THINK_END, THINK_START
 from nativevlm.data.tokenizer import Tokenizer
+from nativevlm.infer.engine import think_opening
 from nativevlm.rl.losses import RunningRewardMean, SequenceLogProbs, gspo_loss, mpo_loss, sequence_logprobs
 from nativevlm.rl.preferences import read_pairs
+from nativevlm.rl.reward import Reward
 from nativevlm.train.data import StageData
 from nativevlm.train.export import build_model
 from nativevlm.train.objectives import MicroBatch, StageContext, StepInfo, build
@@ -135,6 +138,8 @@ def test_mpo_objective_is_mpo_loss_on_its_pairs(tiny_world, pairs):
     ({"name": "gspo", "accuracy_low": 0.9, "accuracy_high": 0.1}, r"objectives\[0\]: .*accuracy_low <= accuracy_high"),
     ({"name": "gspo", "steps_per_rollout": 0}, r"objectives\[0\]: .*steps_per_rollout"),
     ({"name": "mpo", "beta": 0}, r"objectives\[0\]: objective mpo: beta must be > 0"),
+    ({"name": "gspo", "thinking_budget": 4}, r"objectives\[0\]: .*thinking_budget needs think: true"),
+    ({"name": "gspo", "think": True, "thinking_budget": 16, "max_new_tokens": 16}, r"room for the answer"),
 ])
 def test_bad_rl_options_fail_naming_the_entry(tiny_world, objective, message):
     with pytest.raises(ConfigError, match=message):
@@ -179,6 +184,42 @@ def test_gspo_rollout_loss_is_the_mean_of_its_sequences_alone(tiny_world, monkey
     assert batched.loss.item() == pytest.approx(torch.stack(alone).mean().item(), rel=1e-4, abs=1e-7)
     assert 0 < batched.metrics["clip_fraction"][0] < 16
     assert out.metrics["clip_fraction"][0] == 0  # the rollout step itself is on-policy
+
+
+def test_gspo_thinking_rollouts_open_think_and_are_rewarded_whole(tiny_world, monkeypatch):
+    """think: true asks every reply with the engine's `<think>` opening and budget, trains on prompt + opening +
+    reply with the loss on the reply alone, and hands the reward the whole reply in thinking mode."""
+    calls = []
+
+    def record(sample, reply, thinking=False, weights=None):
+        calls.append((reply, thinking))
+        right = len(reply) % 2 == 0
+        return Reward(right, True, "correct" if right else "wrong", float(right))
+
+    monkeypatch.setattr(gspo_module, "reward", record)
+    stage = gspo_stage(tiny_world, 2)
+    stage["objectives"][0].update(think=True, thinking_budget=3, max_new_tokens=24)
+    model, objective, data = setup_objective(tiny_world, stage)
+    batch = data.collator(data.sources[0][:4])
+    objective.loss(model, MicroBatch(model, batch, 0), info())
+    opening, close = think_opening(objective.tokenizer), objective.tokenizer.encode("\n" + THINK_END + "\n")
+    assert len(calls) == 16 and all(thinking is True and text.startswith(THINK_START) for text, thinking in calls)
+    rollout = objective.rollouts[0]
+    forced = 0
+    for j, (i, reply) in enumerate(zip(rollout.ids, rollout.replies)):
+        prompt = objective.prompt(objective.samples[i]).input_ids
+        row = rollout.batch.input_ids[j].tolist()
+        assert row[:len(prompt) + len(opening) + len(reply)] == prompt + opening + reply
+        scored = (rollout.batch.targets[j] != IGNORE).nonzero().flatten().tolist()
+        assert scored == list(range(len(prompt) + len(opening) - 1, len(prompt) + len(opening) - 1 + len(reply)))
+        if len(reply) >= 3 + len(close):  # thought through the budget: `</think>` was forced right after it
+            assert reply[3:3 + len(close)] == close
+            forced += 1
+    assert forced > 0, "a random model never closes its thinking itself: the budget must have acted"
+    calls.clear()  # direct mode (the default), as before: the reward is asked for a reply without thinking
+    direct_model, direct, direct_data = setup_objective(tiny_world, gspo_stage(tiny_world, 2))
+    direct.loss(direct_model, MicroBatch(direct_model, batch, 0), info())
+    assert len(calls) == 16 and all(thinking is False for _, thinking in calls)
 
 
 def rows(out: Path) -> list[dict]:

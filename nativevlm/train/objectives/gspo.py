@@ -21,6 +21,13 @@ The rollout (questions, reply tokens, old log-probs, advantages) is the objectiv
 mid-window resumes on the same rollout, bit-exactly. Metrics: `reward`, `accuracy`, `response_length` and
 `kept` (the share of questions the accuracy filter keeps) on rollout steps; `loss`, `clip_fraction` and
 `ratio` (mean sequence ratio) on every step.
+
+Thinking mode (`think: true`): each reply is asked with the engine's `think=True` (`<think>` opened after the
+prompt, `</think>` forced after `thinking_budget` tokens), the trained sequence is prompt + that opening +
+the reply (loss on the reply's tokens: thinking, close tag and answer), and the format term of the reward asks
+for one well-formed think block before the answer. The reward reads the answer after `</think>`, so RL selects
+the thinking that ends in a right, readable answer. With `think: false` (the default) the model is left to
+choose, as evaluation asks it, and the format term asks for a reply with no think block.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import torch
 from ...config import ConfigError
 from ...data.collate import IGNORE, Collator, EncodedSample, encode_sample
 from ...data.sample import Sample
-from ...infer.engine import Engine, Request, SamplingParams
+from ...infer.engine import Engine, Request, SamplingParams, think_opening
 from ...model.batch import Batch
 from ...rl.losses import accuracy_filter, group_advantages, gspo_loss
 from ...rl.policy import answer_logprobs, samples_by_id
@@ -52,6 +59,8 @@ class GSPOOptions:
     temperature: float = 1.0
     max_new_tokens: int = 16
     format_weight: float = 0.5  # the reward's format term (correct = 1)
+    think: bool = False  # thinking-mode rollouts (the engine's think=True) and reward (module docstring)
+    thinking_budget: Optional[int] = None  # with think: the most tokens thought before `</think>` is forced
 
 
 @dataclass
@@ -83,6 +92,10 @@ class GSPO(Objective):
             raise ConfigError("objective gspo: steps_per_rollout and max_new_tokens must be >= 1 and temperature > 0")
         if not 0 <= o.accuracy_low <= o.accuracy_high <= 1 or min(o.eps_low, o.eps_high) < 0:
             raise ConfigError("objective gspo: need 0 <= accuracy_low <= accuracy_high <= 1 and eps_low, eps_high >= 0")
+        if o.thinking_budget is not None and (not o.think or not 1 <= o.thinking_budget < o.max_new_tokens):
+            raise ConfigError("objective gspo: thinking_budget needs think: true and 1 <= thinking_budget < "
+                              f"max_new_tokens (room for the answer), got {o.thinking_budget} with max_new_tokens "
+                              f"{o.max_new_tokens}")
 
     def setup(self, ctx: StageContext) -> None:
         self.model, self.tokenizer = ctx.model, ctx.tokenizer
@@ -94,6 +107,7 @@ class GSPO(Objective):
         trainer = ctx.data.collator
         self.collator = Collator(trainer.tokenizer, trainer.image_processor, trainer.max_length)
         self.seed = ctx.data.sampler.seed
+        self.opening = think_opening(self.tokenizer) if self.options.think else []  # what the engine writes
         self.weights = RewardWeights(format=self.options.format_weight)
         self.rollouts: dict[int, Rollout] = {}
 
@@ -102,12 +116,13 @@ class GSPO(Objective):
                              add_generation_prompt=True)
 
     def sequences(self, ids: list[str], replies: list[list[int]]) -> Batch:
-        """Prompt + reply rows with targets on the reply tokens only."""
+        """Prompt (+ the engine's `<think>` opening in thinking mode) + reply rows, targets on the reply only."""
         rows = []
         for i, reply in zip(ids, replies):
             p = self.prompt(self.samples[i])
-            targets = [IGNORE] * (len(p.input_ids) - 1) + reply + [IGNORE]
-            rows.append(EncodedSample(p.input_ids + reply, targets, p.pixel_values, p.image_downsample, len(reply), i))
+            head = p.input_ids + self.opening
+            targets = [IGNORE] * (len(head) - 1) + reply + [IGNORE]
+            rows.append(EncodedSample(head + reply, targets, p.pixel_values, p.image_downsample, len(reply), i))
         return self.collator.batch(rows)
 
     def rollout(self, ids: list[str], info: StepInfo, device: torch.device) -> tuple[Optional[Rollout], dict]:
@@ -118,16 +133,21 @@ class GSPO(Objective):
         prompts = [self.prompt(s) for s in samples]
         requests = [Request(p.input_ids, SamplingParams(o.max_new_tokens, o.temperature,
                                                         seed=reply_seed(self.seed, f"{info.step}:{s.id}", k)),
-                            pixel_values=p.pixel_values)
+                            pixel_values=p.pixel_values, think=True if o.think else None,
+                            thinking_budget=o.thinking_budget)
                     for s, p in zip(samples, prompts) for k in range(G)]
-        longest = max(len(p.input_ids) for p in prompts)
+        longest = max(len(p.input_ids) for p in prompts) + len(self.opening)
         was_training = self.model.training
         done = Engine(self.model, self.tokenizer, max_batch_size=len(requests),
                       max_len=longest + o.max_new_tokens).generate(requests)
         self.model.train(was_training)
         eos = self.tokenizer.eos_id
         replies = [c.token_ids + ([eos] if c.finish_reason == "stop" else []) for c in done]
-        scored = [reward(samples[j // G], c.text.strip(), weights=self.weights) for j, c in enumerate(done)]
+        # Thinking mode: the whole reply as written (the engine's opening, thinking, close tag, answer), so the
+        # reward sees malformed tags as they are; direct: the answer text, as before.
+        texts = ([self.tokenizer.decode(self.opening + c.token_ids).strip() for c in done] if o.think
+                 else [c.text.strip() for c in done])
+        scored = [reward(samples[j // G], t, thinking=o.think, weights=self.weights) for j, t in enumerate(texts)]
         rewards = torch.tensor([r.value for r in scored]).view(-1, G)
         correct = torch.tensor([float(r.correct) for r in scored]).view(-1, G)
         keep = accuracy_filter(correct.mean(1), o.accuracy_low, o.accuracy_high)
