@@ -39,6 +39,7 @@ from nativevlm.data.vet import VET_PROMPT  # noqa: E402
 from nativevlm.eval.benchmarks import load_benchmark  # noqa: E402
 from nativevlm.eval.harness import evaluate  # noqa: E402
 from nativevlm.eval.local import LocalAnswerer  # noqa: E402
+from nativevlm.eval.matching import bare_answer  # noqa: E402
 from nativevlm.infer.pipelines import ExtractThink, KnownDescriptions  # noqa: E402
 from nativevlm.model.loading import load_pretrained  # noqa: E402
 from nativevlm.quickstart import load_shipped_recipe  # noqa: E402
@@ -64,9 +65,14 @@ def trained(name: str, recipe: str, work: Path, overrides: list[str], log: dict)
     return out / "final"
 
 
-def summary(result, thinking_tokens=None) -> dict:
+def summary(result, items: dict, thinking_tokens=None) -> dict:
+    """Accuracy as evaluation reads answers, and strict: right and the answer alone (`bare_answer`), which a
+    hedge such as "yes. 1 is greater than" is not."""
     s = result.summary()
-    out = {"accuracy": s["accuracy"], "parse_failure_rate": s["parse_failure_rate"],
+    strict = [r["status"] == "correct" and bare_answer(r["prediction"], items[r["id"]].answer, items[r["id"]].options)
+              for r in result.records]
+    out = {"accuracy": s["accuracy"], "strict_accuracy": sum(strict) / max(1, len(strict)),
+           "parse_failure_rate": s["parse_failure_rate"],
            "by_kind": {k: g["accuracy"] for k, g in s["by_kind"].items()},
            "by_family": {k: g["accuracy"] for k, g in s["by_category"].items()}}
     if thinking_tokens is not None:
@@ -98,6 +104,8 @@ def main() -> None:
     ap.add_argument("--gspo-steps", type=int, default=100, help="optimizer steps of thinking-mode GSPO (part gspo)")
     ap.add_argument("--gspo-lr", type=float, default=3e-5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="GSPO seeds (part gspo)")
+    ap.add_argument("--gspo-reward", choices=("strict", "lenient"), default="strict",
+                    help="strict: a right answer counts only alone (rl.reward); lenient: as evaluation reads it")
     args = ap.parse_args()
     qs, out = Path(args.quickstart).resolve(), Path(args.out)
     work = Path(args.work).resolve() if args.work else qs / "thinking-bench"
@@ -124,15 +132,17 @@ def main() -> None:
     tok = Tokenizer.load(work / "data" / "tokenizer")
     bench = load_benchmark(f"world:{world}")
     bench.items = bench.items[:args.limit]
+    items = {item.id: item for item in bench.items}
     results: dict = {"direct_vs_thinking": {}, "gspo_thinking": {}, "extract_think": {}}
     timings: dict = {}
 
     def run(group: str, name: str, answerer, count_thinking: bool = False) -> None:
         t0 = time.time()
         result = evaluate(bench, answerer)
-        results[group][name] = summary(result, thinking_tokens(result, tok) if count_thinking else None)
+        results[group][name] = summary(result, items, thinking_tokens(result, tok) if count_thinking else None)
         timings[f"{group}/{name}"] = round(time.time() - t0, 1)
-        print(f"{group:18s} {name:24s} {results[group][name]['accuracy']:.1%}", flush=True)
+        print(f"{group:18s} {name:40s} {results[group][name]['accuracy']:.1%} (strict "
+              f"{results[group][name]['strict_accuracy']:.1%})", flush=True)
 
     n = 8 + args.budget + 8
     if "thinking" in args.parts:
@@ -156,7 +166,8 @@ def main() -> None:
                          f"--reasoner-steps {args.reasoner_steps} --limit {args.limit} --budget {args.budget} "
                          f"--parts {' '.join(args.parts)}"
                          + (f" --gspo-steps {args.gspo_steps} --gspo-lr {args.gspo_lr} --seeds "
-                            f"{' '.join(map(str, args.seeds))}" if "gspo" in args.parts else ""),
+                            f"{' '.join(map(str, args.seeds))} --gspo-reward {args.gspo_reward}"
+                            if "gspo" in args.parts else ""),
               **{k: v for k, v in results.items() if v}}
     (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
     plot(record, out / "thinking.png")
@@ -178,13 +189,13 @@ def gspo_thinking(args, work: Path, fused: Path, tok, log: dict, run, n: int) ->
     # question; what varies within a group is mostly the format term, and a group whose rewards are all equal
     # has zero advantages anyway.
     options = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": 0.0,
-               "accuracy_high": 1.0,
+               "accuracy_high": 1.0, "strict_answer": args.gspo_reward == "strict",
                "thinking_budget": args.budget, "max_new_tokens": n}
     overrides = ["stages.0.batch_size=16", f"stages.0.steps={args.gspo_steps}", f"stages.0.lr={args.gspo_lr}",
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
     for seed in args.seeds:
-        name = f"gspo-think-s{seed}"
+        name = f"gspo-think-{args.gspo_reward}-s{seed}"
         out = work / "runs" / name
         if not (out / "final").is_dir():
             data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), work)
@@ -200,8 +211,9 @@ def gspo_thinking(args, work: Path, fused: Path, tok, log: dict, run, n: int) ->
         curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
                         for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction")}
         model = load_pretrained(out / "final")
-        run("gspo_thinking", f"GSPO seed {seed}, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
-        run("gspo_thinking", f"GSPO seed {seed}, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
+        label = f"GSPO ({args.gspo_reward} reward) seed {seed}"
+        run("gspo_thinking", f"{label}, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
+        run("gspo_thinking", f"{label}, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
     # Control: the think-fusion SFT loss for as many more optimizer steps, from the same fused model.
     control = trained("fused-more", "think-fusion", work, VLM + [f"stages.0.steps={args.gspo_steps}",
                                                                  "stages.0.warmup_steps=10", f"init.path={fused}"], log)

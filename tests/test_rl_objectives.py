@@ -40,7 +40,7 @@ QUIET = dict(log=lambda *a, **k: None)
 PARITY_REWARD = """
 from nativevlm.rl.reward import Reward
 
-def parity(sample, reply, thinking=False, weights=None):
+def parity(sample, reply, thinking=False, weights=None, strict=False):
     right = len(reply) % 2 == 0
     return Reward(right, True, "correct" if right else "wrong", float(right))
 """
@@ -191,7 +191,7 @@ def test_gspo_thinking_rollouts_open_think_and_are_rewarded_whole(tiny_world, mo
     reply with the loss on the reply alone, and hands the reward the whole reply in thinking mode."""
     calls = []
 
-    def record(sample, reply, thinking=False, weights=None):
+    def record(sample, reply, thinking=False, weights=None, strict=False):
         calls.append((reply, thinking))
         right = len(reply) % 2 == 0
         return Reward(right, True, "correct" if right else "wrong", float(right))

@@ -51,6 +51,36 @@ def test_reward_on_labelled_replies(sample, reply, thinking, right, formatted):
         assert r.status == score(item_of(sample, "test"), reply).status  # the evaluation's reading, not a second matcher
 
 
+STRICT = [  # sample, reply, right when read leniently (evaluation), right when it must be the answer alone
+    (qa("1"), "yes. 1 is greater than", True, False),  # the hedge thinking-mode GSPO learnt
+    (qa("yes"), "yes. 1 is greater than", True, False),
+    (qa("1"), "1", True, True),
+    (qa("1"), "one.", True, True),
+    (qa("yes"), "Yes.", True, True),
+    (qa("yes"), "Yes, it is.", True, False),
+    (qa("3"), "There are 3 circles.", True, False),
+    (qa("red circle"), "the red circle", True, True),  # open answers are compared whole either way
+    (MC, "B", True, True),
+    (MC, "(b)", True, True),
+    (MC, "blue", True, True),
+    (MC, "B. blue", True, True),
+    (MC, "B, it is the blue one", True, False),
+    (MC, "Answer: B", True, True),  # the answer span after "Answer:"
+    (qa("3"), "<think>\ntwo and one\n</think>\n3", True, True),
+    (qa("3"), "<think>\ntwo and one\n</think>\n3 is it. 2", False, False),  # two numbers: a parse failure
+]
+
+
+@pytest.mark.parametrize("sample,reply,lenient,strict", STRICT)
+def test_strict_reward_counts_an_answer_only_alone(sample, reply, lenient, strict):
+    thinking = reply.startswith("<think>")
+    assert reward(sample, reply, thinking=thinking).correct == lenient
+    r = reward(sample, reply, thinking=thinking, strict=True)
+    assert r.correct == strict
+    assert r.formatted == reward(sample, reply, thinking=thinking).formatted  # the format term is unchanged
+    assert r.value == 1.0 * strict + 0.5 * r.formatted
+
+
 def test_right_answers_outscore_wrong_ones_whatever_the_format():
     values = [(reward(s, reply, thinking=t).value, right) for s, reply, t, right, _ in LABELLED]
     assert min(v for v, right in values if right) > max(v for v, right in values if not right)

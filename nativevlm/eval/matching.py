@@ -191,5 +191,26 @@ def match_open(prediction: str, reference: str) -> Match:
     return Match(CORRECT if pred == ref else WRONG, pred)
 
 
+def bare_answer(prediction: str, reference: str, options: Optional[Mapping[str, str]] = None) -> bool:
+    """Whether the prediction's answer span is one answer and nothing else: a number alone for a numeric
+    reference, yes or no alone for a yes/no one, an option letter and/or that option's text for a
+    multiple-choice one (any open answer is compared whole already). The rules above read "yes. 1 is greater
+    than" as `1` for "how many?" and as `yes` for "is there?", which is right for scoring verbose answers and
+    a reward a policy learns to hedge with; a strict reward asks for this too (`rl.reward`)."""
+    span = answer_span(prediction)
+    if options:
+        letter = read_choice(prediction, options)
+        if letter is None:
+            return False
+        words, text = words_of(span), normalize_answer(str(options[letter]))
+        return (normalize_answer(span) == text or [w.upper() for w in words] == [letter]
+                or (bool(words) and words[0].upper() == letter and normalize_answer(" ".join(words[1:])) == text))
+    if parse_number(reference) is not None:
+        return parse_number(span) is not None
+    if normalize_answer(reference) in ("yes", "no"):
+        return normalize_answer(span) in ("yes", "no")
+    return bool(words_of(span))
+
+
 def option_letters(n: int) -> list[str]:
     return list(string.ascii_uppercase[:n])

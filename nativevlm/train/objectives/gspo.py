@@ -61,6 +61,7 @@ class GSPOOptions:
     format_weight: float = 0.5  # the reward's format term (correct = 1)
     think: bool = False  # thinking-mode rollouts (the engine's think=True) and reward (module docstring)
     thinking_budget: Optional[int] = None  # with think: the most tokens thought before `</think>` is forced
+    strict_answer: bool = False  # a right answer counts only alone, not hedged ("yes. 1 is ..."): `rl.reward`
 
 
 @dataclass
@@ -147,7 +148,8 @@ class GSPO(Objective):
         # reward sees malformed tags as they are; direct: the answer text, as before.
         texts = ([self.tokenizer.decode(self.opening + c.token_ids).strip() for c in done] if o.think
                  else [c.text.strip() for c in done])
-        scored = [reward(samples[j // G], t, thinking=o.think, weights=self.weights) for j, t in enumerate(texts)]
+        scored = [reward(samples[j // G], t, thinking=o.think, weights=self.weights, strict=o.strict_answer)
+                  for j, t in enumerate(texts)]
         rewards = torch.tensor([r.value for r in scored]).view(-1, G)
         correct = torch.tensor([float(r.correct) for r in scored]).view(-1, G)
         keep = accuracy_filter(correct.mean(1), o.accuracy_low, o.accuracy_high)
