@@ -11,14 +11,20 @@ What it trains, each from the quickstart's models with the shipped recipe scaled
   captions in place of the VET data, so the two perceivers differ in their data only (`--caption-steps 0`:
   the quickstart VLM itself, trained on captions in all three of its stages, is the caption perceiver);
 - `reasoner`: recipes/reasoner.yaml from the quickstart text LM, think-fusion on (`thinking: 0.5`).
+- part `gspo`: the SFT model `fused+K` (`fused` trained `--gspo-sft-steps` K more think-fusion steps), then
+  thinking-mode GSPO from it per seed (the gspo stage of recipes/cascade-rl.yaml with `think: true`, the
+  budget, `strict_answer` unless `--gspo-reward lenient`), and the control `fused+K+N` (as many more
+  think-fusion steps as GSPO's N); runs named by these settings, so each is trained once and reused.
 
 What it measures (greedy, `--limit` test questions, accuracy per family):
 - the quickstart VLM as it is (the direct baseline before think-fusion), and `fused` asked with think=False,
   think=True (budget `--budget`) and left to choose;
+- part `gspo`: the SFT model, each GSPO model and the control asked with think=True and think=False, and
+  each GSPO run's reward, accuracy, reply length, kept share and clip fraction per step (`gspo_thinking.png`);
 - Extract+Think with perceivers {caption (asked "Describe the image."), vet (asked the VET prompt with the
   question), truth (the ground-truth captions)} x reasoner {direct, thinking}.
-Writes `<out>/thinking.json` (accuracies, parse failures, mean thinking tokens, seconds, commands) and
-`<out>/thinking.png`.
+Writes `<out>/thinking.json` (accuracies as evaluation reads answers and strict, parse failures, mean
+thinking tokens, seconds, what trained each model, the command) and `<out>/thinking.png`.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,11 +65,21 @@ def sh(*args: str) -> None:
 
 def trained(name: str, recipe: str, work: Path, overrides: list[str], log: dict) -> Path:
     out = work / "runs" / name
+    record(out, log, name)
     if not (out / "final").is_dir():
         t0 = time.time()
         train(load_shipped_recipe(recipe, work, overrides), out)
-        log[name] = {"recipe": recipe, "overrides": overrides, "seconds": round(time.time() - t0, 1)}
+        record(out, log, name, {"recipe": recipe, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
     return out / "final"
+
+
+def record(out: Path, log: dict, name: str, entry: Optional[dict] = None) -> None:
+    """What trained the run in `out` (kept beside it, so a rerun that reuses the run still reports it)."""
+    path = out / "bench_record.json"
+    if entry is not None:
+        path.write_text(json.dumps(entry, indent=1) + "\n")
+    if path.exists():
+        log[name] = json.loads(path.read_text())
 
 
 def summary(result, items: dict, thinking_tokens=None) -> dict:
@@ -106,6 +123,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="GSPO seeds (part gspo)")
     ap.add_argument("--gspo-reward", choices=("strict", "lenient"), default="strict",
                     help="strict: a right answer counts only alone (rl.reward); lenient: as evaluation reads it")
+    ap.add_argument("--gspo-sft-steps", type=int, default=200,
+                    help="think-fusion steps after the fused model before GSPO starts (0: GSPO from `fused`)")
+    ap.add_argument("--no-control", action="store_true",
+                    help="skip the think-fusion control (e.g. in a second process running another seed)")
+    ap.add_argument("--gspo-filter", type=float, nargs=2, default=[0.2, 0.8], metavar=("LOW", "HIGH"),
+                    help="GSPO's accuracy filter (0 1: keep every question)")
     args = ap.parse_args()
     qs, out = Path(args.quickstart).resolve(), Path(args.out)
     work = Path(args.work).resolve() if args.work else qs / "thinking-bench"
@@ -166,7 +189,8 @@ def main() -> None:
                          f"--reasoner-steps {args.reasoner_steps} --limit {args.limit} --budget {args.budget} "
                          f"--parts {' '.join(args.parts)}"
                          + (f" --gspo-steps {args.gspo_steps} --gspo-lr {args.gspo_lr} --seeds "
-                            f"{' '.join(map(str, args.seeds))} --gspo-reward {args.gspo_reward}"
+                            f"{' '.join(map(str, args.seeds))} --gspo-reward {args.gspo_reward} --gspo-sft-steps "
+                            f"{args.gspo_sft_steps} --gspo-filter {args.gspo_filter[0]:g} {args.gspo_filter[1]:g}"
                             if "gspo" in args.parts else ""),
               **{k: v for k, v in results.items() if v}}
     (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -177,49 +201,60 @@ def main() -> None:
 
 
 def gspo_thinking(args, work: Path, fused: Path, tok, log: dict, run, n: int) -> dict:
-    """Thinking-mode GSPO from the think-fused model, per seed (the gspo stage of recipes/cascade-rl.yaml with
-    `think: true`; replies of up to `n` tokens, `--budget` of them thinking), then the GSPO model asked both
-    ways; and a control: think-fusion SFT continued for as many optimizer steps. Returns each run's curves."""
+    """Thinking-mode GSPO, per seed, from the think-fused model trained `--gspo-sft-steps` more think-fusion
+    steps (the SFT model of this cascade), with the gspo stage of recipes/cascade-rl.yaml and `think: true`
+    (replies of up to `n` tokens, `--budget` of them thinking). The SFT model and each GSPO model are asked
+    both ways, and so is the control: the SFT model trained as many more think-fusion steps as GSPO took.
+    Returns each GSPO run's curves."""
     from nativevlm.config import read_yaml
     from nativevlm.quickstart import RECIPES
     from nativevlm.train.recipe import recipe_from_dict, relocate_paths
 
-    # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens. No accuracy
-    # filter: the fused model thinking is right on about 2% of its rollouts, so [0.2, 0.8] would keep no
-    # question; what varies within a group is mostly the format term, and a group whose rewards are all equal
-    # has zero advantages anyway.
-    options = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": 0.0,
-               "accuracy_high": 1.0, "strict_answer": args.gspo_reward == "strict",
+    def more_fusion(name: str, init: Path, k: int) -> Path:
+        return trained(name, "think-fusion", work, VLM + [f"stages.0.steps={k}", "stages.0.warmup_steps=10",
+                                                          f"init.path={init}"], log)
+
+    def both_ways(label: str, path: Path) -> None:
+        model = load_pretrained(path)
+        run("gspo_thinking", f"{label}, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
+        run("gspo_thinking", f"{label}, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
+
+    sft_name = f"fused+{args.gspo_sft_steps}" if args.gspo_sft_steps else "fused"
+    sft = more_fusion(sft_name, fused, args.gspo_sft_steps) if args.gspo_sft_steps else fused
+    both_ways(f"SFT ({sft_name})", sft)
+    # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
+    low, high = args.gspo_filter
+    options = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
+               "accuracy_high": high, "strict_answer": args.gspo_reward == "strict",
                "thinking_budget": args.budget, "max_new_tokens": n}
     overrides = ["stages.0.batch_size=16", f"stages.0.steps={args.gspo_steps}", f"stages.0.lr={args.gspo_lr}",
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
     for seed in args.seeds:
-        name = f"gspo-think-{args.gspo_reward}-s{seed}"
+        name = f"gspo{args.gspo_steps}-think-{args.gspo_reward}-from-{sft_name}-s{seed}"
         out = work / "runs" / name
+        made = out / "bench_record.json"
+        if made.exists() and (json.loads(made.read_text()).get("gspo"), json.loads(made.read_text()).get("overrides")) \
+                != (options, overrides):
+            raise SystemExit(f"{out} was trained with other GSPO settings ({made}); delete it to rerun with these")
         if not (out / "final").is_dir():
             data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), work)
             data["stages"] = [s for s in data["stages"] if s["name"] == "gspo"]
             data["stages"][0]["objectives"][0].update(options)
-            data.update(init={"path": str(fused)}, seed=seed, device="cpu")
+            data.update(init={"path": str(sft)}, seed=seed, device="cpu")
             t0 = time.time()
             train(recipe_from_dict(data, overrides), out)
-            log[name] = {"recipe": "cascade-rl (gspo stage)", "init": "fused", "seed": seed, "gspo": options,
-                         "overrides": overrides,
-                         "seconds": round(time.time() - t0, 1)}
+            record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": sft_name, "seed": seed,
+                                    "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
+        record(out, log, name)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
                         for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction")}
-        model = load_pretrained(out / "final")
-        label = f"GSPO ({args.gspo_reward} reward) seed {seed}"
-        run("gspo_thinking", f"{label}, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
-        run("gspo_thinking", f"{label}, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
-    # Control: the think-fusion SFT loss for as many more optimizer steps, from the same fused model.
-    control = trained("fused-more", "think-fusion", work, VLM + [f"stages.0.steps={args.gspo_steps}",
-                                                                 "stages.0.warmup_steps=10", f"init.path={fused}"], log)
-    model = load_pretrained(control)
-    run("gspo_thinking", "think-fusion continued, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
-    run("gspo_thinking", "think-fusion continued, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
+        both_ways(f"GSPO ({args.gspo_reward} reward) seed {seed}", out / "final")
+    # Control: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
+    control = f"{sft_name}+{args.gspo_steps}"
+    if not args.no_control:
+        both_ways(f"think-fusion continued ({control})", more_fusion(control, sft, args.gspo_steps))
     return curves
 
 
@@ -229,15 +264,19 @@ def plot_gspo(curves: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     keys = {"reward": "mean reward per rollout (correct 1 + format 0.5)", "accuracy": "rollout accuracy",
             "response_length": "reply tokens (thinking + answer)", "clip_fraction": "clip fraction (off-policy steps)"}
     fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.8))
     for ax, (key, title) in zip(axes, keys.items()):
-        for name, c in curves.items():
+        for k, (name, c) in enumerate(curves.items()):
             if c[key]:
-                x, y = zip(*c[key])
-                ax.plot(x, y, marker="o" if key != "clip_fraction" else None, ms=2, lw=1, label=name)
+                x, y = map(np.array, zip(*c[key]))
+                ax.plot(x, y, lw=0.7, alpha=0.35, color=f"C{k}")
+                w = min(10, len(y))  # rollouts are 16 questions each: a running mean shows the trend
+                ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, "valid"), lw=2, color=f"C{k}",
+                        label=f"{name} (mean of {w})")
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
