@@ -24,7 +24,8 @@ mid-window resumes on the same rollout, bit-exactly. Metrics: `reward`, `accurac
 
 Thinking mode (`think: true`): each reply is asked with the engine's `think=True` (`<think>` opened after the
 prompt, `</think>` forced after `thinking_budget` tokens), the trained sequence is prompt + that opening +
-the reply (loss on the reply's tokens: thinking, close tag and answer), and the format term of the reward asks
+the reply (loss on the reply's tokens: thinking, close tag and answer; a `</think>` the budget forced counts
+as the reply's own, so a rewarded reply also teaches closing there), and the format term of the reward asks
 for one well-formed think block before the answer. The reward reads the answer after `</think>`, so RL selects
 the thinking that ends in a right, readable answer. With `think: false` (the default) the model is left to
 choose, as evaluation asks it, and the format term asks for a reply with no think block.
