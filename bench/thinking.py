@@ -234,8 +234,8 @@ def gspo_thinking(args, work: Path, fused: Path, tok, log: dict, run, n: int) ->
         name = f"gspo{args.gspo_steps}-think-{args.gspo_reward}-from-{sft_name}-s{seed}"
         out = work / "runs" / name
         made = out / "bench_record.json"
-        if made.exists() and (json.loads(made.read_text()).get("gspo"), json.loads(made.read_text()).get("overrides")) \
-                != (options, overrides):
+        made_by = json.loads(made.read_text()) if made.exists() else None
+        if made_by is not None and (made_by.get("gspo"), made_by.get("overrides")) != (options, overrides):
             raise SystemExit(f"{out} was trained with other GSPO settings ({made}); delete it to rerun with these")
         if not (out / "final").is_dir():
             data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), work)
