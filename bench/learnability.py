@@ -42,6 +42,10 @@ ARMS: dict[str, list[str]] = {
     # The recipe before yes/no questions' words labelled the image (answer_words.question_words).
     "no-question-words": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0}]"],
     "sft-only": ["stages.0.objectives=[{name: sft}]"],
+    # Answer words read token by token (multiple-instance: each word, or a yes question's words together,
+    # from the one token that gives it most) against the embeddings as they were at the start.
+    "max-pool": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
+                 "pool: max, table: initial}]"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
     # The recipe before q/k norms, the input scale and 3x the steps (the ladder's previous rung).
     "before-qk": ["model.language.qk_norm=false", "model.language.embedding_multiplier=1.0", "stages.0.lr=1e-3",

@@ -150,7 +150,7 @@ def test_yes_no_questions_give_their_words_to_the_bag_or_the_negatives(tok, imag
     out = [ts and yes_no_words(ts, ignore, verdict) for ts in turns]
     assert len(out) == 4
     words = lambda text: [i for i in tok.encode(text) if i not in ignore]  # noqa: E731
-    assert out[0] == (words("is it red?"), [words("is it green?")])
+    assert out[0] == ([words("is it red?")], [words("is it green?")])
     assert out[1] is None and out[2] is None
     assert out[3] == ([], [words("left of it?")])
     assert words("is it red?") and words("left of it?")
@@ -174,6 +174,48 @@ def test_negative_groups_known_value():
     assert n == 0
 
 
+def test_max_pool_known_values():
+    """`pool: max`: a bag word reads the token that gives it most, -log max_i q_i(a); a group's words must
+    sit at one token, -max_i mean_{a in g} log q_i(a); a negative group's joint is max_i prod q_i(n)."""
+    table = torch.eye(3)
+    tokens = torch.tensor([[1.0, 0, 0], [0, 1, 1]])  # token 0 says word 0; token 1 words 1 and 2
+    s = 2.0
+    q = [[math.exp(s * v) for v in row] for row in ([1, 0, 0], [0, 2 ** -0.5, 2 ** -0.5])]
+    q = [[v / sum(row) for v in row] for row in q]
+    loss, n = answer_words_loss([tokens], [[0, 1]], table, scale=s, pool="max")
+    assert n == 1 and loss.item() == pytest.approx(-(math.log(q[0][0]) + math.log(q[1][1])) / 2, abs=1e-5)
+    loss, _ = answer_words_loss([tokens], [[]], table, scale=s, pool="max", groups=[[[1, 2]]])
+    assert loss.item() == pytest.approx(-(math.log(q[1][1]) + math.log(q[1][2])) / 2, abs=1e-5)
+    loss, _ = answer_words_loss([tokens], [[]], table, scale=s, pool="max", negatives=[[[0, 2]]])
+    joint = max(q[0][0] * q[0][2], q[1][0] * q[1][2])
+    assert loss.item() == pytest.approx(-math.log(1 - joint), abs=1e-5)
+    # without max, a group is read word by word from the mean token, as bag words are
+    a, _ = answer_words_loss([tokens], [[]], table, scale=s, groups=[[[1, 2]]])
+    b, _ = answer_words_loss([tokens], [[1, 2]], table, scale=s)
+    assert a.item() == pytest.approx(b.item())
+
+
+def test_max_pool_binds_words_to_one_token():
+    """Two images with the same four attributes, bound differently: (red, square) at one token and (blue,
+    circle) at another, or (red, circle) and (blue, square). The mean token cannot tell them apart; with
+    `pool: max` a "red square" group is likelier, and a "no" to it costlier, where red and square share a
+    token. This is what lets the encoder learn which attribute goes with which object."""
+    table = torch.eye(4)  # red, blue, square, circle
+    bound = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1]])
+    crossed = torch.tensor([[1.0, 0, 0, 1], [0, 1, 1, 0]])
+    red_square = [[[0, 2]]]
+    for pool in ("mean", "tokens"):
+        x, _ = answer_words_loss([bound], [[]], table, scale=5.0, pool=pool, groups=red_square)
+        y, _ = answer_words_loss([crossed], [[]], table, scale=5.0, pool=pool, groups=red_square)
+        assert x.item() == pytest.approx(y.item(), abs=1e-6)
+    x, _ = answer_words_loss([bound], [[]], table, scale=5.0, pool="max", groups=red_square)
+    y, _ = answer_words_loss([crossed], [[]], table, scale=5.0, pool="max", groups=red_square)
+    assert x.item() < y.item() - 0.5
+    x, _ = answer_words_loss([bound], [[]], table, scale=5.0, pool="max", negatives=red_square)
+    y, _ = answer_words_loss([crossed], [[]], table, scale=5.0, pool="max", negatives=red_square)
+    assert x.item() > y.item() + 0.1
+
+
 def test_turns_split_each_conversation_into_its_questions_and_answers(tok, images):
     samples = [chat("<image>\nis it red?", "yes", "what is it?", "red square", images=[images[0]], sid="1")]
     proc = ImageProcessor(patch_size=4, factor=8, min_patches=4, max_patches=64)
@@ -182,3 +224,37 @@ def test_turns_split_each_conversation_into_its_questions_and_answers(tok, image
     assert [(tok.decode(q).strip(), tok.decode(a).strip()) for q, a in turns] == [
         ("user\n\nis it red?\nassistant", "yes"), ("user\nwhat is it?\nassistant", "red square")]
 
+
+
+def test_initial_table_resumes_bit_identically(train_world, tmp_path):
+    """`table: initial` keeps the embeddings of the stage's first step as its code book; a run stopped
+    mid-stage and resumed must read the same book (saved with the checkpoint), not the embeddings it would
+    copy if it set up afresh: weights bit-identical to an uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+    from trainkit import vlm_recipe, write_recipe
+
+    recipe = vlm_recipe(train_world, checkpoint_every=1)
+    recipe["stages"][0]["trainable"] = ["*"]  # the embeddings the book copies have trained before the stage
+    stage = recipe["stages"][1]
+    stage["objectives"] = [{"name": "sft"}, {"name": "answer_words", "weight": 3.0, "pool": "max",
+                                             "table": "initial", "max_share": 1.0}]
+    stage["steps"] = 4
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+
+    def train(out, *extra):
+        done = subprocess.run([sys.executable, "-m", "nativevlm", "train", str(path), "--out", str(out), *extra],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    train(tmp_path / "reference")
+    train(tmp_path / "run", "--max-steps", "5")
+    train(tmp_path / "run", "--resume")
+    a = load_file(tmp_path / "reference" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs from the uninterrupted run"
