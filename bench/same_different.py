@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -116,9 +117,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "same_different.json"
     record = json.loads(path.read_text()) if path.exists() else {"arms": {}}
+    # Arms accumulate over runs: every command that wrote to this record is kept, each with its arms.
+    command = "python bench/same_different.py " + " ".join(
+        [f"--steps {args.steps}", "--seeds " + " ".join(map(str, args.seeds)), "--arms " + " ".join(map(shlex.quote, args.arms))])
+    commands = record.get("commands", [record["command"]] if "command" in record else [])
+    record.pop("command", None)
     record.update(steps=args.steps, batch=16, eval_every=100,
-                  command="python bench/same_different.py " + " ".join(
-                      [f"--steps {args.steps}", "--seeds " + " ".join(map(str, args.seeds))]))
+                  commands=commands + [command] if command not in commands else commands)
     for name in args.arms:
         make, lr = ARMS[name]
         for seed in args.seeds:

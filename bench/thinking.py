@@ -326,8 +326,9 @@ def plot(results: dict, path: Path) -> None:
             ax.bar([i + k * width for i in range(len(families))], values, width, label=name)
         ax.set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(families))], families, rotation=30)
         ax.set_ylabel("accuracy (held-out test)")
+        control = any(name.startswith("think-fusion continued") for name in arms)
         ax.set_title({"direct_vs_thinking": "the same weights, direct or thinking",
-                      "gspo_thinking": "after thinking-mode GSPO (and its SFT control)",
+                      "gspo_thinking": "after thinking-mode GSPO" + (" (and its SFT control)" if control else ""),
                       "extract_think": "Extract+Think: perceiver + reasoner"}[key])
         ax.legend(fontsize=7)
     fig.tight_layout()
