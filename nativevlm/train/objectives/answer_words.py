@@ -221,7 +221,11 @@ class AnswerWords(Objective):
             raise ConfigError(f"stage {ctx.stage.name}: the answer_words objective trains image tokens; "
                               "kind lm has none")
         self.embeddings = ctx.model.language.embed_tokens
-        self.initial = self.embeddings.weight.detach().clone() if self.options.table == "initial" else None
+        self.initial = None
+        if self.options.table == "initial":
+            weight = self.embeddings.weight.detach()
+            # a sharded (FSDP2) table is gathered whole once (every rank sets up)
+            self.initial = (weight.full_tensor() if hasattr(weight, "full_tensor") else weight).clone()
         self.image_start_id = ctx.model.config.image_start_id
         self.ignore = ctx.tokenizer.special_ids()
         self.tokenizer = ctx.tokenizer
