@@ -17,7 +17,8 @@ Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is
 `sft-only` drops the recipe's answer_words objective (next-token loss alone, the ladder's previous rung);
 `four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale, as the recipe did
 before (the ladder's geometry rung); `before-qk` is the recipe before q/k norms, the input-embedding scale and
-3x the steps.
+3x the steps; `max-pool` reads the answer words token by token against the embeddings as they were at the
+start (`answer_words` `pool: max`, `table: initial`; tried on val, not adopted: docs/learnability.md).
 """
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ def main() -> None:
     record = json.loads(path.read_text()) if path.exists() else {"arms": {}}
     # Arms accumulate over runs: every command that wrote to this record is kept, each with its arms.
     command = "python bench/same_different.py " + " ".join(
-        [f"--steps {args.steps}", "--seeds " + " ".join(map(str, args.seeds)), "--arms " + " ".join(map(shlex.quote, args.arms))])
+        [f"--steps {args.steps}", "--seeds " + " ".join(map(str, args.seeds)),
+         "--arms " + " ".join(map(shlex.quote, args.arms))])
     commands = record.get("commands", [record["command"]] if "command" in record else [])
     record.pop("command", None)
     record.update(steps=args.steps, batch=16, eval_every=100,
