@@ -223,38 +223,3 @@ def test_turns_split_each_conversation_into_its_questions_and_answers(tok, image
     (turns,) = image_turns(batch.input_ids, batch.targets, batch.document_ids, tok.image_token_ids()["image_start_id"])
     assert [(tok.decode(q).strip(), tok.decode(a).strip()) for q, a in turns] == [
         ("user\n\nis it red?\nassistant", "yes"), ("user\nwhat is it?\nassistant", "red square")]
-
-
-
-def test_initial_table_resumes_bit_identically(train_world, tmp_path):
-    """`table: initial` keeps the embeddings of the stage's first step as its code book; a run stopped
-    mid-stage and resumed must read the same book (saved with the checkpoint), not the embeddings it would
-    copy if it set up afresh: weights bit-identical to an uninterrupted run."""
-    import os
-    import subprocess
-    import sys
-
-    from safetensors.torch import load_file
-    from trainkit import vlm_recipe, write_recipe
-
-    recipe = vlm_recipe(train_world, checkpoint_every=1)
-    recipe["stages"][0]["trainable"] = ["*"]  # the embeddings the book copies have trained before the stage
-    stage = recipe["stages"][1]
-    stage["objectives"] = [{"name": "sft"}, {"name": "answer_words", "weight": 3.0, "pool": "max",
-                                             "table": "initial", "max_share": 1.0}]
-    stage["steps"] = 4
-    path = write_recipe(tmp_path / "recipe.yaml", recipe)
-
-    def train(out, *extra):
-        done = subprocess.run([sys.executable, "-m", "nativevlm", "train", str(path), "--out", str(out), *extra],
-                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert done.returncode == 0, done.stdout + done.stderr
-
-    train(tmp_path / "reference")
-    train(tmp_path / "run", "--max-steps", "5")
-    train(tmp_path / "run", "--resume")
-    a = load_file(tmp_path / "reference" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "run" / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs from the uninterrupted run"

@@ -103,3 +103,21 @@ def test_max_steps_then_resume_is_bit_identical(setup, tmp_path):
     assert not (out / "final").exists()
     finish(start(recipe, out, "--resume"))
     assert_bit_identical(weights(out), reference)
+
+
+def test_objective_state_resumes_bit_identically(train_world, tmp_path):
+    """An objective's own state is saved with each checkpoint: `answer_words` with `table: initial` keeps the
+    embeddings of its stage's first step as its code book. A run stopped mid-stage and resumed must read the
+    same book, not the embeddings it would copy if it set up afresh (an earlier stage trained them)."""
+    recipe = vlm_recipe(train_world, checkpoint_every=1)
+    recipe["stages"][0]["trainable"] = ["*"]
+    stage = recipe["stages"][1]
+    stage["objectives"] = [{"name": "sft"}, {"name": "answer_words", "weight": 3.0, "pool": "max",
+                                             "table": "initial", "max_share": 1.0}]
+    stage["steps"] = 4
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    finish(start(path, tmp_path / "reference"))
+    out = tmp_path / "run"
+    assert "continue with --resume" in finish(start(path, out, "--max-steps", "5"))
+    finish(start(path, out, "--resume"))
+    assert_bit_identical(weights(out), weights(tmp_path / "reference"))
