@@ -111,11 +111,11 @@ def test_accuracy(results: dict) -> dict:
     return {f"acc/{k}": v["accuracy"] for k, v in bench["by_category"].items()} | {"acc/all": bench["accuracy"]}
 
 
-def world_set(out: Path) -> dict[str, Path]:
+def world_set(out: Path, train_scenes: int = 2000) -> dict[str, Path]:
     """The built-in world's QA (its train / val / test splits), as a user's LLaVA JSON would be."""
     root = out / "world"
     if not (root / "test.json").exists():
-        for split, n in (("train", 2000), ("val", 200), ("test", 300)):
+        for split, n in (("train", train_scenes), ("val", 200), ("test", 300)):
             subprocess.run(cli("data", "world", "--out", str(root), "--split", split, "--n", str(n)), check=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     return {s: root / f"{s}.json" for s in ("train", "val", "test")}

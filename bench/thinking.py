@@ -246,7 +246,8 @@ def gspo_thinking(args, work: Path, fused: Path, tok, log: dict, run, n: int) ->
             train(recipe_from_dict(data, overrides), out)
             record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": sft_name, "seed": seed,
                                     "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
-        record(out, log, name)
+        elif made_by is not None:
+            log[name] = made_by
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
                         for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction")}

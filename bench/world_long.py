@@ -30,17 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from learnability import cli, curve_points, plot, test_accuracy  # noqa: E402
+from learnability import cli, curve_points, plot, test_accuracy, world_set  # noqa: E402
 
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def world(root: Path, scenes: int) -> dict[str, Path]:
-    if not (root / "test.json").exists():
-        for split, n in (("train", scenes), ("val", 200), ("test", 300)):
-            subprocess.run(cli("data", "world", "--out", str(root), "--split", split, "--n", str(n)), check=True,
-                           env=ONE_THREAD)
-    return {s: root / f"{s}.json" for s in ("train", "val", "test")}
 
 
 def main() -> None:
@@ -55,7 +47,7 @@ def main() -> None:
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    data = world(work / "world", a.scenes)
+    data = world_set(work, a.scenes)
     tok = Path(a.tokenizer) if a.tokenizer else work / "tok"
     if not tok.exists():
         subprocess.run(cli("data", "text", str(data["train"]), "--out", str(work / "text.jsonl")), check=True,
