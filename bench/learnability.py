@@ -11,7 +11,10 @@ with learning curves on the set's val split. Then the plain peer (`bench/peer.py
 split for as many training seconds as the arm's native VLM took (optimizer steps only, evaluation excluded,
 both measured in this run), so "within the same CPU minutes" is read off one machine at one time. Writes `<out>/learnability.json` (every curve point, test
 accuracy per family, answer priors, seconds) and `<out>/<set>.png` (accuracy per family against training
-minutes and against samples seen, the peer beside each arm, the prior dashed).
+minutes and against samples seen, the peer beside each arm, the prior dashed). On a set whose records list
+each image's objects (`multi`), the JSON also says, per model, how often a colour or object answer names one
+of the image's objects at all (`presence`): reading which colours an image holds is not yet binding a colour
+to the object a question names.
 
 Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped;
 `sft-only` drops the recipe's answer_words objective (next-token loss alone, the ladder's previous rung);
@@ -102,13 +105,50 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         wall["eval"] = sh(cli("eval", str(vlm / "final"), "--bench", f"llava:{data['test']}", "--out",
                               str(work / "eval")), log)
     results = json.loads((work / "eval" / "results.json").read_text())
-    return {"arm": arm, "curve": curve_points(vlm / "metrics.jsonl"), "wall": wall, "test": test_accuracy(results)}
+    out = {"arm": arm, "curve": curve_points(vlm / "metrics.jsonl"), "wall": wall, "test": test_accuracy(results)}
+    found = presence(data["test"], arm_answers(work / "eval"))
+    return out | ({"presence": found} if found else {})
 
 
 def test_accuracy(results: dict) -> dict:
     """acc/<family> of the one benchmark in an eval results.json."""
     (bench,) = results["benchmarks"].values()
     return {f"acc/{k}": v["accuracy"] for k, v in bench["by_category"].items()} | {"acc/all": bench["accuracy"]}
+
+
+PRESENCE = {"colour": 0, "shape": 1}  # family -> which part of a meta.objects [colour, object] pair it names
+
+
+def presence(test_path: Path, answers: list[tuple[str, str]]) -> dict:
+    """Where a set's records list what each image holds (`meta.objects`, as `multi`'s do): per family that
+    names one object's colour or kind, the share of answers that name one of the image's objects at all
+    (`present`), the accuracy, and what picking uniformly among the image's distinct values scores
+    (`uniform_present`). A model that reads which colours are in an image but not which object has which
+    scores about `uniform_present`; one that binds them scores above it."""
+    from nativevlm.eval.matching import normalize_answer
+
+    records = {r["id"]: r for r in json.loads(test_path.read_text())}
+    tally: dict[str, dict] = {}
+    for rid, answer in answers:
+        meta = records.get(rid, {}).get("meta", {})
+        fam = meta.get("family")
+        if fam not in PRESENCE or "objects" not in meta:
+            continue
+        values = {normalize_answer(o[PRESENCE[fam]]) for o in meta["objects"]}
+        got, truth = normalize_answer(answer), normalize_answer(meta["answer"])
+        t = tally.setdefault(fam, {"n": 0, "present": 0, "right": 0, "uniform_present": 0.0})
+        t["n"] += 1
+        t["present"] += got in values
+        t["right"] += got == truth
+        t["uniform_present"] += (truth in values) / len(values)
+    return {f: {"n": t["n"], **{k: round(t[k] / t["n"], 4) for k in ("present", "right", "uniform_present")}}
+            for f, t in sorted(tally.items())}
+
+
+def arm_answers(eval_dir: Path) -> list[tuple[str, str]]:
+    """(record id, raw answer) of every question of an eval run's one benchmark."""
+    (records,) = [p for p in eval_dir.glob("*/records.jsonl") if not p.parent.name.endswith("-blank")]
+    return [(r["id"], r["prediction"] or "") for r in map(json.loads, records.read_text().splitlines())]
 
 
 def world_set(out: Path, train_scenes: int = 2000) -> dict[str, Path]:
@@ -176,7 +216,8 @@ def main() -> None:
         print(f"[{name}] peer: {minutes:.1f} training minutes", flush=True)
         peer = train_peer(str(data["train"]), str(data["val"]), minutes, image_size=image_size, eval_every=2048,
                           test_path=str(data["test"]), seed=a.seed)
-        entry["peer"] = peer
+        found = presence(data["test"], peer.pop("test_answers"))
+        entry["peer"] = peer | ({"presence": found} if found else {})
         entry["priors"] = peer["priors"]
         entry["test_questions"] = peer["test_questions"]
         result_path.write_text(json.dumps(results, indent=1) + "\n")
@@ -185,6 +226,10 @@ def main() -> None:
         print(f"[{name}] test  peer: {line(peer['test'])}")
         for arm, r in entry["arms"].items():
             print(f"[{name}] test  {arm}: {line(r['test'])}")
+        for who, r in {"peer": entry["peer"], **entry["arms"]}.items():
+            for fam, t in r.get("presence", {}).items():
+                print(f"[{name}] {fam} answers naming an object in the image, {who}: {t['present']:.1%} "
+                      f"(right {t['right']:.1%}; picking among the image's objects: {t['uniform_present']:.1%})")
 
 
 if __name__ == "__main__":

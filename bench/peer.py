@@ -31,9 +31,9 @@ from nativevlm.eval.matching import majority_counts, normalize_answer
 WORD = re.compile(r"[a-z0-9]+")
 
 
-def read_turns(path: str) -> tuple[list[tuple[str, str, str, str]], Counter]:
-    """(image path, question, answer, family) for every user -> assistant turn of single-image records;
-    what is skipped is counted by reason."""
+def read_turns(path: str) -> tuple[list[tuple[str, str, str, str, str]], Counter]:
+    """(image path, question, answer, family, record id) for every user -> assistant turn of single-image
+    records; what is skipped is counted by reason."""
     samples, _ = read_samples(path)
     out, skipped = [], Counter()
     for s in samples:
@@ -44,7 +44,7 @@ def read_turns(path: str) -> tuple[list[tuple[str, str, str, str]], Counter]:
         msgs = [m for m in s.messages if m["role"] != "system"]
         for q, a in zip(msgs[::2], msgs[1::2]):
             if q["role"] == "user" and a["role"] == "assistant":
-                out.append((s.images[0], strip_image_markers(q["content"]), a["content"].strip(), fam))
+                out.append((s.images[0], strip_image_markers(q["content"]), a["content"].strip(), fam, s.id))
             else:
                 skipped["turns out of order"] += 1
     return out, skipped
@@ -114,11 +114,17 @@ class Encoded:
 
 
 @torch.no_grad()
-def accuracy(model: Peer, data: Encoded, batch: int = 256) -> dict[str, float]:
+def predict(model: Peer, data: Encoded, batch: int = 256) -> torch.Tensor:
+    """The answer class of every turn."""
     model.eval()
     pred = torch.cat([model(data.images[i:i + batch], data.words[i:i + batch]).argmax(-1)
                       for i in range(0, len(data.labels), batch)])
     model.train()
+    return pred
+
+
+def accuracy(model: Peer, data: Encoded, batch: int = 256, pred: torch.Tensor | None = None) -> dict[str, float]:
+    pred = predict(model, data, batch) if pred is None else pred
     right = (pred == data.labels).tolist()
     per: dict[str, list] = defaultdict(list)
     for fam, r in zip(data.families, right):
@@ -133,7 +139,8 @@ def train_peer(train_path: str, eval_path: str, minutes: float, image_size: int 
                test_path: str = "", log=print) -> dict:
     """Train the peer for `minutes` of training time (evaluation excluded) or `max_samples`; returns the
     curve on `eval_path` (samples, train_seconds, acc/<family>) with that split's answer priors, and with
-    `test_path` the final model's accuracy on that split (`test`)."""
+    `test_path` the final model's accuracy on that split (`test`) and its answers (`test_answers`: [record id,
+    answer] per turn)."""
     torch.manual_seed(seed)
     train_turns, skipped = read_turns(train_path)
     eval_turns, _ = read_turns(eval_path)
@@ -176,7 +183,10 @@ def train_peer(train_path: str, eval_path: str, minutes: float, image_size: int 
            "priors": answer_priors(eval_turns), "final": curve[-1]}
     if test_path:
         test_turns, _ = read_turns(test_path)
-        out["test"] = accuracy(model, Encoded(test_turns, vocab, classes, image_size, max_words))
+        test = Encoded(test_turns, vocab, classes, image_size, max_words)
+        pred = predict(model, test)
+        out["test"] = accuracy(model, test, pred=pred)
+        out["test_answers"] = [[t[4], answers[i]] for t, i in zip(test_turns, pred.tolist())]
         out["test_priors"] = answer_priors(test_turns)
         out["test_questions"] = len(test_turns)
     return out

@@ -12,7 +12,8 @@ the question alone. Every record is LLaVA JSON with `meta.family` and `meta.answ
   digit 7?", "Is the ink maroon?"), the digit, the ink colour.
 - `multi`: two to four objects (plus, heart-free polygons: pentagon, triangle pointing down, bar, dot) in a
   96-112 px image with a gradient background; how many, yes/no about a (colour, object) pair, the colour of
-  the one object of a kind, the object of a given colour.
+  the one object of a kind, the object of a given colour. Each record's `meta.objects` lists what the image
+  holds (`[colour, object]` pairs), for diagnostics only.
 
 `python bench/qa_sets.py --out data/learnsets` writes all three (train / val / test JSON + images).
 """
@@ -69,8 +70,9 @@ def _draw_shape(d: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: floa
         raise ValueError(kind)
 
 
-def _record(rid: str, image: str, question: str, answer: str, family: str) -> dict:
-    return {"id": rid, "image": image, "meta": {"family": family, "answer": answer},
+def _record(rid: str, image: str, question: str, answer: str, family: str, objects=None) -> dict:
+    meta = {"family": family, "answer": answer} | ({"objects": objects} if objects is not None else {})
+    return {"id": rid, "image": image, "meta": meta,
             "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
 
 
@@ -139,7 +141,7 @@ MULTI_KINDS = ("pentagon", "wedge", "bar", "dot")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 
 
-def _multi(i: int, rng: random.Random, split: str) -> tuple[Image.Image, list[tuple[str, str, str]]]:
+def _multi(i: int, rng: random.Random, split: str) -> tuple[Image.Image, list[tuple]]:
     size = rng.choice([96, 112])
     n = rng.randint(2, 4)
     top, bottom = (rng.randint(215, 245) for _ in range(2))
@@ -176,7 +178,8 @@ def _multi(i: int, rng: random.Random, split: str) -> tuple[Image.Image, list[tu
         qa = (f"Which item is {c}?", kinds[colours.index(c)], "shape")
     else:
         qa = ("How many items are in the picture?", NUMBER_WORDS[n], "count")
-    return img, [qa]
+    # What is in the image ([colour, object] each), for diagnostics: not part of any question or answer.
+    return img, [(*qa, [[c, k] for _, _, c, k in placed])]
 
 
 MAKERS = {"solo": _solo, "glyphs": _glyphs, "multi": _multi}

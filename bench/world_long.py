@@ -87,6 +87,7 @@ def main() -> None:
         subprocess.run(cli("eval", str(ours / "final"), "--bench", f"llava:{data['test']}", "--out",
                            str(work / "ours_eval")), check=True, env=ONE_THREAD)
     peer_result = json.loads(peer_json.read_text())
+    peer_result.pop("test_answers", None)  # every test answer: in peer.json, not in the committed summary
     entry = {"arms": {"byod": {"arm": "byod", "curve": curve_points(ours / "metrics.jsonl"),
                                "test": test_accuracy(json.loads((work / "ours_eval" / "results.json").read_text()))}},
              "peer": peer_result, "priors": peer_result["priors"], "test_questions": peer_result["test_questions"],

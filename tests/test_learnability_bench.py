@@ -1,0 +1,55 @@
+"""The learnability benchmark's `multi` set records what each image holds, and the presence diagnostic reads
+it: answers that name an object of the image but the wrong one count as present, not right; the uniform
+reference is 1 / (distinct values in the image) for each question whose answer is among them."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bench")]
+
+learnability = pytest.importorskip("learnability")
+qa_sets = pytest.importorskip("qa_sets")
+
+
+def test_multi_records_list_their_objects(tmp_path):
+    paths = qa_sets.write_set("multi", tmp_path, {"train": 4, "val": 4, "test": 60})
+    records = json.loads(paths["test"].read_text())
+    assert {r["meta"]["family"] for r in records} >= {"colour", "count", "yes/no"}
+    for r in records:
+        objects, q, a = r["meta"]["objects"], r["conversations"][0]["value"], r["meta"]["answer"]
+        assert 2 <= len(objects) <= 4
+        fam = r["meta"]["family"]
+        if fam == "count":
+            assert a == qa_sets.NUMBER_WORDS[len(objects)]
+        elif fam == "colour":  # "What colour is the <kind>?": the one object of that kind
+            kind = q.rstrip("?").split()[-1]
+            assert [c for c, k in objects if k == kind] == [a]
+        elif fam == "shape":  # "Which item is <colour>?"
+            colour = q.rstrip("?").split()[-1]
+            assert [k for c, k in objects if c == colour] == [a]
+        else:
+            c, k = q.rstrip("?").split()[-2:]
+            assert (a == "yes") == ([c, k] in objects)
+
+
+def test_presence_counts_present_right_and_uniform(tmp_path):
+    objs = [["scarlet", "dot"], ["cobalt", "bar"], ["cobalt", "wedge"]]
+    records = [
+        {"id": "a", "meta": {"family": "colour", "answer": "scarlet", "objects": objs}},
+        {"id": "b", "meta": {"family": "colour", "answer": "cobalt", "objects": objs}},
+        {"id": "c", "meta": {"family": "shape", "answer": "bar", "objects": objs}},
+        {"id": "d", "meta": {"family": "count", "answer": "three", "objects": objs}},
+        {"id": "e", "meta": {"family": "colour", "answer": "amber"}},  # no objects: not counted
+    ]
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(records))
+    got = learnability.presence(path, [("a", "Scarlet."), ("b", "scarlet"), ("c", "hexagon"), ("d", "three"),
+                                       ("e", "amber")])
+    # colour: a right; b names scarlet, present but wrong; 2 distinct colours -> uniform 1/2 each.
+    assert got["colour"] == {"n": 2, "present": 1.0, "right": 0.5, "uniform_present": 0.5}
+    # shape: 3 distinct kinds -> 1/3; hexagon is not in the image.
+    assert got["shape"] == {"n": 1, "present": 0.0, "right": 0.0, "uniform_present": round(1 / 3, 4)}
+    assert "count" not in got
