@@ -68,9 +68,15 @@ def load_images(paths: list[str], size: int) -> torch.Tensor:
 
 class Peer(nn.Module):
     def __init__(self, vocab: int, classes: int, image_size: int, patch: int = 8, dim: int = 192,
-                 vision_layers: int = 3, fusion_layers: int = 3, heads: int = 4, max_words: int = 32):
+                 vision_layers: int = 3, fusion_layers: int = 3, heads: int = 4, max_words: int = 32,
+                 readout: str = "mean", causal: bool = False):
+        """`readout`: the answer from the mean over every position (`mean`, the peer as shipped) or from the
+        question's last word (`last`, where a decoder reads its answer); `causal`: fusion attends only to
+        earlier positions, as a decoder does. The last two are ablations (docs/learnability.md, point 13)."""
         super().__init__()
-        self.patch = patch
+        if readout not in ("mean", "last"):
+            raise ValueError(f"readout must be 'mean' or 'last', not {readout!r}")
+        self.patch, self.readout, self.causal = patch, readout, causal
         n = (image_size // patch) ** 2
         self.patch_embed = nn.Linear(3 * patch * patch, dim)
         self.image_pos = nn.Parameter(torch.randn(1, n, dim) * 0.02)
@@ -94,7 +100,11 @@ class Peer(nn.Module):
         x = self.vision(self.patch_embed(x.reshape(b, -1, c * p * p)) + self.image_pos + self.type_embed[0])
         t = self.word_embed(words) + self.word_pos[:, : words.shape[1]] + self.type_embed[1]
         pad = torch.cat([torch.zeros(b, x.shape[1], dtype=torch.bool), words == 0], dim=1)
-        z = self.fusion(torch.cat([x, t], dim=1), src_key_padding_mask=pad)
+        n = pad.shape[1]
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=pad.device), 1) if self.causal else None
+        z = self.fusion(torch.cat([x, t], dim=1), mask=mask, src_key_padding_mask=pad)
+        if self.readout == "last":  # words are left-aligned, padding after them
+            return self.head(self.norm(z[torch.arange(b), (~pad).sum(1) - 1]))
         keep = (~pad).unsqueeze(-1).float()
         return self.head(self.norm((z * keep).sum(1) / keep.sum(1)))
 
@@ -136,7 +146,7 @@ def accuracy(model: Peer, data: Encoded, batch: int = 256, pred: torch.Tensor | 
 
 def train_peer(train_path: str, eval_path: str, minutes: float, image_size: int = 64, batch: int = 64,
                lr: float = 1e-3, eval_every: int = 4096, max_samples: int = 0, seed: int = 0,
-               test_path: str = "", log=print) -> dict:
+               test_path: str = "", readout: str = "mean", causal: bool = False, log=print) -> dict:
     """Train the peer for `minutes` of training time (evaluation excluded) or `max_samples`; returns the
     curve on `eval_path` (samples, train_seconds, acc/<family>) with that split's answer priors, and with
     `test_path` the final model's accuracy on that split (`test`) and its answers (`test_answers`: [record id,
@@ -153,7 +163,7 @@ def train_peer(train_path: str, eval_path: str, minutes: float, image_size: int 
     max_words = max(len(WORD.findall(t[1].lower())) for t in train_turns + eval_turns)
     train = Encoded(train_turns, vocab, classes, image_size, max_words)
     held = Encoded(eval_turns, vocab, classes, image_size, max_words)
-    model = Peer(len(vocab) + 2, len(classes), image_size, max_words=max_words)
+    model = Peer(len(vocab) + 2, len(classes), image_size, max_words=max_words, readout=readout, causal=causal)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     curve = [{"samples": 0, "train_seconds": 0.0, **accuracy(model, held)}]
@@ -199,10 +209,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=8.0, help="training time (evaluation excluded)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--eval-every", type=int, default=4096)
+    ap.add_argument("--readout", choices=("mean", "last"), default="mean",
+                    help="answer from the mean over all positions, or from the question's last word (ablation)")
+    ap.add_argument("--causal", action="store_true", help="causal fusion attention, as a decoder's (ablation)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    res = train_peer(a.train, a.eval, a.minutes, a.image_size, eval_every=a.eval_every)
+    res = train_peer(a.train, a.eval, a.minutes, a.image_size, eval_every=a.eval_every, seed=a.seed,
+                     readout=a.readout, causal=a.causal)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res["final"]))

@@ -53,3 +53,37 @@ def test_presence_counts_present_right_and_uniform(tmp_path):
     # shape: 3 distinct kinds -> 1/3; hexagon is not in the image.
     assert got["shape"] == {"n": 1, "present": 0.0, "right": 0.0, "uniform_present": round(1 / 3, 4)}
     assert "count" not in got
+
+
+def test_peer_readouts():
+    """The shipped read-out is the head on the mean of every real position; `last` reads the question's last
+    word; with `causal`, that position sees nothing after it, so words past it (padding) change nothing."""
+    import torch
+
+    peer = pytest.importorskip("peer")
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    words = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+    mean = peer.Peer(10, 4, 16, patch=8, dim=16, heads=2, max_words=4).eval()
+    with torch.no_grad():
+        x = images.float().div(127.5).sub(1).view(2, 3, 2, 8, 2, 8).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, -1)
+        x = mean.vision(mean.patch_embed(x) + mean.image_pos + mean.type_embed[0])
+        t = mean.word_embed(words) + mean.word_pos + mean.type_embed[1]
+        pad = torch.cat([torch.zeros(2, 4, dtype=torch.bool), words == 0], 1)
+        z = mean.fusion(torch.cat([x, t], 1), src_key_padding_mask=pad)
+        want = torch.stack([mean.head(mean.norm(z[i][~pad[i]].mean(0))) for i in range(2)])
+        torch.testing.assert_close(mean(images, words), want)
+    last = peer.Peer(10, 4, 16, patch=8, dim=16, heads=2, max_words=4, readout="last", causal=True).eval()
+    with torch.no_grad():
+        short = last(images[:1], torch.tensor([[3, 4, 5, 0]]))  # read at word 5 (position 4 + 2)
+        longer = torch.tensor([[3, 4, 5, 9]])
+        x = images[:1].float().div(127.5).sub(1).view(1, 3, 2, 8, 2, 8).permute(0, 2, 4, 1, 3, 5).reshape(1, 4, -1)
+        x = last.vision(last.patch_embed(x) + last.image_pos + last.type_embed[0])
+        t = last.word_embed(longer) + last.word_pos + last.type_embed[1]
+        causal = torch.triu(torch.ones(8, 8, dtype=torch.bool), 1)
+        z = last.fusion(torch.cat([x, t], 1), mask=causal)
+        # causal: the state at word 5 does not see the 9 after it, so it is what the shorter question reads
+        torch.testing.assert_close(short, last.head(last.norm(z[:, 6])))
+        assert not torch.allclose(short, last(images[:1], longer))  # the longer question reads at word 9
+    with pytest.raises(ValueError, match="readout"):
+        peer.Peer(10, 4, 16, readout="max")
