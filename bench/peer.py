@@ -93,7 +93,8 @@ class Peer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
-    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    def fuse(self, images: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fusion layers' states over [image tokens; words] and the padding mask (True: padding)."""
         b, c, h, w = images.shape
         p = self.patch
         x = images.float().div(127.5).sub(1).view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
@@ -102,7 +103,11 @@ class Peer(nn.Module):
         pad = torch.cat([torch.zeros(b, x.shape[1], dtype=torch.bool), words == 0], dim=1)
         n = pad.shape[1]
         mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=pad.device), 1) if self.causal else None
-        z = self.fusion(torch.cat([x, t], dim=1), mask=mask, src_key_padding_mask=pad)
+        return self.fusion(torch.cat([x, t], dim=1), mask=mask, src_key_padding_mask=pad), pad
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        z, pad = self.fuse(images, words)
+        b = z.shape[0]
         if self.readout == "last":  # words are left-aligned, padding after them
             return self.head(self.norm(z[torch.arange(b), (~pad).sum(1) - 1]))
         keep = (~pad).unsqueeze(-1).float()

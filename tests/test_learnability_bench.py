@@ -66,22 +66,15 @@ def test_peer_readouts():
     words = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
     mean = peer.Peer(10, 4, 16, patch=8, dim=16, heads=2, max_words=4).eval()
     with torch.no_grad():
-        x = images.float().div(127.5).sub(1).view(2, 3, 2, 8, 2, 8).permute(0, 2, 4, 1, 3, 5).reshape(2, 4, -1)
-        x = mean.vision(mean.patch_embed(x) + mean.image_pos + mean.type_embed[0])
-        t = mean.word_embed(words) + mean.word_pos + mean.type_embed[1]
+        z, _ = mean.fuse(images, words)
         pad = torch.cat([torch.zeros(2, 4, dtype=torch.bool), words == 0], 1)
-        z = mean.fusion(torch.cat([x, t], 1), src_key_padding_mask=pad)
         want = torch.stack([mean.head(mean.norm(z[i][~pad[i]].mean(0))) for i in range(2)])
         torch.testing.assert_close(mean(images, words), want)
     last = peer.Peer(10, 4, 16, patch=8, dim=16, heads=2, max_words=4, readout="last", causal=True).eval()
     with torch.no_grad():
         short = last(images[:1], torch.tensor([[3, 4, 5, 0]]))  # read at word 5 (position 4 + 2)
         longer = torch.tensor([[3, 4, 5, 9]])
-        x = images[:1].float().div(127.5).sub(1).view(1, 3, 2, 8, 2, 8).permute(0, 2, 4, 1, 3, 5).reshape(1, 4, -1)
-        x = last.vision(last.patch_embed(x) + last.image_pos + last.type_embed[0])
-        t = last.word_embed(longer) + last.word_pos + last.type_embed[1]
-        causal = torch.triu(torch.ones(8, 8, dtype=torch.bool), 1)
-        z = last.fusion(torch.cat([x, t], 1), mask=causal)
+        z, _ = last.fuse(images[:1], longer)
         # causal: the state at word 5 does not see the 9 after it, so it is what the shorter question reads
         torch.testing.assert_close(short, last.head(last.norm(z[:, 6])))
         assert not torch.allclose(short, last(images[:1], longer))  # the longer question reads at word 9
