@@ -29,7 +29,7 @@ from nativevlm.train.export import build_model
 from nativevlm.train.recipe import recipe_from_dict
 from nativevlm.train.objectives.cells import word_loss
 from nativevlm.train.trainer import train
-from trainkit import curve_recipe, tiny_model
+from trainkit import curve_recipe, pre_think_world_tokenizer, tiny_model
 
 
 def test_curve_at_step_n_equals_a_separate_evaluation_of_the_step_n_checkpoint(tiny_world, tmp_path):
@@ -100,11 +100,13 @@ def test_target_object_is_the_one_object_the_question_names():
     assert target_object("Is the red circle above the blue circle?", scene) is None  # two named
 
 
-def test_recorded_attention_changes_nothing_and_rows_are_distributions(tiny_world):
+def test_recorded_attention_changes_nothing_and_rows_are_distributions(tiny_world, tmp_path):
     recipe = curve_recipe(tiny_world)
     recipe["model"]["connector"] = {"match_text_scale": False}  # the model as built when the rows below were measured
+    # and the world's tokenizer as it was trained then, before it reserved the thinking tags
+    recipe["tokenizer"] = str(pre_think_world_tokenizer(tiny_world, tmp_path / "tok"))
     cfg = recipe_from_dict(recipe)
-    tok = Tokenizer.load(tiny_world["tok"])
+    tok = Tokenizer.load(recipe["tokenizer"])
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     processor = ImageProcessor.from_config(model.config.vision, model.config.connector)

@@ -28,7 +28,7 @@ from nativevlm.train import objectives
 from nativevlm.train.objectives import MicroBatch, Output, StepInfo, register
 from nativevlm.train.recipe import recipe_from_dict
 from nativevlm.train.trainer import train
-from trainkit import tiny_model, vlm_recipe, write_recipe
+from trainkit import pre_think_world_tokenizer, tiny_model, vlm_recipe, write_recipe
 
 QUIET = dict(log=lambda *a, **k: None)
 
@@ -54,9 +54,11 @@ SFT_AND_WORDS = [{"name": "sft"}, {"name": "cells", "weight": 1.0, "target": "wo
 def test_cell_loss_trains_as_it_did_inside_the_model(tiny_world, tmp_path):
     """The values the same run logged when the cell loss was computed by the model's forward
     (`cell_loss: 1.0, cell_target: words`, measured before the move, with image tokens at the connector's
-    own initial scale as models were then built): the same losses to float precision."""
+    own initial scale as models were then built, and the world's tokenizer as it was trained then, before it
+    reserved the thinking tags): the same losses to float precision."""
     recipe = cell_recipe(tiny_world, SFT_AND_WORDS)
     recipe["model"]["connector"] = {"match_text_scale": False}
+    recipe["tokenizer"] = str(pre_think_world_tokenizer(tiny_world, tmp_path / "tok"))
     train(recipe_from_dict(recipe), tmp_path / "run", **QUIET)
     got = rows(tmp_path / "run")
     before_ce = [6.0344719886779785, 6.043715000152588, 6.047975063323975, 6.031516075134277]
