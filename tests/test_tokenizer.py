@@ -1,4 +1,5 @@
-"""Tokenizer: training, special tokens, save/load round trip, ChatML template, the `tokenizer train` CLI."""
+"""Tokenizer: training, special tokens, the thinking tags, save/load round trip, ChatML template, the
+`tokenizer train` CLI."""
 import argparse
 import dataclasses
 import json
@@ -9,6 +10,7 @@ from tokenizers import models, pre_tokenizers
 
 from nativevlm.commands import tokenizer as tokenizer_command
 from nativevlm.config import ModelConfig, SpecialTokens
+from nativevlm.data.thinking import THINK_END, THINK_START, split_thinking
 from nativevlm.data.tokenizer import CHAT_TOKENS, PAD, Tokenizer
 
 CORPUS = [f"The {c} {s} is left of the {c2} circle number {i}." for i, (c, s, c2) in enumerate(
@@ -40,6 +42,27 @@ def test_train_special_tokens_are_single_ids(tok):
     assert tok.decode(tok.encode("unseen ÜTF-8 ✓ text")) == "unseen ÜTF-8 ✓ text"  # byte level: no unknowns
     with pytest.raises(KeyError, match="nope"):
         tok.token_to_id("nope")
+
+
+THOUGHT_REPLY = f"{THINK_START}\nx\n{THINK_END}\nred"
+
+
+def assert_single_think_tags(tok):
+    """`<think>` and `</think>` are one id each wherever they stand, decode (skipping special tokens, the
+    default) keeps them, and they are not special ids."""
+    start, end = tok.token_to_id(THINK_START), tok.token_to_id(THINK_END)
+    ids = tok.encode(THOUGHT_REPLY)
+    assert ids == [start, *tok.encode("\nx\n"), end, *tok.encode("\nred")]
+    assert tok.encode(f"a{THINK_END}b") == [*tok.encode("a"), end, *tok.encode("b")]
+    assert tok.decode(ids) == THOUGHT_REPLY
+    assert split_thinking(tok.decode(ids)) == split_thinking(THOUGHT_REPLY)
+    assert tok.decode([start, tok.pad_id, end]) == THINK_START + THINK_END  # the pad between them is skipped
+    assert not {start, end} & tok.special_ids()
+
+
+def test_train_reserves_the_think_tags_as_single_plain_tokens(tok):
+    assert (tok.token_to_id(THINK_START), tok.token_to_id(THINK_END)) == (len(SPECIALS), len(SPECIALS) + 1)
+    assert_single_think_tags(tok)
 
 
 def test_image_token_ids_fill_a_model_config(tok):
@@ -77,6 +100,9 @@ def test_save_load_round_trip(tok, tmp_path):
         assert loaded.vocab_size == tok.vocab_size
         assert loaded.image_token_ids() == tok.image_token_ids()
         assert (loaded.eos_id, loaded.pad_id) == (tok.eos_id, tok.pad_id)
+        assert loaded.special_ids() == tok.special_ids()
+        assert_single_think_tags(loaded)
+        assert loaded.encode(THOUGHT_REPLY) == tok.encode(THOUGHT_REPLY)
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.load(tmp_path)
 
@@ -90,6 +116,8 @@ def test_matches_transformers(tok, tmp_path):
     assert rendered == tok.apply_chat_template(MESSAGES[:2], add_generation_prompt=True)
     assert hf.encode(rendered, add_special_tokens=False) == tok.encode(rendered)
     assert (hf.eos_token_id, hf.pad_token_id) == (tok.eos_id, tok.pad_id)
+    ids = hf.encode(THOUGHT_REPLY, add_special_tokens=False)
+    assert ids == tok.encode(THOUGHT_REPLY) and hf.decode(ids, skip_special_tokens=True) == THOUGHT_REPLY
 
 
 def test_existing_vocabulary_gets_missing_tokens(tmp_path):
@@ -104,6 +132,7 @@ def test_existing_vocabulary_gets_missing_tokens(tmp_path):
     assert wrapped.encode("<|im_start|><img>") == [wrapped.token_to_id("<|im_start|>"), wrapped.token_to_id("<img>")]
     assert min(wrapped.image_token_ids().values()) >= len(vocab)
     assert wrapped.vocab_size == len(vocab) + len(CHAT_TOKENS) + 4  # the four image tokens
+    assert wrapped.tk.token_to_id(THINK_START) is None  # the thinking tags are only reserved when training
 
     tk.save(str(tmp_path / "tokenizer.json"))
     config = {"pad_token": {"content": "</pad>"}, "bos_token": "<s>"}

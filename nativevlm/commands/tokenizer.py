@@ -19,7 +19,8 @@ def register(sub) -> None:
         help="train on text files (one document per line), LLaVA .json or chat .jsonl conversation files",
     )
     t.add_argument("corpus", nargs="+", help="text, LLaVA JSON (.json) or chat-messages JSONL (.jsonl) files")
-    t.add_argument("--vocab-size", type=int, required=True, help="vocabulary size, special tokens included")
+    t.add_argument("--vocab-size", type=int, required=True,
+                   help="vocabulary size, reserved tokens included (chat, padding, image, <think> and </think>)")
     t.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     t.add_argument("--out", required=True, help="output folder (tokenizer.json, tokenizer_config.json)")
     t.set_defaults(func=train)

@@ -3,7 +3,8 @@
 A thin wrapper over a `tokenizers.Tokenizer`, so a tokenizer trained here, one loaded from a Hugging Face
 folder (SmolLM2, Qwen) and one built from a GGUF file all behave the same: the chat and image special
 tokens are always present as single tokens (added to an existing vocabulary when missing), and
-`image_token_ids()` fills a `ModelConfig`.
+`image_token_ids()` fills a `ModelConfig`. A tokenizer trained here also has the thinking tags `<think>` and
+`</think>` as single tokens (`Tokenizer.train`).
 """
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from ..config import SpecialTokens
 from .gguf_tokenizer import load_gguf_tokenizer
+from .thinking import THINK_END, THINK_START
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 PAD = "<|pad|>"
 CHAT_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+# Reserved by `Tokenizer.train` as plain (non-special) added tokens, as in Qwen3's tokenizer: one id each, kept
+# by decode, since the engine and `data.thinking` read them in the decoded text.
+THINK_TOKENS = (THINK_START, THINK_END)
 
 # The same ChatML template as SmolLM2-Instruct and Qwen, written into tokenizer_config.json so that
 # transformers renders conversations exactly as `apply_chat_template` below does.
@@ -76,13 +81,17 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "Tokenizer":
         """Train a byte-level BPE (GPT-2 / SmolLM style: no unknown tokens, no prefix space) on `texts`.
-        The special tokens take the first ids, so `<|endoftext|>` = 0, `<|im_start|>` = 1, `<|im_end|>` = 2."""
+        The special tokens take the first ids, so `<|endoftext|>` = 0, `<|im_start|>` = 1, `<|im_end|>` = 2,
+        then `<|pad|>` and the image tokens; the thinking tags `<think>` and `</think>` follow them as plain
+        added tokens: single ids wherever they appear in text, kept by `decode` (they are content) and not in
+        `special_ids()`. Spelt out they would take ~8 tokens each, which a small model learns to misspell."""
         specials = [*CHAT_TOKENS, PAD, *(getattr(SpecialTokens(), f) for f in IMAGE_TOKEN_FIELDS.values())]
+        reserved = [*specials, *THINK_TOKENS]
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-        if vocab_size < len(alphabet) + len(specials):
+        if vocab_size < len(alphabet) + len(reserved):
             raise ValueError(
-                f"vocab_size {vocab_size} is too small: the byte alphabet and special tokens alone take "
-                f"{len(alphabet) + len(specials)}"
+                f"vocab_size {vocab_size} is too small: the byte alphabet and reserved tokens alone take "
+                f"{len(alphabet) + len(reserved)}"
             )
         tk = HFTokenizer(models.BPE())
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -90,12 +99,18 @@ class Tokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials],
+            special_tokens=[AddedToken(t, special=True, normalized=False) for t in reserved],
             initial_alphabet=alphabet,
             show_progress=False,
         )
         tk.train_from_iterator(texts, trainer=trainer)
-        return cls(tk)
+        # The trainer marks every token it reserves as special (whatever the AddedToken says), and decode
+        # drops special tokens: the thinking tags are made plain added tokens again, keeping their ids.
+        data = json.loads(tk.to_str())
+        for token in data["added_tokens"]:
+            if token["content"] in THINK_TOKENS:
+                token["special"] = False
+        return cls(HFTokenizer.from_str(json.dumps(data)))
 
     @classmethod
     def load(cls, path: Union[str, Path], special_tokens: Optional[SpecialTokens] = None) -> "Tokenizer":
