@@ -10,7 +10,7 @@ import torch
 
 from nativevlm.data.collate import encode_sample
 from nativevlm.data.sample import Sample, user_turn
-from nativevlm.data.thinking import THINK_END, THINK_START
+from nativevlm.data.thinking import THINK_END, THINK_START, split_thinking
 from nativevlm.eval.benchmarks import Benchmark, Item
 from nativevlm.eval.harness import evaluate
 from nativevlm.eval.local import LocalAnswerer
@@ -88,6 +88,72 @@ def test_the_budget_forces_the_closing_tag_exactly_there(kit, budget):
     # the budget is per request: the plain one beside it is what it is alone
     alone = Engine(model, tok, max_batch_size=1).generate([Request(plain.input_ids, params)])[0]
     assert plain.completion.token_ids == alone.token_ids and plain.completion.thinking is None
+
+
+@pytest.fixture(scope="module")
+def spelled():
+    """A tokenizer without the thinking tags as tokens (a pretrained one may lack them), and a model for it."""
+    tok = make_tokenizer(think_tokens=False)
+    return make_model(tok), tok
+
+
+def test_the_tags_are_single_tokens_of_a_trained_tokenizer(kit, spelled):
+    (_, tok), (_, bare) = kit, spelled
+    assert tok.encode(THINK_START) == [tok.token_to_id(THINK_START)]
+    assert tok.encode(THINK_END) == [tok.token_to_id(THINK_END)]
+    assert len(bare.encode(THINK_START)) > 1 and len(bare.encode(THINK_END)) > 1
+
+
+@pytest.mark.parametrize("which", ["kit", "spelled"])
+def test_a_budgeted_reply_is_closed_once_and_parses(which, request):
+    """The engine opens with `<think>` and a budget forces one `</think>` (between the newlines training
+    renders): with a trained tokenizer each tag is one token, with one that spells them out the pieces; either
+    way the reply as written reads as one well-formed think block."""
+    model, tok = request.getfixturevalue(which)
+    engine = Engine(model, tok)
+    newline = tok.encode("\n")
+    if which == "kit":
+        start, end = tok.token_to_id(THINK_START), tok.token_to_id(THINK_END)
+        assert engine.think_open == [start, *newline] and engine.think_close == [*newline, end, *newline]
+    else:
+        assert engine.think_open == tok.encode(THINK_START + "\n")
+        assert engine.think_close == tok.encode("\n" + THINK_END + "\n")
+    budget = 4
+    params = SamplingParams(max_new_tokens=budget + len(engine.think_close) + 4, ignore_eos=True)
+    done = engine.generate([Request(prompt(tok), params, think=True, thinking_budget=budget)])[0]
+    close = done.token_ids[budget:budget + len(engine.think_close)]
+    assert close == engine.think_close and tok.decode(close) == "\n" + THINK_END + "\n"
+    text = tok.decode(engine.think_open + done.token_ids)
+    assert text.count(THINK_START) == text.count(THINK_END) == 1
+    reply = split_thinking(text)
+    assert reply.well_formed and (reply.thinking, reply.answer) == (done.thinking, done.text)
+    assert done.thinking == tok.decode(done.token_ids[:budget]).strip()
+
+
+@pytest.mark.parametrize("which", ["kit", "spelled"])
+def test_think_false_bans_what_would_open_a_think_block(which, request):
+    """A model pushed toward the first token of `<think>` (the tag itself with a trained tokenizer, a piece of
+    it otherwise) opens with it when left to choose, and never when asked not to think: that token is among
+    those banned while the reply is blank."""
+    model, tok = request.getfixturevalue(which)
+    first = tok.encode(THINK_START)[0]
+    if which == "kit":
+        assert first == tok.token_to_id(THINK_START)
+    engine = Engine(model, tok, max_batch_size=2)
+    assert first in engine.think_start_ids()
+
+    def push(module, args, out):
+        out.logits[..., first] += 1e4
+
+    hook = model.language.register_forward_hook(push)
+    try:
+        free, off = engine.generate([Request(prompt(tok), SamplingParams(max_new_tokens=3), think=mode)
+                                     for mode in (None, False)])
+    finally:
+        hook.remove()
+    assert free.token_ids[0] == first  # pushed, it opens a tag
+    assert off.token_ids[0] != first and off.token_ids[0] not in engine.think_start_ids()
+    assert off.thinking is None and not off.text.lstrip().startswith(THINK_START[0])
 
 
 def test_a_fused_model_thinks_or_answers_directly_as_asked(fused):

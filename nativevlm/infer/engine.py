@@ -362,7 +362,8 @@ class Engine:
 
     def think_start_ids(self) -> list[int]:
         """The tokens that would begin a `<think>` in a reply that is still blank: those whose text, leading
-        blanks dropped, is a start of the tag or starts with it. Banned there when think=False."""
+        blanks dropped, is a start of the tag or starts with it (the tag's own token, when the tokenizer has
+        one, as trained ones do). Banned there when think=False."""
         if self._think_starts is None:
             texts = [self.tokenizer.decode([i]).lstrip() for i in range(self.tokenizer.vocab_size)]
             self._think_starts = [i for i, t in enumerate(texts)
