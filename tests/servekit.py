@@ -17,12 +17,10 @@ def make_tokenizer(think_tokens: bool = True):
     """`Tokenizer.train` on random lines of WORDS; with `think_tokens=False` the same BPE without the `<think>`
     and `</think>` tokens, as a pretrained tokenizer may be: the tags are spelt out."""
     from nativevlm.data.tokenizer import Tokenizer
-    from trainkit import tokenizer_without_think_tags
 
     rng = random.Random(0)
     lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(200)]
-    train = Tokenizer.train if think_tokens else tokenizer_without_think_tags
-    return train(lines, vocab_size=300, min_frequency=1)
+    return Tokenizer.train(lines, vocab_size=300, min_frequency=1, think_tags=think_tokens)
 
 
 def make_model(tokenizer, seed: int = 0):

@@ -14,31 +14,13 @@ WORDS = "red blue green square circle triangle small large left right above belo
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
 
-def tokenizer_without_think_tags(texts, vocab_size: int, min_frequency: int = 2):
-    """`Tokenizer.train` as it was before it reserved `<think>` and `</think>`: the same byte-level BPE with the
-    same special tokens at the same ids, the tags spelt out. For tests pinning numbers that were measured with
-    such a tokenizer, and as a tokenizer without the tags (as a pretrained one may be)."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from nativevlm.config import SpecialTokens
-    from nativevlm.data.tokenizer import CHAT_TOKENS, IMAGE_TOKEN_FIELDS, PAD, Tokenizer
-
-    specials = [*CHAT_TOKENS, PAD, *(getattr(SpecialTokens(), f) for f in IMAGE_TOKEN_FIELDS.values())]
-    tk = HFTokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[AddedToken(t, special=True, normalized=False) for t in specials], show_progress=False))
-    return Tokenizer(tk)
-
-
 def pre_think_world_tokenizer(world: dict, out: Path) -> Path:
     """A `make_object_world` world's tokenizer as it was trained before the thinking tags were reserved
-    (`tokenizer_without_think_tags`), saved in `out`: for the tests pinning numbers measured with it."""
+    (`think_tags=False`), saved in `out`: for the tests pinning numbers measured with it."""
+    from nativevlm.data.tokenizer import Tokenizer
+
     texts = (world["root"] / "train_text.txt").read_text().splitlines()
-    tokenizer_without_think_tags(texts, vocab_size=400, min_frequency=1).save(out)
+    Tokenizer.train(texts, vocab_size=400, min_frequency=1, think_tags=False).save(out)
     return out
 
 

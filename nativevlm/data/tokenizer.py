@@ -79,14 +79,16 @@ class Tokenizer:
     # -- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "Tokenizer":
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
+              think_tags: bool = True) -> "Tokenizer":
         """Train a byte-level BPE (GPT-2 / SmolLM style: no unknown tokens, no prefix space) on `texts`.
         The special tokens take the first ids, so `<|endoftext|>` = 0, `<|im_start|>` = 1, `<|im_end|>` = 2,
         then `<|pad|>` and the image tokens; the thinking tags `<think>` and `</think>` follow them as plain
         added tokens: single ids wherever they appear in text, kept by `decode` (they are content) and not in
-        `special_ids()`. Spelt out they would take ~8 tokens each, which a small model learns to misspell."""
+        `special_ids()`. Spelt out they would take ~8 tokens each, which a small model learns to misspell.
+        `think_tags=False` leaves them out (spelt out in text, as a tokenizer without them has them)."""
         specials = [*CHAT_TOKENS, PAD, *(getattr(SpecialTokens(), f) for f in IMAGE_TOKEN_FIELDS.values())]
-        reserved = [*specials, *THINK_TOKENS]
+        reserved = [*specials, *(THINK_TOKENS if think_tags else ())]
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         if vocab_size < len(alphabet) + len(reserved):
             raise ValueError(
