@@ -18,6 +18,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -66,16 +67,21 @@ def load_images(paths: list[str], size: int) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+READOUTS = ("mean", "last", "last+mean")
+
+
 class Peer(nn.Module):
     def __init__(self, vocab: int, classes: int, image_size: int, patch: int = 8, dim: int = 192,
                  vision_layers: int = 3, fusion_layers: int = 3, heads: int = 4, max_words: int = 32,
                  readout: str = "mean", causal: bool = False):
-        """`readout`: the answer from the mean over every position (`mean`, the peer as shipped) or from the
-        question's last word (`last`, where a decoder reads its answer); `causal`: fusion attends only to
-        earlier positions, as a decoder does. The last two are ablations (docs/learnability.md, point 13)."""
+        """`readout`: the answer from the mean over every position (`mean`, the peer as shipped), from the
+        question's last word (`last`, where a decoder reads its answer), or from the last word with a second
+        head on the mean trained beside it (`last+mean`: its loss is added, its answer unused); `causal`: fusion
+        attends only to earlier positions, as a decoder does. All but the first are ablations
+        (docs/learnability.md, points 13-14)."""
         super().__init__()
-        if readout not in ("mean", "last"):
-            raise ValueError(f"readout must be 'mean' or 'last', not {readout!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, not {readout!r}")
         self.patch, self.readout, self.causal = patch, readout, causal
         n = (image_size // patch) ** 2
         self.patch_embed = nn.Linear(3 * patch * patch, dim)
@@ -92,6 +98,8 @@ class Peer(nn.Module):
         self.vision, self.fusion = stack(vision_layers), stack(fusion_layers)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
+        if readout == "last+mean":
+            self.mean_norm, self.mean_head = nn.LayerNorm(dim), nn.Linear(dim, classes)
 
     def fuse(self, images: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The fusion layers' states over [image tokens; words] and the padding mask (True: padding)."""
@@ -105,13 +113,25 @@ class Peer(nn.Module):
         mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=pad.device), 1) if self.causal else None
         return self.fusion(torch.cat([x, t], dim=1), mask=mask, src_key_padding_mask=pad), pad
 
-    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    def heads(self, images: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(the answer's logits, the `last+mean` read-out's mean-pool head's logits or None)."""
         z, pad = self.fuse(images, words)
-        b = z.shape[0]
-        if self.readout == "last":  # words are left-aligned, padding after them
-            return self.head(self.norm(z[torch.arange(b), (~pad).sum(1) - 1]))
         keep = (~pad).unsqueeze(-1).float()
-        return self.head(self.norm((z * keep).sum(1) / keep.sum(1)))
+        mean = (z * keep).sum(1) / keep.sum(1)
+        if self.readout == "mean":
+            return self.head(self.norm(mean)), None
+        last = z[torch.arange(z.shape[0]), (~pad).sum(1) - 1]  # words are left-aligned, padding after them
+        aux = self.mean_head(self.mean_norm(mean)) if self.readout == "last+mean" else None
+        return self.head(self.norm(last)), aux
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        return self.heads(images, words)[0]
+
+    def loss(self, images: torch.Tensor, words: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the answer, plus the mean-pool head's for `last+mean`."""
+        logits, aux = self.heads(images, words)
+        loss = nn.functional.cross_entropy(logits, labels)
+        return loss if aux is None else loss + nn.functional.cross_entropy(aux, labels)
 
 
 class Encoded:
@@ -181,7 +201,7 @@ def train_peer(train_path: str, eval_path: str, minutes: float, image_size: int 
         idx = order[pos:pos + batch]
         pos += batch
         t0 = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(train.images[idx], train.words[idx]), train.labels[idx])
+        loss = model.loss(train.images[idx], train.words[idx], train.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -214,8 +234,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=8.0, help="training time (evaluation excluded)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--eval-every", type=int, default=4096)
-    ap.add_argument("--readout", choices=("mean", "last"), default="mean",
-                    help="answer from the mean over all positions, or from the question's last word (ablation)")
+    ap.add_argument("--readout", choices=READOUTS, default="mean",
+                    help="answer from the mean over all positions, or from the question's last word (ablation; "
+                         "last+mean: with a mean-pool head trained beside it)")
     ap.add_argument("--causal", action="store_true", help="causal fusion attention, as a decoder's (ablation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)

@@ -80,3 +80,27 @@ def test_peer_readouts():
         assert not torch.allclose(short, last(images[:1], longer))  # the longer question reads at word 9
     with pytest.raises(ValueError, match="readout"):
         peer.Peer(10, 4, 16, readout="max")
+
+
+def test_peer_last_plus_mean_readout():
+    """`last+mean` answers from the last word's head and trains a mean-pool head beside it: its loss is the sum
+    of both heads' cross-entropies, each computed here by hand from the fused states."""
+    import torch
+    import torch.nn.functional as F
+
+    peer = pytest.importorskip("peer")
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    words = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+    labels = torch.tensor([1, 3])
+    m = peer.Peer(10, 4, 16, patch=8, dim=16, heads=2, max_words=4, readout="last+mean").eval()
+    with torch.no_grad():
+        z, pad = m.fuse(images, words)
+        last = m.head(m.norm(torch.stack([z[0, 4 + 2], z[1, 4 + 1]])))  # 4 image tokens, then the words
+        mean = m.mean_head(m.mean_norm(torch.stack([z[i][~pad[i]].mean(0) for i in range(2)])))
+        torch.testing.assert_close(m(images, words), last)
+        torch.testing.assert_close(m.loss(images, words, labels), F.cross_entropy(last, labels) +
+                                   F.cross_entropy(mean, labels))
+        shipped = peer.Peer(10, 4, 16, patch=8, dim=16, heads=2, max_words=4).eval()
+        torch.testing.assert_close(shipped.loss(images, words, labels),
+                                   F.cross_entropy(shipped(images, words), labels))
