@@ -2,7 +2,7 @@
 
 The peer (`bench/peer.py`) reads its answer as a class from the mean of every state of a bidirectional
 transformer over [image tokens; question words]. A decoder-only VLM reads its answer from one position (the
-last prompt token), under a causal mask. This runs the peer four ways on the same data and seed, for the same
+last prompt token), under a causal mask. This runs the peer six ways on the same data and seed, for the same
 number of training samples (not minutes, so runs sharing the machine stay comparable):
 
     read-out  x  attention
@@ -15,7 +15,7 @@ number of training samples (not minutes, so runs sharing the machine stay compar
 and reports held-out accuracy per family against samples seen, and on the test split how often a colour or
 object answer names something the image holds at all (`presence`, as `bench/learnability.py` reports it).
 
-    python bench/peer_readout.py --out bench/results/peer_readout --work runs/peer_readout --seeds 0 1
+    python bench/peer_readout.py --out bench/results/peer_readout --work runs/peer_readout --samples 10240 --seeds 0
 
 Writes `<out>/peer_readout.json` and `<out>/peer_readout.png`.
 """
@@ -116,7 +116,8 @@ def plot(result: dict, png: Path) -> None:
         ax.set_ylim(0, 100)
     axes[0].set_ylabel("accuracy % (dotted: answer prior)")
     axes[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"the plain peer on `{result['set']}`, read out four ways")
+    fig.suptitle(f"the plain peer on `{result['set']}`, read out {len(VARIANTS)} ways (val curves; the test split's "
+                 "accuracy is in the JSON)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
