@@ -14,14 +14,19 @@ WORDS = "red blue green square circle triangle small large left right above belo
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
 
+def train_world_tokenizer(root: Path, out: Path, think_tags: bool = True) -> Path:
+    """The tokenizer of a `make_object_world` world in `root`, trained on its text and saved in `out`."""
+    from nativevlm.data.tokenizer import Tokenizer
+
+    texts = (root / "train_text.txt").read_text().splitlines()
+    Tokenizer.train(texts, vocab_size=400, min_frequency=1, think_tags=think_tags).save(out)
+    return out
+
+
 def pre_think_world_tokenizer(world: dict, out: Path) -> Path:
     """A `make_object_world` world's tokenizer as it was trained before the thinking tags were reserved
     (`think_tags=False`), saved in `out`: for the tests pinning numbers measured with it."""
-    from nativevlm.data.tokenizer import Tokenizer
-
-    texts = (world["root"] / "train_text.txt").read_text().splitlines()
-    Tokenizer.train(texts, vocab_size=400, min_frequency=1, think_tags=False).save(out)
-    return out
+    return train_world_tokenizer(world["root"], out, think_tags=False)
 
 
 def make_world(root: Path, n_text: int = 64, n_images: int = 24) -> dict:
@@ -95,14 +100,11 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 def make_object_world(root: Path, n_train: int = 24, n_val: int = 8) -> dict:
     """A tiny built-in world (basic preset: object scenes) with a tokenizer trained on its text."""
-    from nativevlm.data.tokenizer import Tokenizer
     from nativevlm.data.world import generate_world
 
     generate_world(str(root), n_train, split="train", preset="basic", progress=False)
     generate_world(str(root), n_val, split="val", preset="basic", progress=False)
-    texts = (root / "train_text.txt").read_text().splitlines()
-    Tokenizer.train(texts, vocab_size=400, min_frequency=1).save(root / "tok")
-    return {"root": root, "tok": root / "tok"}
+    return {"root": root, "tok": train_world_tokenizer(root, root / "tok")}
 
 
 def curve_recipe(world: dict, **top) -> dict:
