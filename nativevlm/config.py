@@ -48,6 +48,12 @@ class VisionConfig:
     max_tiles: int = 1
     bias: bool = False
     post_norm: bool = False
+    # How patches become tokens. "linear": one linear map of each flattened patch (a stride-p convolution;
+    # NaViL, SigLIP). "conv" (native only): log2(patch_size) 3x3 stride-2 convolutions with GELU over the
+    # whole image, then a 1x1 convolution to hidden_size, as in "Early Convolutions Help Transformers See
+    # Better" (Xiao et al., 2021); the same grid of patch tokens, with local image structure built in.
+    # Not in any shipped recipe: see docs/learnability.md for what it did and did not change.
+    stem: str = "linear"
 
 
 @dataclass

@@ -282,6 +282,18 @@ def test_a_language_model_with_visual_experts_is_refused(exported, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_convolutional_stem_is_refused(tmp_path):
+    vlm = NativeVLM.from_language_model(
+        LanguageModel(LanguageConfig(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                     intermediate_size=48)),
+        vision=VisionConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, stem="conv"),
+        image_token_ids={"image_token_id": 5})
+    vlm.save_pretrained(tmp_path / "m")
+    with pytest.raises(UserError, match="convolutional stem"):
+        export_hf(tmp_path / "m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_tokenizer_with_other_image_token_ids_is_refused(exported, tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models, pre_tokenizers, trainers

@@ -425,3 +425,53 @@ def test_loss_on_target_positions_equals_the_full_logits_path():
     for n, p in vlm.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[n], p.grad, msg=n)
+
+
+def test_conv_stem_gives_the_same_grid_batched_or_alone():
+    torch.manual_seed(0)
+    enc = VisionEncoder(tiny_vision(stem="conv")).eval()
+    images = [torch.randn(3, 64, 32), torch.randn(3, 32, 96), torch.randn(3, 64, 32)]
+    for img, feats in zip(images, enc(images)):
+        assert feats.shape == (img.shape[1] // 16, img.shape[2] // 16, 32)
+        torch.testing.assert_close(feats, enc([img])[0], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        enc([torch.randn(3, 40, 64)])
+
+
+def test_conv_stem_tokens_see_their_neighbourhood_only():
+    """Four 3x3 stride-2 convolutions see 31 px: a pixel in the top-left corner moves the first tokens of the
+    stem's grid, not the far corner's (no attention layers here to spread it)."""
+    torch.manual_seed(0)
+    enc = VisionEncoder(tiny_vision(stem="conv", num_layers=0)).eval()
+    img = torch.randn(3, 64, 64)
+    poked = img.clone()
+    poked[:, 0, 0] += 5.0
+    a, b = enc([img])[0], enc([poked])[0]
+    assert not torch.allclose(a[0, 0], b[0, 0])
+    torch.testing.assert_close(a[2:, 2:], b[2:, 2:])
+
+
+def test_conv_stem_starts_with_tokens_that_differ_like_linear_patches():
+    """He init: at the start the stem's tokens vary across patches about as linear patches do (PyTorch's
+    default conv init would leave them nearly one constant vector)."""
+    torch.manual_seed(0)
+    img = torch.rand(3, 64, 64) * 2 - 1
+    spread = {stem: VisionEncoder(tiny_vision(stem=stem, num_layers=0, hidden_size=64))([img])[0].flatten(0, 1)
+              .std(0).mean().item() for stem in ("linear", "conv")}
+    assert 0.2 < spread["conv"] / spread["linear"] < 5
+
+
+def test_conv_stem_config_errors_and_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="power-of-two"):
+        VisionEncoder(tiny_vision(stem="conv", patch_size=12))
+    with pytest.raises(ValueError, match="arch='native'"):
+        VisionEncoder(tiny_vision(stem="conv", arch="vit", image_size=64))
+    with pytest.raises(ValueError, match="'linear' or 'conv'"):
+        VisionEncoder(tiny_vision(stem="cnn"))
+    torch.manual_seed(0)
+    vlm = NativeVLM.from_language_model(LanguageModel(tiny_lm_config()), vision=tiny_vision(stem="conv"),
+                                        image_token_ids={"image_token_id": IMG}).eval()
+    vlm.save_pretrained(tmp_path / "m")
+    again = NativeVLM.from_pretrained(tmp_path / "m").eval()
+    ids, px = image_prompt(2, 1)[None], [torch.randn(3, 64, 32)]
+    torch.testing.assert_close(again(ids, pixel_values=px).logits, vlm(ids, pixel_values=px).logits)

@@ -141,6 +141,10 @@ def export_hf(model_path: Union[str, Path], out: Union[str, Path], tokenizer_pat
         raise UserError(f"{model_path} routes image regions (connector.region_size / router), which the Hugging "
                         "Face remote code does not implement: serve it with nativevlm serve, or export a model "
                         "without regions")
+    if isinstance(model, NativeVLM) and model.config.vision.stem != "linear":
+        raise UserError(f"{model_path} encodes patches with a convolutional stem (vision.stem: "
+                        f"{model.config.vision.stem}), which the Hugging Face remote code does not implement: "
+                        "serve it with nativevlm serve")
     special = model.config.special_tokens if isinstance(model, NativeVLM) else None
     tokenizer = Tokenizer.load(tokenizer_path or model_path, special_tokens=special)
     with atomic_dir(Path(out)) as tmp:

@@ -5,6 +5,11 @@ bidirectional attention and 2D RoPE over (row, column), any image size whose sid
 patch size. `arch="vit"` is a SigLIP-style ViT (LayerNorm, GELU MLP, learned absolute positions, a fixed
 square input) for the compositional baseline, loadable from SigLIP checkpoints.
 
+`stem="conv"` (native only) turns the image into the same grid of patch tokens with a few strided 3x3
+convolutions instead of one linear map per patch: local structure (strokes, corners) built in. Trained on
+its own with a classifier on the answers, it reads shapes and digits far sooner than linear patches
+(docs/learnability.md); inside the full model, under the recipes' objectives, it has not helped yet.
+
 Images of different sizes in one batch are encoded in groups of equal size, so no padding token ever
 enters attention and each image's features equal those of the image encoded alone.
 """
@@ -44,6 +49,41 @@ class VisionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def check_multiple(h: int, w: int, p: int) -> None:
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}; "
+                         "preprocess images with nativevlm.data.image.ImageProcessor")
+
+
+class ConvStem(nn.Module):
+    """[B, C, H, W] -> [B, (H/p)(W/p), D]: log2(p) 3x3 stride-2 convolutions with GELU (channels doubling up
+    to D), then a 1x1 convolution to D; patches row-major like `VisionEncoder.patchify`."""
+
+    def __init__(self, channels: int, patch_size: int, hidden_size: int):
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        if patch_size < 2 or 1 << n != patch_size:
+            raise ValueError(f"vision.stem='conv' needs a power-of-two patch_size, got {patch_size}")
+        widths = [max(hidden_size >> (n - i), 8) for i in range(1, n + 1)]
+        layers: list[nn.Module] = []
+        cin = channels
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 3, stride=2, padding=1), nn.GELU()]
+            cin = w
+        layers.append(nn.Conv2d(cin, hidden_size, 1))
+        self.net = nn.Sequential(*layers)
+        # He init keeps each layer's spread (PyTorch's default shrinks it about 3x a layer, so the tokens
+        # would start as one constant); the last 1x1 without the ReLU gain.
+        for m in self.net:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.kaiming_normal_(self.net[-1].weight, nonlinearity="linear")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).flatten(2).transpose(1, 2)
+
+
 class VisionEncoder(nn.Module):
     """pixel_values (a list of [3, H, W] tensors, or one [B, 3, H, W] tensor) -> a list of per-image
     feature grids [H/p, W/p, D] in input order."""
@@ -55,7 +95,14 @@ class VisionEncoder(nn.Module):
         self.config = config
         p, d = config.patch_size, config.hidden_size
         # A linear layer over flattened (channel, row, col) patches == a stride-p convolution, but one GEMM.
-        self.patch_embed = nn.Linear(config.num_channels * p * p, d, bias=True)
+        if config.stem not in ("linear", "conv"):
+            raise ValueError(f"vision.stem must be 'linear' or 'conv', got {config.stem!r}")
+        if config.stem == "conv" and config.arch != "native":
+            raise ValueError("vision.stem='conv' is for arch='native'; the SigLIP-style ViT keeps its linear patches")
+        if config.stem == "conv":
+            self.stem = ConvStem(config.num_channels, p, d)
+        else:
+            self.patch_embed = nn.Linear(config.num_channels * p * p, d, bias=True)
         self.position_embedding = (
             nn.Embedding((config.image_size // p) ** 2, d) if config.arch == "vit" else None
         )
@@ -74,9 +121,7 @@ class VisionEncoder(nn.Module):
         """[B, C, H, W] -> [B, (H/p)(W/p), C*p*p], patches row-major, each flattened as (c, y, x)."""
         b, c, h, w = images.shape
         p = self.config.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}; "
-                             "preprocess images with nativevlm.data.image.ImageProcessor")
+        check_multiple(h, w, p)
         x = images.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 
@@ -85,7 +130,11 @@ class VisionEncoder(nn.Module):
         b, _, h, w = images.shape
         p = self.config.patch_size
         gh, gw = h // p, w // p
-        x = self.patch_embed(self.patchify(images).to(self.patch_embed.weight.dtype))
+        if self.config.stem == "conv":
+            check_multiple(h, w, p)
+            x = self.stem(images.to(self.stem.net[0].weight.dtype))
+        else:
+            x = self.patch_embed(self.patchify(images).to(self.patch_embed.weight.dtype))
         rope = None
         if self.position_embedding is not None:
             if gh * gw != self.position_embedding.num_embeddings:
