@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer import answer_priors, read_turns  # noqa: E402
 from qa_sets import SETS, write_set  # noqa: E402
 
-from nativevlm.data.image import ImageProcessor  # noqa: E402
+from nativevlm.data.image import ImageProcessor, load_image, to_tensor  # noqa: E402
 from nativevlm.model.vision import VisionEncoder  # noqa: E402
 from nativevlm.config import apply_overrides, from_dict, read_yaml  # noqa: E402
 from nativevlm.train.config import TrainConfig  # noqa: E402
@@ -57,6 +57,8 @@ class SmallCNN(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len({x.shape for x in images}) == 1:  # one batch (the fixed square it is given)
+            return list(self.net(torch.stack(images)).permute(0, 2, 3, 1).unbind(0))
         return [self.net(x[None])[0].permute(1, 2, 0) for x in images]
 
 
@@ -96,11 +98,14 @@ def recipe_samples(cfg) -> int:
 
 
 def probe(train_path: str, eval_path: str, cfg, families, samples: int, batch: int, lr: float, eval_every: int,
-          seed: int, arch: str = "recipe") -> dict:
+          seed: int, arch: str = "recipe", cnn_size: int = 64) -> dict:
     """Train the encoder with a head per family on `train_path`; held-out accuracy per family on
     `eval_path` every `eval_every` samples. `samples` 0: the probed families' share of the recipe's run."""
     torch.manual_seed(seed)
-    proc = ImageProcessor.from_config(cfg.model.vision, cfg.model.connector)
+    if arch == "cnn":  # a practitioner's CNN takes the image as a small fixed square, as the peer does
+        proc = lambda path: to_tensor(load_image(path), (cnn_size, cnn_size))  # noqa: E731
+    else:
+        proc = ImageProcessor.from_config(cfg.model.vision, cfg.model.connector)
     train, skipped = read_turns(train_path)
     test, _ = read_turns(eval_path)
     n_all = len(train)
@@ -163,6 +168,7 @@ def probe(train_path: str, eval_path: str, cfg, families, samples: int, batch: i
             print("  " + "  ".join(f"{k} {v:.3f}" if k.startswith("acc") else f"{k} {v}" for k, v in point.items()),
                   flush=True)
     return {"train": train_path, "eval": eval_path, "seed": seed, "encoder": arch,
+            **({"cnn_size": cnn_size} if arch == "cnn" else {}),
             "vision": {k: getattr(cfg.model.vision, k) for k in ("patch_size", "hidden_size", "num_layers",
                                                                   "min_patches", "max_patches")},
             "parameters": sum(p.numel() for p in model.encoder.parameters()), "batch": batch, "lr": lr,
@@ -182,7 +188,9 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", help="families to probe (default: every family whose answers are "
                     "not all yes/no); leave out those whose answer depends on the question")
     ap.add_argument("--encoder", choices=["recipe", "cnn"], default="recipe", help="the recipe's vision encoder, "
-                    "or a plain 4-block CNN as a reference (images sized the same way)")
+                    "or a plain 4-block CNN as a reference (on the image as a small square, --cnn-size)")
+    ap.add_argument("--cnn-size", type=int, default=0, help="the CNN's square input side (0: 96 px for multi, "
+                    "64 px otherwise, the peer's sizes)")
     ap.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "recipes/native-custom.yaml"))
     ap.add_argument("--set", action="append", default=[], help="recipe overrides, e.g. model.vision.num_layers=4")
     ap.add_argument("--samples", type=int, default=0, help="training questions seen (0: as many of the probed "
@@ -204,7 +212,7 @@ def main() -> None:
     for name, (paths, families) in runs.items():
         result = {"set": name, "recipe": a.recipe, "overrides": a.set} | probe(
             str(paths["train"]), str(paths["test"]), cfg, families, a.samples, a.batch, a.lr, a.eval_every, a.seed,
-            a.encoder)
+            a.encoder, a.cnn_size or (96 if name == "multi" else 64))
         (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         plot(result, out / f"{name}.png")
         print(f"[{name}] " + ", ".join(f"{k[4:]} {v:.1%} (prior {result['priors'][k[4:]]:.1%})"
@@ -226,6 +234,8 @@ def plot(result: dict, png: Path) -> None:
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
     who = "a plain CNN" if result["encoder"] == "cnn" else "the recipe's encoder alone"
+    if result.get("overrides"):
+        who += f" ({', '.join(result['overrides'])})"
     ax.set_title(f"{result['set']}: {who}, a classifier per family\n"
                  "(dashed: the family's answer prior)", fontsize=9)
     ax.legend(fontsize=8)

@@ -50,6 +50,12 @@ ARMS: dict[str, list[str]] = {
     # from the one token that gives it most) against the embeddings as they were at the start.
     "max-pool": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
                  "pool: max, table: initial}]"],
+    # Answer words (mean token, as shipped) against the embeddings as they were at the start: a fixed code
+    # book of near-orthogonal words instead of the LM's table, whose answer words drift together as it trains.
+    "table-initial": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
+                      "table: initial}]"],
+    # The convolutional stem (vision.stem: conv) in place of linear patches.
+    "conv-stem": ["model.vision.stem=conv"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
     # The recipe before q/k norms, the input scale and 3x the steps (the ladder's previous rung).
     "before-qk": ["model.language.qk_norm=false", "model.language.embedding_multiplier=1.0", "stages.0.lr=1e-3",
