@@ -79,11 +79,12 @@ class EncoderProbe(nn.Module):
 
 
 def question_free(turns) -> dict[str, list[str]]:
-    """family -> its answer classes (sorted), for families whose answers are not all yes/no."""
+    """family -> its answer classes (sorted), for families whose answers are not all yes/no; a yes or no
+    answer depends on the question, so it is never a class (a set without `meta.family` is one family)."""
     answers = defaultdict(set)
     for t in turns:
         answers[t[3]].add(t[2].lower().rstrip("."))
-    return {f: sorted(a) for f, a in sorted(answers.items()) if not a <= YES_NO}
+    return {f: sorted(a - YES_NO) for f, a in sorted(answers.items()) if not a <= YES_NO}
 
 
 # families of the benchmark's sets whose answer the image alone gives (`multi`'s colour and shape questions
@@ -119,7 +120,7 @@ def probe(train_path: str, eval_path: str, cfg, families, samples: int, batch: i
                              f"than yes/no (these are: {', '.join(classes)})")
         classes = {f: c for f, c in classes.items() if f in families}
     left_out = sorted({t[3] for t in train} - set(classes))  # yes/no, or not asked for
-    train = [t for t in train if t[3] in classes]
+    train = [t for t in train if t[3] in classes and t[2].lower().rstrip(".") in classes[t[3]]]
     test = [t for t in test if t[3] in classes and t[2].lower().rstrip(".") in classes[t[3]]]
     samples = samples or round(recipe_samples(cfg) * len(train) / n_all)
     cache: dict[str, torch.Tensor] = {}
@@ -167,6 +168,7 @@ def probe(train_path: str, eval_path: str, cfg, families, samples: int, batch: i
             curve.append(point)
             print("  " + "  ".join(f"{k} {v:.3f}" if k.startswith("acc") else f"{k} {v}" for k, v in point.items()),
                   flush=True)
+    probe.last_model = model  # for --init-vlm
     return {"train": train_path, "eval": eval_path, "seed": seed, "encoder": arch,
             **({"cnn_size": cnn_size} if arch == "cnn" else {}),
             "vision": {k: getattr(cfg.model.vision, k) for k in ("patch_size", "hidden_size", "num_layers",
@@ -200,9 +202,15 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="folder: <set>.json and <set>.png for each set")
+    ap.add_argument("--init-vlm", metavar="DIR", help="also write a NativeVLM of the recipe's shape whose image "
+                    "encoder holds the trained weights (the rest random) to DIR, with --tokenizer: start the "
+                    "recipe from it with --set init.path=DIR (one set or --train only)")
+    ap.add_argument("--tokenizer", help="the tokenizer the recipe will train with (for --init-vlm)")
     a = ap.parse_args()
     if bool(a.sets) == bool(a.train and a.eval):
         ap.error("give --sets, or --train and --eval")
+    if a.init_vlm and (not a.tokenizer or a.encoder != "recipe" or (a.sets and len(a.sets) > 1)):
+        ap.error("--init-vlm needs --tokenizer, the recipe's encoder and one set")
     # the recipe's model and stages only (its data and tokenizer paths are not needed here)
     cfg = apply_overrides(from_dict(TrainConfig, read_yaml(a.recipe, "recipe")), list(a.set))
     out = Path(a.out)
@@ -218,6 +226,21 @@ def main() -> None:
         print(f"[{name}] " + ", ".join(f"{k[4:]} {v:.1%} (prior {result['priors'][k[4:]]:.1%})"
                                        for k, v in result["test"].items() if k.startswith("acc/"))
               + f" after {result['test']['samples']} samples; wrote {out / name}.json / .png", flush=True)
+        if a.init_vlm:
+            write_init(cfg, a.tokenizer, probe.last_model.encoder, Path(a.init_vlm))
+
+
+def write_init(cfg, tokenizer_path: str, encoder: nn.Module, out: Path) -> None:
+    """A NativeVLM as the recipe builds it (random init, seeded by the recipe), its image encoder replaced by
+    `encoder`'s weights, saved with the tokenizer: `init.path` for the recipe."""
+    from nativevlm.train.export import build_model, load_tokenizer
+    tok = load_tokenizer(tokenizer_path)
+    torch.manual_seed(cfg.seed)
+    vlm = build_model(cfg, tok)
+    vlm.vision.load_state_dict(encoder.state_dict())
+    vlm.save_pretrained(out)
+    tok.save(out)
+    print(f"wrote {out}: train the recipe from it with --set init.path={out}", flush=True)
 
 
 def plot(result: dict, png: Path) -> None:
