@@ -21,7 +21,9 @@ Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is
 `four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale, as the recipe did
 before (the ladder's geometry rung); `before-qk` is the recipe before q/k norms, the input-embedding scale and
 3x the steps; `max-pool` reads the answer words token by token against the embeddings as they were at the
-start (`answer_words` `pool: max`, `table: initial`; tried on val, not adopted: docs/learnability.md).
+start (`answer_words` `pool: max`, `table: initial`; tried on val, not adopted: docs/learnability.md);
+`encoder-first` trains the encoder alone with a classifier on the answers (`bench/encoder_alone.py`, conv stem)
+and runs the recipe from it, the peer getting the encoder stage's seconds too (docs/learnability.md point 16).
 """
 from __future__ import annotations
 
@@ -56,12 +58,19 @@ ARMS: dict[str, list[str]] = {
                       "table: initial}]"],
     # The convolutional stem (vision.stem: conv) in place of linear patches.
     "conv-stem": ["model.vision.stem=conv"],
+    # The encoder trained first, alone, with a classifier on the answers (bench/encoder_alone.py, conv stem),
+    # then the recipe from it (init.path); ENCODER_FIRST below runs that stage.
+    "encoder-first": ["model.vision.stem=conv"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
     # The recipe before q/k norms, the input scale and 3x the steps (the ladder's previous rung).
     "before-qk": ["model.language.qk_norm=false", "model.language.embedding_multiplier=1.0", "stages.0.lr=1e-3",
                   'stages.0.lr_multipliers={"vision.*": 2.0, "connector.*": 2.0}', "stages.0.steps=1000",
                   "curves.every=100"],
 }
+
+# arm -> the encoder stage's extra arguments (bench/encoder_alone.py); its seconds count toward the minutes
+# the peer is given.
+ENCODER_FIRST = {"encoder-first": ["--set", "model.vision.stem=conv"]}
 
 
 def sh(args: list[str], log: Path) -> float:
@@ -96,6 +105,8 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         sets.append(f"stages.0.steps={vlm_steps}")
     if seed:
         sets.append(f"seed={seed}")
+    if arm in ENCODER_FIRST:
+        sets.append(f"init.path={work / 'init'}")
     # A finished run is reused only if it was made by this recipe text with these overrides.
     made_by = {"recipe": (RECIPES / "native-custom.yaml").read_text(), "sets": sets}
     stamp = work / "made_by.json"
@@ -105,6 +116,11 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         stamp.write_text(json.dumps(made_by))
         wall["data_text"] = sh(cli("data", "text", str(data["train"]), "--out", str(text)), log)
         wall["tokenizer"] = sh(cli("tokenizer", "train", str(text), "--vocab-size", "1024", "--out", str(tok)), log)
+        if arm in ENCODER_FIRST:
+            wall["encoder_stage"] = sh([sys.executable, str(ROOT / "bench" / "encoder_alone.py"), "--train",
+                                        str(data["train"]), "--eval", str(data["val"]), "--out", str(work / "encoder"),
+                                        "--init-vlm", str(work / "init"), "--tokenizer", str(tok),
+                                        *ENCODER_FIRST[arm], *(["--seed", str(seed)] if seed else [])], log)
         wall["native_vlm"] = sh(cli("train", str(RECIPES / "native-custom.yaml"), "--out", str(vlm),
                                     *(f"--set={s}" for s in sets)), log)
     if not (work / "eval" / "results.json").exists():
@@ -112,6 +128,9 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
                               str(work / "eval")), log)
     results = json.loads((work / "eval" / "results.json").read_text())
     out = {"arm": arm, "curve": curve_points(vlm / "metrics.jsonl"), "wall": wall, "test": test_accuracy(results)}
+    if arm in ENCODER_FIRST:  # the encoder stage's training seconds, read back so a reused run keeps them
+        (stage,) = (work / "encoder").glob("*.json")
+        out["encoder_stage_seconds"] = json.loads(stage.read_text())["test"]["seconds"]
     found = presence(data["test"], arm_answers(work / "eval"))
     return out | ({"presence": found} if found else {})
 
@@ -217,7 +236,8 @@ def main() -> None:
             print(f"[{name}] {arm}: the README's commands", flush=True)
             entry["arms"][arm] = run_arm(arm, data, work / name / (f"{arm}-seed{a.seed}" if a.seed else arm),
                                          a.vlm_steps, a.seed)
-        minutes = max(r["curve"][-1]["train_seconds"] for r in entry["arms"].values()) / 60
+        minutes = max(r["curve"][-1]["train_seconds"] + r.get("encoder_stage_seconds", 0)
+                      for r in entry["arms"].values()) / 60
         image_size = 96 if name in ("multi", "world") else 64
         print(f"[{name}] peer: {minutes:.1f} training minutes", flush=True)
         peer = train_peer(str(data["train"]), str(data["val"]), minutes, image_size=image_size, eval_every=2048,
