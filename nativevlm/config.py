@@ -52,7 +52,8 @@ class VisionConfig:
     # NaViL, SigLIP). "conv" (native only): log2(patch_size) 3x3 stride-2 convolutions with GELU over the
     # whole image, then a 1x1 convolution to hidden_size, as in "Early Convolutions Help Transformers See
     # Better" (Xiao et al., 2021); the same grid of patch tokens, with local image structure built in.
-    # Not in any shipped recipe: see docs/learnability.md for what it did and did not change.
+    # Not in any shipped recipe yet: docs/learnability.md points 15-16 say when it helps (an encoder trained
+    # first on its own) and when not (from random init under the recipe's objectives).
     stem: str = "linear"
 
 

@@ -8,7 +8,9 @@ square input) for the compositional baseline, loadable from SigLIP checkpoints.
 `stem="conv"` (native only) turns the image into the same grid of patch tokens with a few strided 3x3
 convolutions instead of one linear map per patch: local structure (strokes, corners) built in. Trained on
 its own with a classifier on the answers, it reads shapes and digits far sooner than linear patches
-(docs/learnability.md); inside the full model, under the recipes' objectives, it has not helped yet.
+(docs/learnability.md point 15). Inside the full model it pays when the encoder is trained that way first
+(`bench/encoder_alone.py --init-vlm`, then the recipe from it: point 16); under the recipe's objectives
+alone, from random init, it has not helped.
 
 Images of different sizes in one batch are encoded in groups of equal size, so no padding token ever
 enters attention and each image's features equal those of the image encoded alone.
