@@ -35,6 +35,7 @@ class ModelOutput:
     weight_sum: Optional[torch.Tensor] = None
     aux_loss: Optional[torch.Tensor] = None
     image_features: Optional[list[torch.Tensor]] = None  # NativeVLM: each image's tokens, as spliced in
+    image_grids: Optional[list[torch.Tensor]] = None  # NativeVLM, images only: the encoder's [h, w, D] grids
 
 
 class AttentionProjections(nn.Module):

@@ -212,7 +212,7 @@ class NativeVLM(nn.Module):
 
     def forward(
         self,
-        input_ids: Union[torch.Tensor, Batch],
+        input_ids: Union[torch.Tensor, Batch, None],
         pixel_values: Optional[Sequence[torch.Tensor]] = None,
         image_features: Optional[Sequence[torch.Tensor]] = None,
         attention_mask: Optional[torch.Tensor] = None,
@@ -225,9 +225,14 @@ class NativeVLM(nn.Module):
     ) -> ModelOutput:
         """`model(batch)` with a collated `Batch`, or the tensors one by one. The output carries the image
         tokens the forward spliced in (`ModelOutput.image_features`), so a training objective over them
-        (a loss on the connector's output) reads them without encoding the images a second time."""
+        (a loss on the connector's output) reads them without encoding the images a second time. With
+        `input_ids` None, only the vision encoder runs: `ModelOutput.image_grids` holds each image's grid."""
         if isinstance(input_ids, Batch):
             return self.forward(**input_ids.model_inputs(), kv_cache=kv_cache)
+        if input_ids is None:  # the encoder alone (an objective on its output), still through any DDP/FSDP wrapper
+            if pixel_values is None or len(pixel_values) == 0:
+                raise ValueError("a forward without input_ids encodes images only; give pixel_values")
+            return ModelOutput(image_grids=self.vision(pixel_values))
         if image_features is None and pixel_values is not None and len(pixel_values) > 0:
             image_features = self.encode_images(pixel_values, image_downsample)
         embeds, image_mask = self.embed(input_ids, image_features=image_features)

@@ -11,7 +11,9 @@ the stage for an `Output`, backpropagates the sum of `weight * output.loss`, and
 metrics as `<objective>/<metric>` (e.g. `sft/loss`, `cells/loss`) and the weighted sum of their `loss`
 metrics as `loss`.
 Built in: `sft` (next-token cross-entropy, normalised over the global batch), `answer_words` (each image's
-tokens toward the LM's embeddings of the words its conversation answers: labels from any QA data), `cells`
+tokens toward the LM's embeddings of the words its conversation answers: labels from any QA data),
+`answer_classes` (the image encoder alone, a classifier over the data's short answers on its mean output: a
+first stage that teaches the encoder to see before the language model reads it), `cells`
 (the built-in world's per-image-token cell loss, refusing any other images), ViCO's two stages for the
 visual resolution router, `vico_consistency` and `vico_router` (`objectives.vico`), and the post-training
 objectives `mpo` (preference pairs against a frozen reference) and `gspo` (online RL on sampled, verified
@@ -65,7 +67,7 @@ after which a recipe may say `objectives: [{name: sft}, {name: token_norm, weigh
 """
 from .base import (REGISTRY, MicroBatch, NoOptions, Objective, Output, StageContext, StepInfo, Weighted, build,
                    register)
-from . import answer_words, cells, gspo, mpo, sft, vico  # noqa: F401  (built-in objectives register themselves)
+from . import answer_classes, answer_words, cells, gspo, mpo, sft, vico  # noqa: F401  (built-in objectives register themselves)
 
 __all__ = ["REGISTRY", "MicroBatch", "NoOptions", "Objective", "Output", "StageContext", "StepInfo", "Weighted",
            "build", "register"]
