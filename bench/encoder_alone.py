@@ -94,8 +94,10 @@ SIZES = {"train": 16000, "val": 400, "test": 1500}  # bench/learnability.py's
 
 
 def recipe_samples(cfg) -> int:
-    """Training questions the recipe's run sees: its stages' steps x batch size."""
-    return sum(st.steps * st.batch_size for st in cfg.stages)
+    """Training questions the recipe's full model sees: steps x batch size of its stages, less those that
+    train the encoder alone (`answer_classes`: this script's own stage, built into the recipe)."""
+    return sum(st.steps * st.batch_size for st in cfg.stages
+               if not any(o.get("name") == "answer_classes" for o in st.objectives))
 
 
 def probe(train_path: str, eval_path: str, cfg, families, samples: int, batch: int, lr: float, eval_every: int,

@@ -16,14 +16,15 @@ each image's objects (`multi`), the JSON also says, per model, how often a colou
 of the image's objects at all (`presence`): reading which colours an image holds is not yet binding a colour
 to the object a question names.
 
-Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped;
-`sft-only` drops the recipe's answer_words objective (next-token loss alone, the ladder's previous rung);
-`four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale, as the recipe did
-before (the ladder's geometry rung); `before-qk` is the recipe before q/k norms, the input-embedding scale and
-3x the steps; `max-pool` reads the answer words token by token against the embeddings as they were at the
-start (`answer_words` `pool: max`, `table: initial`; tried on val, not adopted: docs/learnability.md);
-`encoder-first` trains the encoder alone with a classifier on the answers (`bench/encoder_alone.py`, conv stem)
-and runs the recipe from it, the peer getting the encoder stage's seconds too (docs/learnability.md point 16).
+Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped (its
+first stage trains the encoder alone on the answers, `answer_classes`; its training seconds, which the peer
+is given too, include that stage's); `no-encoder-stage` is the recipe before that stage (cut to one step) and
+its convolutional stem; `sft-only` drops the recipe's answer_words objective (next-token loss alone, the
+ladder's previous rung); `four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale,
+as the recipe did before (the ladder's geometry rung); `max-pool` reads the answer words token by token
+against the embeddings as they were at the start (`answer_words` `pool: max`, `table: initial`; tried on val,
+not adopted: docs/learnability.md). Results made by arms since removed (`encoder-first`, `before-qk`) name
+the commit whose benchmark made them.
 """
 from __future__ import annotations
 
@@ -42,35 +43,25 @@ from peer import train_peer  # noqa: E402
 from qa_sets import SETS, write_set  # noqa: E402
 
 RECIPES = ROOT / "nativevlm" / "recipes"
-# Each arm: native-custom overrides; the README's own (the data paths) are added by run_arm.
+# Each arm: native-custom overrides; the README's own (the data paths) are added by run_arm. The recipe's
+# stage 0 trains the encoder alone (answer_classes); stage 1 is everything.
 ARMS: dict[str, list[str]] = {
     "byod": [],
+    # The recipe before its encoder stage (cut to one step) and convolutional stem.
+    "no-encoder-stage": ["stages.0.steps=1", "model.vision.stem=linear"],
     # The recipe before yes/no questions' words labelled the image (answer_words.question_words).
-    "no-question-words": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0}]"],
-    "sft-only": ["stages.0.objectives=[{name: sft}]"],
+    "no-question-words": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 3.0}]"],
+    "sft-only": ["stages.1.objectives=[{name: sft}]"],
     # Answer words read token by token (multiple-instance: each word, or a yes question's words together,
     # from the one token that gives it most) against the embeddings as they were at the start.
-    "max-pool": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
+    "max-pool": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
                  "pool: max, table: initial}]"],
     # Answer words (mean token, as shipped) against the embeddings as they were at the start: a fixed code
     # book of near-orthogonal words instead of the LM's table, whose answer words drift together as it trains.
-    "table-initial": ["stages.0.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
+    "table-initial": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
                       "table: initial}]"],
-    # The convolutional stem (vision.stem: conv) in place of linear patches.
-    "conv-stem": ["model.vision.stem=conv"],
-    # The encoder trained first, alone, with a classifier on the answers (bench/encoder_alone.py, conv stem),
-    # then the recipe from it (init.path); ENCODER_FIRST below runs that stage.
-    "encoder-first": ["model.vision.stem=conv"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
-    # The recipe before q/k norms, the input scale and 3x the steps (the ladder's previous rung).
-    "before-qk": ["model.language.qk_norm=false", "model.language.embedding_multiplier=1.0", "stages.0.lr=1e-3",
-                  'stages.0.lr_multipliers={"vision.*": 2.0, "connector.*": 2.0}', "stages.0.steps=1000",
-                  "curves.every=100"],
 }
-
-# arm -> the encoder stage's extra arguments (bench/encoder_alone.py); its seconds count toward the minutes
-# the peer is given.
-ENCODER_FIRST = {"encoder-first": ["--set", "model.vision.stem=conv"]}
 
 
 def sh(args: list[str], log: Path) -> float:
@@ -99,14 +90,12 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
     log = work / "commands.log"
     text, tok, vlm = work / "text.jsonl", work / "tok", work / "vlm"
     wall = {}
-    sets = [f"tokenizer={tok}", f"stages.0.data.0.path={data['train']}", f"stages.0.val_data={data['val']}",
-            f"curves.data={data['val']}", "progress=false", *ARMS[arm]]
+    sets = [f"tokenizer={tok}", f"stages.0.data.0.path={data['train']}", f"stages.1.data.0.path={data['train']}",
+            f"stages.1.val_data={data['val']}", f"curves.data={data['val']}", "progress=false", *ARMS[arm]]
     if vlm_steps:
-        sets.append(f"stages.0.steps={vlm_steps}")
+        sets.append(f"stages.1.steps={vlm_steps}")
     if seed:
         sets.append(f"seed={seed}")
-    if arm in ENCODER_FIRST:
-        sets.append(f"init.path={work / 'init'}")
     # A finished run is reused only if it was made by this recipe text with these overrides.
     made_by = {"recipe": (RECIPES / "native-custom.yaml").read_text(), "sets": sets}
     stamp = work / "made_by.json"
@@ -116,11 +105,6 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         stamp.write_text(json.dumps(made_by))
         wall["data_text"] = sh(cli("data", "text", str(data["train"]), "--out", str(text)), log)
         wall["tokenizer"] = sh(cli("tokenizer", "train", str(text), "--vocab-size", "1024", "--out", str(tok)), log)
-        if arm in ENCODER_FIRST:
-            wall["encoder_stage"] = sh([sys.executable, str(ROOT / "bench" / "encoder_alone.py"), "--train",
-                                        str(data["train"]), "--eval", str(data["val"]), "--out", str(work / "encoder"),
-                                        "--init-vlm", str(work / "init"), "--tokenizer", str(tok),
-                                        *ENCODER_FIRST[arm], *(["--seed", str(seed)] if seed else [])], log)
         wall["native_vlm"] = sh(cli("train", str(RECIPES / "native-custom.yaml"), "--out", str(vlm),
                                     *(f"--set={s}" for s in sets)), log)
     if not (work / "eval" / "results.json").exists():
@@ -128,9 +112,6 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
                               str(work / "eval")), log)
     results = json.loads((work / "eval" / "results.json").read_text())
     out = {"arm": arm, "curve": curve_points(vlm / "metrics.jsonl"), "wall": wall, "test": test_accuracy(results)}
-    if arm in ENCODER_FIRST:  # the encoder stage's training seconds, read back so a reused run keeps them
-        (stage,) = (work / "encoder").glob("*.json")
-        out["encoder_stage_seconds"] = json.loads(stage.read_text())["test"]["seconds"]
     found = presence(data["test"], arm_answers(work / "eval"))
     return out | ({"presence": found} if found else {})
 
@@ -236,8 +217,7 @@ def main() -> None:
             print(f"[{name}] {arm}: the README's commands", flush=True)
             entry["arms"][arm] = run_arm(arm, data, work / name / (f"{arm}-seed{a.seed}" if a.seed else arm),
                                          a.vlm_steps, a.seed)
-        minutes = max(r["curve"][-1]["train_seconds"] + r.get("encoder_stage_seconds", 0)
-                      for r in entry["arms"].values()) / 60
+        minutes = max(r["curve"][-1]["train_seconds"] for r in entry["arms"].values()) / 60
         image_size = 96 if name in ("multi", "world") else 64
         print(f"[{name}] peer: {minutes:.1f} training minutes", flush=True)
         peer = train_peer(str(data["train"]), str(data["val"]), minutes, image_size=image_size, eval_every=2048,

@@ -9,8 +9,8 @@ both models level off within a few points of their priors but colour, so its cur
 many samples the quickstart's targets (perception >= 90% with every perception family >= 80%, reasoning
 >= 70%) would take. Here the world's train split has `--scenes` scenes (4 questions each; val and test are
 the benchmark's own 200 and 300 scenes, the same questions), our native VLM trains `recipes/native-custom.yaml`
-for `--steps` steps of 16 (one cosine schedule over them; learning curves on all 800 val questions every
-1,000 steps) and the peer (`bench/peer.py`) for `--minutes` of training time. To fit a 2-core machine in
+(its encoder stage as written, then `--steps` steps of 16 for the whole model, one cosine schedule over them;
+learning curves on all 800 val questions every 1,000 steps) and the peer (`bench/peer.py`) for `--minutes` of training time. To fit a 2-core machine in
 one sitting the two run side by side, one thread each, so per-minute numbers are each model's on one core
 of a shared machine; read the samples axis to compare them. `--tokenizer` reuses a tokenizer made by the
 README's commands (`nativevlm data text`, `tokenizer train --vocab-size 1024`); without it they run on this
@@ -57,9 +57,10 @@ def main() -> None:
     ours = work / "ours"
     train = cli("train", str(ROOT / "nativevlm" / "recipes" / "native-custom.yaml"), "--out", str(ours),
                 f"--set=tokenizer={tok}", f"--set=stages.0.data.0.path={data['train']}",
-                f"--set=stages.0.val_data={data['val']}", f"--set=curves.data={data['val']}",
-                "--set=curves.samples=800", "--set=curves.every=1000", f"--set=stages.0.steps={a.steps}",
-                "--set=progress=false", "--set=stages.0.eval_every=0", "--set=checkpoint_every=2000")
+                f"--set=stages.1.data.0.path={data['train']}",
+                f"--set=stages.1.val_data={data['val']}", f"--set=curves.data={data['val']}",
+                "--set=curves.samples=800", "--set=curves.every=1000", f"--set=stages.1.steps={a.steps}",
+                "--set=progress=false", "--set=stages.1.eval_every=0", "--set=checkpoint_every=2000")
     peer_json = work / "peer.json"
     peer = [sys.executable, "-c", (
         "import json, sys, torch; sys.path.insert(0, {bench!r}); torch.set_num_threads(1); "

@@ -70,11 +70,12 @@ def test_learns_the_colour_of_a_plain_image(tmp_path, monkeypatch):
 
 
 def test_default_samples_are_the_recipe_runs_share(tmp_path, monkeypatch):
-    """Without --samples the probe sees as many of its families' questions as the recipe's run: steps x batch
-    size x their share of the training questions (here 10 x 16 x 45/90 = 80, so three batches of 32)."""
+    """Without --samples the probe sees as many of its families' questions as the recipe's full model: steps x
+    batch size x their share of the training questions (here 10 x 16 x 45/90 = 80, so three batches of 32; the
+    recipe's encoder stage, which trains the encoder alone, does not count)."""
     train, test = write_set(tmp_path, 90, 0), write_set(tmp_path, 30, 1000)
     monkeypatch.setattr(sys, "argv", ["encoder_alone.py", "--train", str(train), "--eval", str(test), "--batch", "32",
-                                      "--out", str(tmp_path / "res"), "--set", "stages.0.steps=10",
+                                      "--out", str(tmp_path / "res"), "--set", "stages.1.steps=10",
                                       *(x for s in SMALL for x in ("--set", s))])
     encoder_alone.main()
     result = json.loads((tmp_path / "res" / "set0.json").read_text())
