@@ -12,8 +12,8 @@ backbone would, with labels from the user's answers only.
 Classes: the normalised answers (`nativevlm.eval.matching.normalize_answer`: "Red." -> "red", "three" -> "3")
 of the stage's one-image conversations, counted over up to `count_samples` of them (evenly spaced over each
 file read whole; the first ones of a sharded source), less the yes/no words (`yes`, `no`: they depend on
-the question, not on the image alone), less those found fewer than `min_count` times (free text names nothing twice), the `max_classes` most frequent (the head's
-width: it is made before the data is read). Classes are grouped by the records' `meta.family` (each answer in
+the question, not on the image alone), less those found fewer than `min_count` times (free text names
+nothing twice), the `max_classes` most frequent (the head's width: it is made before the data is read). Classes are grouped by the records' `meta.family` (each answer in
 the family that gives it most often; one group when records have none), and each answer's cross-entropy is a
 softmax over its group only, as one linear classifier per family would be: an image asked its colour in one
 conversation and its shape in another learns both, the shape's answer not competing with the colour's. An
