@@ -246,8 +246,10 @@ def test_an_encoder_stage_learns_colour_trains_vision_only_and_resumes_exactly(t
 
 
 def test_a_sharded_source_gives_the_same_classes_as_its_json(tmp_path):
+    """Read ahead of training, a sharded source gives the same answer counts (answer_classes) and common
+    answer tokens (answer_words) as the JSON it was made from, without moving the training stream."""
     from nativevlm.cli import main
-    from nativevlm.train.objectives.answer_classes import stage_sources
+    from nativevlm.train.objectives.answer_words import common_answer_tokens, stage_sources
 
     path = write_set(tmp_path / "data", 40)
     assert main(["data", "shard", path, "--out", str(tmp_path / "shards"), "--shard-size", "16"]) == 0
@@ -258,7 +260,8 @@ def test_a_sharded_source_gives_the_same_classes_as_its_json(tmp_path):
     for where in (path, str(tmp_path / "shards")):
         cfg = recipe_from_dict(encoder_recipe(str(tmp_path / "tok"), where, steps=1))
         data = StageData(cfg.stages[0], collator, seed="0:0")
-        got.append(answer_counts(stage_sources(data, cfg.stages[0]), 1000))
-    assert got[0] == got[1] and got[0][1] == 40
+        got.append((answer_counts(stage_sources(data, cfg.stages[0]), 1000),
+                    common_answer_tokens(stage_sources(data, cfg.stages[0]), tok, 0.1, 1000)))
+    assert got[0] == got[1] and got[0][0][1] == 40 and got[0][1]
     before = data.sources[0].position
     assert answer_counts(stage_sources(data, cfg.stages[0]), 10)[1] == 10 and data.sources[0].position == before

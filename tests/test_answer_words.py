@@ -119,9 +119,9 @@ def test_words_that_answer_most_conversations_are_left_out(tok):
                    + [chat("no image", "yes")] * 20]  # no image: not counted
     yes, red = set(tok.encode("yes")), set(tok.encode("red red red"))
     assert yes and red and not yes & red and not set(tok.encode("green")) & (yes | red)
-    assert common_answer_tokens(Data, tok, 0.5, 1000) == yes  # 6 of 10 image conversations
-    assert common_answer_tokens(Data, tok, 0.25, 1000) == yes | red  # 3 of 10, however often in each
-    assert common_answer_tokens(Data, tok, 0.6, 1000) == set()
+    assert common_answer_tokens(Data.sources, tok, 0.5, 1000) == yes  # 6 of 10 image conversations
+    assert common_answer_tokens(Data.sources, tok, 0.25, 1000) == yes | red  # 3 of 10, however often in each
+    assert common_answer_tokens(Data.sources, tok, 0.6, 1000) == set()
 
 
 @pytest.mark.parametrize("pack", [False, True])

@@ -13,13 +13,13 @@ Classes: the normalised answers (`nativevlm.eval.matching.normalize_answer`: "Re
 of the stage's one-image conversations, counted over up to `count_samples` of them (evenly spaced over each
 file read whole; the first ones of a sharded source), less the yes/no words (`yes`, `no`: they depend on
 the question, not on the image alone), less those found fewer than `min_count` times (free text names
-nothing twice), the `max_classes` most frequent (the head's width: it is made before the data is read). Classes are grouped by the records' `meta.family` (each answer in
-the family that gives it most often; one group when records have none), and each answer's cross-entropy is a
-softmax over its group only, as one linear classifier per family would be: an image asked its colour in one
-conversation and its shape in another learns both, the shape's answer not competing with the colour's. An
-answer that depends on which object the question names ("What colour is the pentagon?" on an
-image with several) can only teach which colours the image holds; it still helps the encoder tell them
-apart.
+nothing twice), the `max_classes` most frequent (the head's width: it is made before the data is read).
+Classes are grouped by the records' `meta.family` (each answer in the family that gives it most often; one
+group when records have none), and each answer's cross-entropy is a softmax over its group only, as one linear
+classifier per family would be: an image asked its colour in one conversation and its shape in another learns
+both, the shape's answer not competing with the colour's. An answer that depends on which object the question
+names ("What colour is the pentagon?" on an image with several) can only teach which colours the image holds;
+it still helps the encoder tell them apart.
 
 Per micro-batch: each image's answers are read back from the batch's own target tokens (so packing and several
 turns per image need nothing else); the images with at least one class answer are encoded alone (the model's
@@ -37,18 +37,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import islice
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import ConfigError
-from ...data.formats import item_reader
 from ...data.sample import strip_image_markers
-from ...data.shards import iter_items
 from ...eval.matching import normalize_answer
-from .answer_words import image_turns
+from .answer_words import image_turns, one_image_samples, stage_sources
 from .base import MicroBatch, Objective, Output, StageContext, StepInfo, register
 
 
@@ -62,36 +59,16 @@ class AnswerClassesOptions:
 
 
 def answer_counts(sources, limit: int) -> tuple[Counter, int]:
-    """(meta.family or "", normalised answer) of the assistant turns of one-image conversations, counted over
-    up to `limit` of each source (a list: evenly spaced over it; an iterable: its first `limit`), and how many
-    conversations were read."""
+    """(meta.family or "", normalised answer) of the assistant turns of the one-image conversations among up
+    to `limit` samples of each source (`one_image_samples`), and how many conversations were counted."""
     counts: Counter = Counter()
     n = 0
-    for source in sources:
-        if isinstance(source, list):
-            source = source[::max(1, len(source) // limit)]
-        for sample in islice(source, limit):
-            if len(sample.images) != 1:
-                continue
-            n += 1
-            family = str(sample.meta.get("family", ""))
-            counts.update((family, normalize_answer(strip_image_markers(m["content"])))
-                          for m in sample.messages if m["role"] == "assistant")
+    for sample in one_image_samples(sources, limit):
+        n += 1
+        family = str(sample.meta.get("family", ""))
+        counts.update((family, normalize_answer(strip_image_markers(m["content"])))
+                      for m in sample.messages if m["role"] == "assistant")
     return counts, n
-
-
-def stage_sources(data, stage) -> list:
-    """Each of the stage's sources to count answers in: the samples held in memory, or for a sharded source
-    its records in stored order, read on their own (the training stream is not touched; every rank reads
-    the same ones)."""
-    out = []
-    for source, src in zip(data.sources, stage.data):
-        if isinstance(source, list):
-            out.append(source)
-        else:
-            read, _ = item_reader(src.path)
-            out.append(s for s in map(read, iter_items(src.path)) if s is not None)
-    return out
 
 
 def choose_classes(counts: Counter, exclude: set[str], min_count: int, max_classes: int

@@ -56,6 +56,7 @@ counted in the `skipped` metric.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Optional
 
 import torch
@@ -63,7 +64,9 @@ import torch.nn.functional as F
 
 from ...config import ConfigError
 from ...data.collate import IGNORE
+from ...data.formats import item_reader
 from ...data.sample import strip_image_markers
+from ...data.shards import iter_items
 from .base import MicroBatch, Objective, Output, StageContext, StepInfo, register
 
 
@@ -73,7 +76,7 @@ class AnswerWordsOptions:
     pool: str = "mean"  # mean: one distribution from the mean token; tokens: a mixture of per-token ones;
     # max: each word (or a yes question's group of words) from the one token that gives it most
     max_share: float = 0.2  # leave out answer tokens found in more than this share of the data's conversations
-    share_samples: int = 4000  # conversations read (evenly spaced over each in-memory source) to count them
+    share_samples: int = 4000  # conversations read per source (evenly spaced in memory; a shard's first) to count them
     # live: the LM's input embeddings as they train; initial: a copy taken when the stage starts (a fixed code
     # book, kept in the stage's checkpoints)
     table: str = "live"
@@ -187,26 +190,44 @@ def answer_words_loss(tokens: list[torch.Tensor], bags: list[list[int] | None], 
     return torch.stack(losses).mean(), len(losses)
 
 
-def common_answer_tokens(data, tokenizer, max_share: float, limit: int, roles=("assistant",)) -> set[int]:
-    """Token ids found in the `roles`' turns of more than `max_share` of the stage's single-image
-    conversations, counted over up to `limit` of them, evenly spaced, from each in-memory source (streamed
-    sources are not read ahead)."""
+def stage_sources(data, stage) -> list:
+    """Each of the stage's sources to read ahead of training: the samples held in memory, or for a sharded
+    source its records in stored order, read on their own (the training stream is not touched; every rank
+    reads the same ones). A sharded source is a fresh generator on each call."""
+    out = []
+    for source, src in zip(data.sources, stage.data):
+        if isinstance(source, list):
+            out.append(source)
+        else:
+            read, _ = item_reader(src.path)
+            out.append(s for s in map(read, iter_items(src.path)) if s is not None)
+    return out
+
+
+def one_image_samples(sources, limit: int):
+    """The one-image conversations among up to `limit` samples of each source (a list: evenly spaced over it;
+    an iterable: its first `limit`)."""
+    for source in sources:
+        if isinstance(source, list):
+            source = source[::max(1, len(source) // limit)]
+        for sample in islice(source, limit):
+            if len(sample.images) == 1:
+                yield sample
+
+
+def common_answer_tokens(sources, tokenizer, max_share: float, limit: int, roles=("assistant",)) -> set[int]:
+    """Token ids found in the `roles`' turns of more than `max_share` of the single-image conversations among
+    up to `limit` samples of each source (`one_image_samples`)."""
     counts: dict[int, int] = {}
     n = 0
-    for source in getattr(data, "sources", []):
-        if not isinstance(source, list) or not source:
-            continue
-        step = max(1, len(source) // limit)
-        for sample in source[::step][:limit]:
-            if len(sample.images) != 1:
-                continue
-            n += 1
-            # each answer on its own, as the targets tokenise it (a joined text would count later answers'
-            # first words in their mid-sentence form, which no target has)
-            found = set().union(*(tokenizer.encode(strip_image_markers(m["content"]))
-                                  for m in sample.messages if m["role"] in roles))
-            for t in found:
-                counts[t] = counts.get(t, 0) + 1
+    for sample in one_image_samples(sources, limit):
+        n += 1
+        # each answer on its own, as the targets tokenise it (a joined text would count later answers'
+        # first words in their mid-sentence form, which no target has)
+        found = set().union(*(tokenizer.encode(strip_image_markers(m["content"]))
+                              for m in sample.messages if m["role"] in roles))
+        for t in found:
+            counts[t] = counts.get(t, 0) + 1
     return {t for t, c in counts.items() if n and c / n > max_share}
 
 
@@ -231,13 +252,13 @@ class AnswerWords(Objective):
         self.tokenizer = ctx.tokenizer
         specials = self.ignore
         if self.options.max_share < 1.0:
-            self.ignore = self.ignore | common_answer_tokens(ctx.data, ctx.tokenizer, self.options.max_share,
-                                                             self.options.share_samples)
+            self.ignore = self.ignore | common_answer_tokens(stage_sources(ctx.data, ctx.stage), ctx.tokenizer,
+                                                             self.options.max_share, self.options.share_samples)
         if self.options.question_words:
             template = ctx.tokenizer.apply_chat_template(
                 [{"role": r, "content": ""} for r in ("system", "user", "assistant")])
             self.question_ignore = specials | set(ctx.tokenizer.encode(template)) | common_answer_tokens(
-                ctx.data, ctx.tokenizer, self.options.max_share, self.options.share_samples,
+                stage_sources(ctx.data, ctx.stage), ctx.tokenizer, self.options.max_share, self.options.share_samples,
                 roles=("system", "user"))
             self.verdicts = {**{w.lower(): True for w in self.options.yes},
                              **{w.lower(): False for w in self.options.no}}
