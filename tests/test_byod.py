@@ -66,9 +66,11 @@ def test_own_llava_qa_set_trains_a_native_vlm_above_its_answer_prior(tmp_path, m
     question's word). The recipe before its q/k norms and input-embedding scale, trained the same way, reads
     hue (100%) and kind (85%) but leaves yes/no at its prior (52.5%) through 24,000 samples; without
     answer_words, yes/no stays at its prior too (hue 85%, kind 72%). The recipe's two stages, shortened: the
-    encoder stage for 300 steps, then 1,500 of 16 at lr 1e-3: hue 100%, kind 77%, yes/no 100% (one run). At
-    lr 2e-3 for 900 steps, as this test ran the one-stage recipe, kind stayed at its prior (51%) after 100 or
-    300 encoder steps, though the encoder stage alone read it at about 80%."""
+    encoder stage for 300 steps, then 1,500 of 16 at lr 2e-3: hue 100%, kind 87 / 97 / 97%, yes/no 94 / 56 /
+    100% with seeds 0 / 1 / 2 (yes/no is learnt late and suddenly at this size: seed 1 had not by the end); at
+    lr 1e-3 yes/no was 76% with seeds 0 and 1. With the encoder at 4x the learning rate in the second stage (the
+    recipe before), kind fell back toward its prior (51% at 900 steps), though the encoder stage alone had read
+    it at about 80%."""
     monkeypatch.chdir(tmp_path)
     data = Path("data/custom")
     train_json = write_split(data, "train", 2000, seed=1)
@@ -86,7 +88,7 @@ def test_own_llava_qa_set_trains_a_native_vlm_above_its_answer_prior(tmp_path, m
             "model.language.vocab_size=322", "max_length=64", "model.language.embedding_multiplier=8.0"]  # sqrt(64)
     assert main(["train", str(RECIPES / "native-custom.yaml"), "--out", "runs/custom-vlm", "--set", "progress=false",
                  "--set", f"stages.0.steps={ENCODER_STEPS}", "--set", f"stages.1.steps={STEPS}",
-                 "--set", "stages.1.eval_every=0", "--set", "stages.1.lr=1e-3",
+                 "--set", "stages.1.eval_every=0", "--set", "stages.1.lr=2e-3",
                  "--set", "curves.every=0", "--set", "curves.samples=200", *(f"--set={t}" for t in tiny)]) == 0
     run = Path("runs/custom-vlm")
     curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
