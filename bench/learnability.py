@@ -186,6 +186,8 @@ def plot(set_name: str, entry: dict, png: Path) -> None:
             ax.axhline(entry["priors"].get(fam, float("nan")), color="gray", ls="--", lw=0.9)
             ax.set_ylim(0, 1.02)
             ax.set_xlabel(xlabel)
+            if xkey == "samples":  # 100,000 in full under each of four panels overlap
+                ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k" if x else "0")
             if row == 0:
                 ax.set_title(fam)
     axes[0][0].legend(fontsize=8)
