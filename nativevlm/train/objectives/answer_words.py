@@ -76,7 +76,7 @@ class AnswerWordsOptions:
     pool: str = "mean"  # mean: one distribution from the mean token; tokens: a mixture of per-token ones;
     # max: each word (or a yes question's group of words) from the one token that gives it most
     max_share: float = 0.2  # leave out answer tokens found in more than this share of the data's conversations
-    share_samples: int = 4000  # conversations read per source (evenly spaced in memory; a shard's first) to count them
+    share_samples: int = 4000  # samples read per source to count them (evenly spaced in memory; a shard's first)
     # live: the LM's input embeddings as they train; initial: a copy taken when the stage starts (a fixed code
     # book, kept in the stage's checkpoints)
     table: str = "live"
@@ -258,8 +258,8 @@ class AnswerWords(Objective):
             template = ctx.tokenizer.apply_chat_template(
                 [{"role": r, "content": ""} for r in ("system", "user", "assistant")])
             self.question_ignore = specials | set(ctx.tokenizer.encode(template)) | common_answer_tokens(
-                stage_sources(ctx.data, ctx.stage), ctx.tokenizer, self.options.max_share, self.options.share_samples,
-                roles=("system", "user"))
+                stage_sources(ctx.data, ctx.stage), ctx.tokenizer, self.options.max_share,
+                self.options.share_samples, roles=("system", "user"))
             self.verdicts = {**{w.lower(): True for w in self.options.yes},
                              **{w.lower(): False for w in self.options.no}}
             if not self.options.yes or not self.options.no:
