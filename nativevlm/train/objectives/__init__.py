@@ -67,7 +67,8 @@ after which a recipe may say `objectives: [{name: sft}, {name: token_norm, weigh
 """
 from .base import (REGISTRY, MicroBatch, NoOptions, Objective, Output, StageContext, StepInfo, Weighted, build,
                    register)
-from . import answer_classes, answer_words, cells, gspo, mpo, sft, vico  # noqa: F401  (built-in objectives register themselves)
+# built-in objectives register themselves
+from . import answer_classes, answer_words, cells, gspo, mpo, sft, vico  # noqa: F401
 
 __all__ = ["REGISTRY", "MicroBatch", "NoOptions", "Objective", "Output", "StageContext", "StepInfo", "Weighted",
            "build", "register"]

@@ -77,13 +77,14 @@ def choose_classes(counts: Counter, exclude: set[str], min_count: int, max_class
     `max_classes` most frequent; ties by text, so every rank and every resume gets the same list) and each
     one's family (the one it answers most often; ties by name)."""
     total: Counter = Counter()
-    for (_, a), c in counts.items():
+    best: dict[str, tuple[int, str]] = {}  # answer -> (-count, family) of its most frequent family
+    for (f, a), c in counts.items():
         total[a] += c
+        best[a] = min(best.get(a, (-c, f)), (-c, f))
     kept = sorted(((c, a) for a, c in total.items() if c >= min_count and a and a not in exclude),
                   key=lambda ca: (-ca[0], ca[1]))
     classes = [a for _, a in kept[:max_classes]]
-    families = [min(((-c, f) for (f, b), c in counts.items() if b == a))[1] for a in classes]
-    return classes, families
+    return classes, [best[a][1] for a in classes]
 
 
 @register("answer_classes")
