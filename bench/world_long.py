@@ -14,7 +14,8 @@ learning curves on all 800 val questions every 1,000 steps) and the peer (`bench
 training time. To fit a 2-core machine in one sitting the two run side by side, one thread each, so
 per-minute numbers are each model's on one core of a shared machine; read the samples axis to compare them.
 `--tokenizer` reuses a tokenizer made by the README's commands (`nativevlm data text`, `tokenizer train
---vocab-size 1024`); without it they run on this train split. A finished run in `--work` is reused (each keeps the command that made it).
+--vocab-size 1024`); without it they run on this train split. A finished run in `--work` is reused (each
+keeps the command that made it).
 Writes `<out>/world_long.json` (every curve point, test accuracy per family of both, priors) and
 `<out>/world.png` (accuracy per family against minutes and samples seen).
 """
