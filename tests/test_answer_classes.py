@@ -87,7 +87,11 @@ def test_each_answer_competes_with_its_own_familys_classes_only(tok, images):
     for s in samples:
         s.meta["family"] = "colour" if s.id.startswith("c") else "shape"
     model = tiny_vlm(tok)
-    obj, head = setup_objective(tok, samples, model, max_classes=6)
+    lines = []
+    obj, head = setup_objective(tok, samples, model, log=lines.append, max_classes=6)
+    # the summary goes to the stage's log (the trainer's: silent on all ranks but the first)
+    assert lines == ["stage enc: answer_classes: 4 classes in 2 families (colour 2, shape 2) from 12 one-image "
+                     "conversations; 0 answers of other kinds are not classes"]
     assert sorted(zip(obj.classes, obj.families)) == [("blue", "colour"), ("cross", "shape"), ("red", "colour"),
                                                       ("ring", "shape")]
     proc = ImageProcessor(patch_size=8, factor=16, min_patches=4, max_patches=64)
@@ -102,14 +106,14 @@ def test_each_answer_competes_with_its_own_familys_classes_only(tok, images):
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def setup_objective(tok, samples, model, **options):
+def setup_objective(tok, samples, model, log=print, **options):
     from nativevlm.train.objectives.answer_classes import AnswerClassesOptions
     obj = AnswerClasses(AnswerClassesOptions(**options))
     head = obj.module(model)
     stage = type("Stage", (), {"name": "enc"})()
     stage.data = [None]
     obj.setup(StageContext(model=model, tokenizer=tok, stage=stage, data=Data(samples), processor=None,
-                           device=torch.device("cpu"), module=head))
+                           device=torch.device("cpu"), module=head, log=log))
     return obj, head
 
 

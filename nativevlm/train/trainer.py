@@ -117,7 +117,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             for o in objs:
                 o.objective.setup(StageContext(model=model, tokenizer=tokenizer, stage=stage, data=data,
                                                processor=collator.image_processor, device=ctx.device,
-                                               module=owned.get(o.objective.name)))
+                                               module=owned.get(o.objective.name), log=log))
             total, step = stage_steps(stage), 0
             if loaded and si == state["stage"]:
                 _restore(loaded, model, optimizer, data, objs)

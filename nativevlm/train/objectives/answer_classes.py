@@ -128,9 +128,9 @@ class AnswerClasses(Objective):
         others = sum(c for (_, a), c in counts.items() if a not in self.index and a not in exclude)
         groups = Counter(families)
         listed = ", ".join(f"{f or 'all'} {c}" for f, c in groups.items())
-        print(f"{where}: {len(self.classes)} classes in {len(groups)} famil{'y' if len(groups) == 1 else 'ies'} "
+        ctx.log(f"{where}: {len(self.classes)} classes in {len(groups)} famil{'y' if len(groups) == 1 else 'ies'} "
               f"({listed}) "
-              f"from {n} one-image conversations; {others} answers of other kinds are not classes", flush=True)
+              f"from {n} one-image conversations; {others} answers of other kinds are not classes")
 
     def labels(self, mb: MicroBatch) -> list[list[int]]:
         """For each image of the micro-batch (in `pixel_values` order), the classes of its conversation's

@@ -66,7 +66,8 @@ class StageContext:
     """What `Objective.setup` gets at the start of a stage. `model` is the bare model (not the
     data-parallel wrapper; call it only through `MicroBatch.forward` or the `model` passed to `loss`),
     `module` the objective's own parameters if it has any (see `Objective.module`), `data` the stage's
-    `StageData` (its files and samples), `processor` the image processor training uses."""
+    `StageData` (its files and samples), `processor` the image processor training uses, `log` where a
+    summary line goes (the training log; a no-op on all ranks but the first)."""
 
     model: nn.Module
     tokenizer: Any
@@ -75,6 +76,7 @@ class StageContext:
     processor: Any
     device: torch.device
     module: Optional[nn.Module] = None
+    log: Callable[[str], None] = print
 
 
 class Objective:
