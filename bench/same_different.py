@@ -21,8 +21,10 @@ Writes same_different.json (every curve) and same_different.png.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -64,8 +66,7 @@ def objects_batch(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     qc, qs = col[torch.arange(n), pick], shp[torch.arange(n), pick]
     for i in (~yes).nonzero().flatten().tolist():  # a pair absent from the image
         while True:
-            c, s = torch.randint(0, 5, (2,), generator=g).tolist()
-            s %= 4
+            c, s = torch.randint(0, 5, (1,), generator=g).item(), torch.randint(0, 4, (1,), generator=g).item()
             if not any(col[i, j] == c and shp[i, j] == s for j in range(k[i])):
                 qc[i], qs[i] = c, s
                 break
@@ -169,15 +170,20 @@ def main() -> None:
            "--arms " + " ".join(map(shlex.quote, args.arms))])
 
     def update(change) -> dict:
-        record = json.loads(path.read_text()) if path.exists() else {"arms": {}}
-        if record.get("task", "pair") != args.task and record["arms"]:
-            sys.exit(f"{path} holds task {record.get('task', 'pair')!r}, not {args.task!r}: choose another --out")
-        commands = record.pop("commands", [record.pop("command")] if "command" in record else [])
-        record.update(task=args.task, steps=args.steps, batch=16, eval_every=100,
-                      commands=commands + [command] * (command not in commands))
-        change(record)
-        path.write_text(json.dumps(record, indent=1) + "\n")
-        return record
+        with open(out / ".lock", "w") as lock:  # one read-change-write at a time across processes
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = json.loads(path.read_text()) if path.exists() else {"arms": {}}
+            if record.get("task", "pair") != args.task and record["arms"]:
+                sys.exit(f"{path} holds task {record.get('task', 'pair')!r}, not {args.task!r}: "
+                         "choose another --out")
+            commands = record.pop("commands", [record.pop("command")] if "command" in record else [])
+            record.update(task=args.task, steps=args.steps, batch=16, eval_every=100,
+                          commands=commands + [command] * (command not in commands))
+            change(record)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            os.replace(tmp, path)
+            return record
 
     record = update(lambda r: None)
     for name in args.arms:
@@ -198,7 +204,7 @@ def plot(record: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(record["arms"])
+    names = sorted(record["arms"], key=lambda n: list(ARMS).index(n) if n in ARMS else len(ARMS))  # ARMS' order
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), sharey=True, squeeze=False)
