@@ -129,8 +129,7 @@ class AnswerClasses(Objective):
         groups = Counter(families)
         listed = ", ".join(f"{f or 'all'} {c}" for f, c in groups.items())
         ctx.log(f"{where}: {len(self.classes)} classes in {len(groups)} famil{'y' if len(groups) == 1 else 'ies'} "
-              f"({listed}) "
-              f"from {n} one-image conversations; {others} answers of other kinds are not classes")
+                f"({listed}) from {n} one-image conversations; {others} answers of other kinds are not classes")
 
     def labels(self, mb: MicroBatch) -> list[list[int]]:
         """For each image of the micro-batch (in `pixel_values` order), the classes of its conversation's

@@ -215,20 +215,27 @@ def one_image_samples(sources, limit: int):
                 yield sample
 
 
-def common_answer_tokens(sources, tokenizer, max_share: float, limit: int, roles=("assistant",)) -> set[int]:
-    """Token ids found in the `roles`' turns of more than `max_share` of the single-image conversations among
-    up to `limit` samples of each source (`one_image_samples`)."""
-    counts: dict[int, int] = {}
+def common_tokens(sources, tokenizer, max_share: float, limit: int, role_groups) -> list[set[int]]:
+    """For each group of roles, the token ids found in its turns of more than `max_share` of the single-image
+    conversations among up to `limit` samples of each source (`one_image_samples`), all in one pass."""
+    counts: list[dict[int, int]] = [{} for _ in role_groups]
     n = 0
     for sample in one_image_samples(sources, limit):
         n += 1
-        # each answer on its own, as the targets tokenise it (a joined text would count later answers'
-        # first words in their mid-sentence form, which no target has)
-        found = set().union(*(tokenizer.encode(strip_image_markers(m["content"]))
-                              for m in sample.messages if m["role"] in roles))
-        for t in found:
-            counts[t] = counts.get(t, 0) + 1
-    return {t for t, c in counts.items() if n and c / n > max_share}
+        for roles, count in zip(role_groups, counts):
+            # each turn on its own, as the targets tokenise it (a joined text would count later answers'
+            # first words in their mid-sentence form, which no target has)
+            found = set().union(*(tokenizer.encode(strip_image_markers(m["content"]))
+                                  for m in sample.messages if m["role"] in roles))
+            for t in found:
+                count[t] = count.get(t, 0) + 1
+    return [{t for t, c in count.items() if n and c / n > max_share} for count in counts]
+
+
+def common_answer_tokens(sources, tokenizer, max_share: float, limit: int, roles=("assistant",)) -> set[int]:
+    """Token ids found in the `roles`' turns of more than `max_share` of the single-image conversations among
+    up to `limit` samples of each source (`common_tokens` for one group)."""
+    return common_tokens(sources, tokenizer, max_share, limit, [roles])[0]
 
 
 @register("answer_words")
@@ -251,15 +258,16 @@ class AnswerWords(Objective):
         self.ignore = ctx.tokenizer.special_ids()
         self.tokenizer = ctx.tokenizer
         specials = self.ignore
-        if self.options.max_share < 1.0:
-            self.ignore = self.ignore | common_answer_tokens(stage_sources(ctx.data, ctx.stage), ctx.tokenizer,
-                                                             self.options.max_share, self.options.share_samples)
+        # the answers' common tokens and, for question_words, the questions', counted in one read of the data
+        groups = [("assistant",)] * (self.options.max_share < 1.0) + [("system", "user")] * self.options.question_words
+        found = common_tokens(stage_sources(ctx.data, ctx.stage), ctx.tokenizer, self.options.max_share,
+                              self.options.share_samples, groups) if groups else []
+        common = dict(zip(groups, found))
+        self.ignore = self.ignore | common.get(("assistant",), set())
         if self.options.question_words:
             template = ctx.tokenizer.apply_chat_template(
                 [{"role": r, "content": ""} for r in ("system", "user", "assistant")])
-            self.question_ignore = specials | set(ctx.tokenizer.encode(template)) | common_answer_tokens(
-                stage_sources(ctx.data, ctx.stage), ctx.tokenizer, self.options.max_share,
-                self.options.share_samples, roles=("system", "user"))
+            self.question_ignore = specials | set(ctx.tokenizer.encode(template)) | common[("system", "user")]
             self.verdicts = {**{w.lower(): True for w in self.options.yes},
                              **{w.lower(): False for w in self.options.no}}
             if not self.options.yes or not self.options.no:
