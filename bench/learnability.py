@@ -9,9 +9,10 @@ and the world's own QA), each arm runs the README's "Bring your own data" comman
 (`nativevlm data text`, `tokenizer train`, `train recipes/native-custom.yaml`, `eval --bench llava:test.json`),
 with learning curves on the set's val split. Then the plain peer (`bench/peer.py`) trains on the same train
 split for as many training seconds as the arm's native VLM took (optimizer steps only, evaluation excluded,
-both measured in this run), so "within the same CPU minutes" is read off one machine at one time. Writes `<out>/learnability.json` (every curve point, test
-accuracy per family, answer priors, seconds) and `<out>/<set>.png` (accuracy per family against training
-minutes and against samples seen, the peer beside each arm, the prior dashed). On a set whose records list
+both measured in this run), so "within the same CPU minutes" is read off one machine at one time. Writes
+`<out>/learnability.json` (every curve point, test accuracy per family, answer priors, seconds) and
+`<out>/<set>.png` (accuracy per family against training minutes and against samples seen, the peer beside
+each arm, the prior dashed). On a set whose records list
 each image's objects (`multi`), the JSON also says, per model, how often a colour or object answer names one
 of the image's objects at all (`presence`): reading which colours an image holds is not yet binding a colour
 to the object a question names.
