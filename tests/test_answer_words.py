@@ -110,7 +110,7 @@ def test_gradient_reaches_the_tokens_not_the_embedding_table(pool):
 def test_words_that_answer_most_conversations_are_left_out(tok):
     """`max_share`: answer tokens found in more than that share of the data's one-image conversations (yes,
     no: they answer every kind of image) are counted once per conversation and left out of the bags."""
-    from nativevlm.train.objectives.answer_words import common_answer_tokens
+    from nativevlm.train.objectives.answer_words import common_answer_tokens, common_tokens
 
     class Data:
         sources = [[chat("<image>\nq", "yes", images=["x"]) for _ in range(6)]
@@ -122,6 +122,9 @@ def test_words_that_answer_most_conversations_are_left_out(tok):
     assert common_answer_tokens(Data.sources, tok, 0.5, 1000) == yes  # 6 of 10 image conversations
     assert common_answer_tokens(Data.sources, tok, 0.25, 1000) == yes | red  # 3 of 10, however often in each
     assert common_answer_tokens(Data.sources, tok, 0.6, 1000) == set()
+    # several role groups counted in one pass, each on its own: the questions' "q" is in all 10
+    answers, questions = common_tokens(Data.sources, tok, 0.5, 1000, [("assistant",), ("user",)])
+    assert answers == yes and questions == set(tok.encode("q")) - set(tok.special_ids())
 
 
 @pytest.mark.parametrize("pack", [False, True])
