@@ -51,15 +51,15 @@ ARMS: dict[str, list[str]] = {
     # The recipe before its encoder stage (cut to one step) and convolutional stem.
     "no-encoder-stage": ["stages.0.steps=1", "model.vision.stem=linear"],
     # The recipe before yes/no questions' words labelled the image (answer_words.question_words).
-    "no-question-words": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 3.0}]"],
+    "no-question-words": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 1.0}]"],
     "sft-only": ["stages.1.objectives=[{name: sft}]"],
     # Answer words read token by token (multiple-instance: each word, or a yes question's words together,
     # from the one token that gives it most) against the embeddings as they were at the start.
-    "max-pool": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
+    "max-pool": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 1.0, question_words: true, "
                  "pool: max, table: initial}]"],
     # Answer words (mean token, as shipped) against the embeddings as they were at the start: a fixed code
     # book of near-orthogonal words instead of the LM's table, whose answer words drift together as it trains.
-    "table-initial": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 3.0, question_words: true, "
+    "table-initial": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 1.0, question_words: true, "
                       "table: initial}]"],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
 }
