@@ -40,10 +40,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from nativevlm.config import read_yaml  # noqa: E402
 from peer import train_peer  # noqa: E402
 from qa_sets import SETS, write_set  # noqa: E402
 
 RECIPES = ROOT / "nativevlm" / "recipes"
+
+
+def answer_words_changed(**fields) -> str:
+    """The override `stages.1.objectives=[...]`: the shipped recipe's second-stage objectives with
+    answer_words' `fields` changed (None drops one). `--set` cannot add a key to a list element, so an arm
+    restates the list; read from the recipe, it keeps the recipe's weight and every other field."""
+    objectives = read_yaml(RECIPES / "native-custom.yaml", "recipe")["stages"][1]["objectives"]
+    changed = [{k: v for k, v in {**o, **fields}.items() if v is not None} if o["name"] == "answer_words" else o
+               for o in objectives]
+    return "stages.1.objectives=" + json.dumps(changed)
+
+
 # Each arm: native-custom overrides; the README's own (the data paths) are added by run_arm. The recipe's
 # stage 0 trains the encoder alone (answer_classes); stage 1 is everything.
 ARMS: dict[str, list[str]] = {
@@ -51,16 +64,14 @@ ARMS: dict[str, list[str]] = {
     # The recipe before its encoder stage (cut to one step) and convolutional stem.
     "no-encoder-stage": ["stages.0.steps=1", "model.vision.stem=linear"],
     # The recipe before yes/no questions' words labelled the image (answer_words.question_words).
-    "no-question-words": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 1.0}]"],
+    "no-question-words": [answer_words_changed(question_words=None)],
     "sft-only": ["stages.1.objectives=[{name: sft}]"],
     # Answer words read token by token (multiple-instance: each word, or a yes question's words together,
     # from the one token that gives it most) against the embeddings as they were at the start.
-    "max-pool": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 1.0, question_words: true, "
-                 "pool: max, table: initial}]"],
+    "max-pool": [answer_words_changed(pool="max", table="initial")],
     # Answer words (mean token, as shipped) against the embeddings as they were at the start: a fixed code
     # book of near-orthogonal words instead of the LM's table, whose answer words drift together as it trains.
-    "table-initial": ["stages.1.objectives=[{name: sft}, {name: answer_words, weight: 1.0, question_words: true, "
-                      "table: initial}]"],
+    "table-initial": [answer_words_changed(table="initial")],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
 }
 
