@@ -124,6 +124,28 @@ def test_cell_loss_refuses_images_that_are_not_world_renders(train_world, tmp_pa
     assert not list((tmp_path / "run").glob("checkpoints/step-*"))
 
 
+def test_cell_loss_names_the_geometry_that_resizes_world_renders():
+    """A world render that the model's image geometry upscales (a floor of 64 patches for a 96x64 render of
+    24) fails the pixel check; the error says that the geometry resized it and which setting keeps it whole,
+    and says nothing of the kind when the render is read at its own size."""
+    from types import SimpleNamespace
+
+    from nativevlm.train.objectives.cells import resize_hint
+
+    image = render_scene(Scene("objects", 96, 64, (WorldObject("star", "red", "large", 0, 1),)))
+    floor_64 = ImageProcessor(patch_size=16, factor=32, min_patches=64, max_patches=256)
+    with pytest.raises(NotAWorldRender, match="palette"):
+        cell_labels(floor_64(image))
+    vision = SimpleNamespace(patch_size=16, min_patches=64, max_patches=256)
+    w, h = floor_64.size_for(96, 64)
+    assert (w, h) != (96, 64)
+    hint = resize_hint(floor_64, (96, 64), vision)
+    assert f"resizes this 96x64 image to {w}x{h}" in hint and "model.vision.min_patches <= 24" in hint
+    whole = ImageProcessor(patch_size=16, factor=32, min_patches=16, max_patches=256)
+    assert cell_labels(whole(image)).count_nonzero() == 1
+    assert resize_hint(whole, (96, 64), SimpleNamespace(patch_size=16, min_patches=16, max_patches=256)) == ""
+
+
 def test_cell_labels_refuse_what_the_world_does_not_draw():
     """A world object scene reads back; the world's own text scenes (anti-aliased), a resized render, a
     second colour in a cell, a shape the world does not draw, and a photo-like image do not."""

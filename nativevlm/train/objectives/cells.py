@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...config import ConfigError
+from ...data.image import load_image
 from ...data.world.cells import NUM_CELL_CLASSES, NotAWorldRender, cell_labels, class_word_ids
 from ...data.world.scene import CELL
 from ...errors import DataError
@@ -73,6 +74,19 @@ def not_world_error(where: str, reason: str, stage: str) -> DataError:
                      "or remove cells from the stage's objectives")
 
 
+def resize_hint(processor, size: tuple[int, int], vision) -> str:
+    """Why a world render may fail the check: the model's image geometry resizes it (a render must be read
+    at its own size, one token per cell), and the setting that keeps it whole."""
+    width, height = size
+    if processor.size_for(width, height) == (width, height):
+        return ""
+    w, h = processor.size_for(width, height)
+    native = (width // vision.patch_size) * (height // vision.patch_size)
+    return (f"; this model's image geometry (vision.min_patches={vision.min_patches}, max_patches="
+            f"{vision.max_patches}) resizes this {width}x{height} image to {w}x{h}: for world renders set "
+            f"model.vision.min_patches <= {native} and max_patches >= the largest render's patch count")
+
+
 @register("cells")
 class Cells(Objective):
     Options = CellOptions
@@ -98,7 +112,8 @@ class Cells(Objective):
                 try:
                     cell_labels(ctx.processor(image))
                 except NotAWorldRender as e:
-                    raise not_world_error(f"{src.path}: image {Path(image).name}", str(e), self.stage) from None
+                    reason = str(e) + resize_hint(ctx.processor, load_image(image).size, cfg.vision)
+                    raise not_world_error(f"{src.path}: image {Path(image).name}", reason, self.stage) from None
         self.embeddings = ctx.model.language.embed_tokens
         self.words = class_word_ids(ctx.tokenizer) if self.options.target == "words" else None
         self.head = ctx.module
