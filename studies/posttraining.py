@@ -15,8 +15,9 @@ and evaluates every model on the held-out test split (greedy, through the engine
 `--out` gets study.json (accuracy per family of each model and seed, and each GSPO run's reward, accuracy,
 kept fraction and clip fraction per step) and study.png. The step counts are the recipe's unless overridden
 (`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core CPU. `--gspo-only` runs SFT ->
-GSPO alone (no pairs, no MPO) and `--gspo-set KEY=VALUE` changes the GSPO stage after those cuts, e.g. a
-longer run:
+GSPO alone (no pairs, no MPO), `--sft-control` adds the control (model `sft+`: the SFT run's own last stage
+continued for as many steps as GSPO takes, at GSPO's learning rate), and `--gspo-set KEY=VALUE` changes the
+GSPO stage after those cuts, e.g. a longer run:
 
     python studies/posttraining.py --quickstart runs/quickstart --out docs/studies/posttraining/gspo-long \
         --work runs/quickstart/posttraining-long --gspo-only --gspo-set stages.0.batch_size=16 \
@@ -40,10 +41,11 @@ from nativevlm.quickstart import RECIPES  # noqa: E402
 from nativevlm.train.recipe import recipe_from_dict, relocate_paths  # noqa: E402
 
 MODELS = ("sft", "mpo", "mpo+gspo", "gspo")
+CONTROL = "sft+"  # --sft-control: the SFT model's last stage continued for as many steps as GSPO takes
 # The recipe's stages cut to fit a shared 2-core CPU (the only place the study departs from the recipe):
 # GSPO on 8 questions x 8 replies per rollout, 2 optimizer steps per rollout, 16 steps (8 rollouts).
 SCALE = {"mpo": [], "gspo": ["stages.0.batch_size=8", "stages.0.steps=16", "stages.0.objectives.0.steps_per_rollout=2"]}
-LABELS = {"sft": "SFT", "mpo": "+MPO", "mpo+gspo": "+MPO +GSPO", "gspo": "GSPO alone"}
+LABELS = {"sft": "SFT", "mpo": "+MPO", "mpo+gspo": "+MPO +GSPO", "gspo": "GSPO alone", CONTROL: "continued SFT"}
 
 
 def evaluate_model(path: Path, world: Path) -> dict:
@@ -78,6 +80,28 @@ def stage_run(qs: Path, stage: str, init: Path, out: Path, seed: int, overrides:
     return train(cfg, out, resume=(out / "checkpoints").exists(), log=lambda *a, **k: None).final
 
 
+def sft_control(qs: Path, sft: Path, out: Path, seed: int, gspo_overrides: list[str]) -> Path:
+    """The control for GSPO: the SFT run's own last stage (its data mixture and objectives, from the run's
+    config.yaml) continued from the SFT model for as many optimizer steps as the GSPO stage takes, with its
+    batch size (here in conversations) and learning rate, constant. What GSPO gains beyond this, the reward
+    gave."""
+    from nativevlm.train.trainer import train
+
+    if (out / "final" / "model.safetensors").exists():
+        return out / "final"
+    gspo = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), qs)
+    gspo["stages"] = [st for st in gspo["stages"] if st["name"] == "gspo"]
+    gspo.update(init={"path": str(sft)})
+    g = recipe_from_dict(gspo, gspo_overrides).stages[0]
+    run = read_yaml(sft.parent / "config.yaml", "config")
+    stage = run["stages"][-1]
+    stage.update(steps=g.steps, batch_size=g.batch_size, lr=g.lr, schedule="constant", warmup_steps=0)
+    data = {"kind": "vlm", "tokenizer": run["tokenizer"], "init": {"path": str(sft)}, "max_length": run["max_length"],
+            "seed": seed, "device": "cpu", "progress": False, "checkpoint_every": 100, "stages": [stage]}
+    return train(recipe_from_dict(data, []), out, resume=(out / "checkpoints").exists(),
+                 log=lambda *a, **k: None).final
+
+
 def curves(run: Path) -> dict:
     rows = [json.loads(line) for line in (run.parent / "metrics.jsonl").read_text().splitlines()]
     pick = lambda key: [[r["step"], r[key]] for r in rows if key in r]  # noqa: E731
@@ -93,7 +117,8 @@ def plot(study: dict, path: Path) -> None:
     import numpy as np
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
-    colours = {"sft": "tab:gray", "mpo": "tab:orange", "mpo+gspo": "tab:red", "gspo": "tab:blue"}
+    colours = {"sft": "tab:gray", "mpo": "tab:orange", "mpo+gspo": "tab:red", "gspo": "tab:blue",
+               CONTROL: "tab:green"}
     for seed, runs in study["curves"].items():
         for name, c in runs.items():
             style = "-" if seed == str(study["seeds"][0]) else "--"
@@ -138,6 +163,8 @@ def main(argv=None) -> None:
     ap.add_argument("--gspo-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of the GSPO stage after the cuts above, e.g. stages.0.lr=1e-5")
     ap.add_argument("--work", type=Path, default=None, help="run folder (default: QUICKSTART/posttraining)")
+    ap.add_argument("--sft-control", action="store_true",
+                    help="also continue the SFT run's last stage for as many steps as GSPO (model 'sft+')")
     args = ap.parse_args(argv)
     qs, t0 = args.quickstart.resolve(), time.time()
     sft = qs / "runs" / "native" / "final"
@@ -147,7 +174,7 @@ def main(argv=None) -> None:
     overrides = {"mpo": SCALE["mpo"] + ([f"stages.0.steps={args.mpo_steps}"] if args.mpo_steps else []),
                  "gspo": SCALE["gspo"] + ([f"stages.0.steps={args.gspo_steps}"] if args.gspo_steps else [])
                  + args.gspo_set}
-    models = ("sft", "gspo") if args.gspo_only else MODELS
+    models = (("sft", "gspo") if args.gspo_only else MODELS) + ((CONTROL,) if args.sft_control else ())
     timings = {}
     study = {"seeds": args.seeds, "questions": args.questions, "accuracy": {m: {} for m in models}, "curves": {},
              "pairs": {}, "overrides": overrides, "timings_s": timings}
@@ -172,6 +199,11 @@ def main(argv=None) -> None:
             runs[name] = stage_run(qs, stage, init, w / name.replace("+", "_"), seed, extra)
             study["accuracy"][name][s] = evaluate_model(runs[name], world)
             timings[f"{name} {s} (train + evaluate)"] = round(time.time() - t)
+        if args.sft_control:
+            t = time.time()
+            runs[CONTROL] = sft_control(qs, sft, w / "sft_more", seed, overrides["gspo"])
+            study["accuracy"][CONTROL][s] = evaluate_model(runs[CONTROL], world)
+            timings[f"{CONTROL} {s} (train + evaluate)"] = round(time.time() - t)
         study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo") if name in runs}
         print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in models[1:]),
               flush=True)
