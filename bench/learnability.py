@@ -12,7 +12,10 @@ split for as many training seconds as the arm's native VLM took (optimizer steps
 both measured in this run), so "within the same CPU minutes" is read off one machine at one time. Writes
 `<out>/learnability.json` (every curve point, test accuracy per family, answer priors, seconds) and
 `<out>/<set>.png` (accuracy per family against training minutes and against samples seen, the peer beside
-each arm, the prior dashed). On a set whose records list
+each arm; dashed, the answer prior of the whole val split, which the peer's curve reads; dotted, each arm's
+prior over the recipe's `curves.samples` val questions that its curve reads, taken round-robin over families).
+`--replot` redraws an `--out`'s plots from its JSON, adding those dotted priors to results made before they
+were recorded. On a set whose records list
 each image's objects (`multi`), the JSON also says, per model, how often a colour or object answer names one
 of the image's objects at all (`presence`): reading which colours an image holds is not yet binding a colour
 to the object a question names.
@@ -96,6 +99,18 @@ def curve_points(metrics: Path) -> list[dict]:
     return [r for r in map(json.loads, metrics.read_text().splitlines()) if "samples" in r]
 
 
+def curve_priors(val: Path) -> dict[str, float]:
+    """The answer priors of the val questions our learning curves read: the recipe's `curves.samples` of them,
+    taken round-robin over families (`nativevlm.eval.curves.fixed_subset`), so not the whole split's mixture
+    that the peer's val curve reads (on `multi`: yes/no 56% of the 63 such questions read, 61% of the split's)."""
+    from nativevlm.eval.benchmarks import llava_qa
+    from nativevlm.eval.curves import fixed_subset
+    from nativevlm.eval.harness import answer_priors
+
+    samples = read_yaml(RECIPES / "native-custom.yaml", "recipe")["curves"]["samples"]
+    return answer_priors(fixed_subset(llava_qa.read(val, lambda *a, **k: None).items, samples))
+
+
 def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: int = 0) -> dict:
     """The README's bring-your-own-data commands on this set, as written there, plus the arm's overrides."""
     work.mkdir(parents=True, exist_ok=True)
@@ -123,7 +138,8 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         wall["eval"] = sh(cli("eval", str(vlm / "final"), "--bench", f"llava:{data['test']}", "--out",
                               str(work / "eval")), log)
     results = json.loads((work / "eval" / "results.json").read_text())
-    out = {"arm": arm, "curve": curve_points(vlm / "metrics.jsonl"), "wall": wall, "test": test_accuracy(results)}
+    out = {"arm": arm, "curve": curve_points(vlm / "metrics.jsonl"), "curve_priors": curve_priors(data["val"]),
+           "wall": wall, "test": test_accuracy(results)}
     found = presence(data["test"], arm_answers(work / "eval"))
     return out | ({"presence": found} if found else {})
 
@@ -194,7 +210,10 @@ def plot(set_name: str, entry: dict, png: Path) -> None:
             for name, pts in runs.items():
                 pts = [p for p in pts if f"acc/{fam}" in p]
                 xs = [p[xkey] / 60 if xkey == "train_seconds" else p["samples"] for p in pts]
-                ax.plot(xs, [p[f"acc/{fam}"] for p in pts], marker=".", label=name)
+                (line,) = ax.plot(xs, [p[f"acc/{fam}"] for p in pts], marker=".", label=name)
+                if name in entry["arms"] and "curve_priors" in entry["arms"][name]:  # the questions it reads
+                    ax.axhline(entry["arms"][name]["curve_priors"].get(fam, float("nan")), color=line.get_color(),
+                               ls=":", lw=1.1)
             ax.axhline(entry["priors"].get(fam, float("nan")), color="gray", ls="--", lw=0.9)
             ax.set_ylim(0, 1.02)
             ax.set_xlabel(xlabel)
@@ -203,10 +222,26 @@ def plot(set_name: str, entry: dict, png: Path) -> None:
             if row == 0:
                 ax.set_title(fam)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{set_name}: held-out accuracy per family (prior dashed)")
+    fig.suptitle(f"{set_name}: held-out accuracy per family (answer prior of the val split, which the peer reads, "
+                 "dashed; of the val questions our curves read, dotted)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def replot(out: Path, work: Path, train: int) -> None:
+    """Redraw `out`'s plots from its learnability.json, first adding each arm's `curve_priors` where a result
+    made before they were recorded lacks them (every version of the recipe read 240 val questions)."""
+    path = out / "learnability.json"
+    results = json.loads(path.read_text())
+    for name, entry in results.items():
+        data = world_set(work / "data") if name == "world" else write_set(
+            name, work / "data", {"train": train, "val": 400, "test": 1500})
+        for r in entry["arms"].values():
+            r.setdefault("curve_priors", curve_priors(data["val"]))
+        plot(name, entry, out / f"{name}.png")
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"redrew {', '.join(f'{out / n}.png' for n in results)}")
 
 
 def main() -> None:
@@ -218,8 +253,12 @@ def main() -> None:
     ap.add_argument("--vlm-steps", type=int, default=0, help="native-VLM steps (0: the recipe's own)")
     ap.add_argument("--train", type=int, default=16000, help="training questions per generated set")
     ap.add_argument("--seed", type=int, default=0, help="the native VLM's and the peer's seed (data stay the same)")
+    ap.add_argument("--replot", action="store_true",
+                    help="train nothing: add what older results lack (curve_priors) to --out's JSON, redraw its plots")
     a = ap.parse_args()
     out, work = Path(a.out), Path(a.work)
+    if a.replot:
+        return replot(out, work, a.train)
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "learnability.json"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}

@@ -104,3 +104,25 @@ def test_peer_last_plus_mean_readout():
         shipped = peer.Peer(10, 4, 16, patch=8, dim=16, heads=2, max_words=4).eval()
         torch.testing.assert_close(shipped.loss(images, words, labels),
                                    F.cross_entropy(shipped(images, words), labels))
+
+
+def test_curve_priors_are_those_of_the_questions_the_curves_read(tmp_path):
+    """Our learning curves read the recipe's 240 val questions round-robin over families, not the whole split
+    the peer reads: with 250 yes/no questions (the first 190 in file order half "yes", all 60 after them
+    "yes") and 50 colour questions, the curves read 190 yes/no questions whose prior is 50%, where the whole
+    split's is 82%."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "a.png")
+    answers = [("yes/no", "yes" if i % 2 or i >= 190 else "no") for i in range(250)] + [("colour", "red")] * 50
+    records = [{"id": str(i), "image": "a.png", "meta": {"family": fam},
+                "conversations": [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": a}]}
+               for i, (fam, a) in enumerate(answers)]
+    (tmp_path / "val.json").write_text(json.dumps(records))
+    priors = learnability.curve_priors(tmp_path / "val.json")
+    assert priors["yes/no"] == pytest.approx(0.5) and priors["colour"] == 1.0
+    assert priors["all"] == pytest.approx((95 + 50) / 240)
+    from nativevlm.eval.benchmarks import llava_qa
+    from nativevlm.eval.harness import answer_priors
+
+    assert answer_priors(llava_qa.read(tmp_path / "val.json").items)["yes/no"] == pytest.approx(155 / 250)
