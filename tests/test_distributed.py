@@ -123,3 +123,37 @@ def test_an_objectives_own_head_trains_alike_on_two_processes(head_single, strat
     for got, ref in zip(rows[strategy], rows["single"]):
         assert all(abs(got[k] - ref[k]) < 1e-5 for k in keys), (got, ref)
     assert not any(k.startswith("objectives.") for k in load_file(out / "final" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def words_single(tmp_path_factory, tiny_world):
+    """answer_words (with question_words) on one process in two micro-batches of 2, as `head_single`: the
+    loss reads the LM's input embedding table, which FSDP2 shards across ranks."""
+    root = tmp_path_factory.mktemp("dist_words")
+    recipe = curve_recipe(tiny_world, curves={})
+    out = {}
+    for table in ("live", "initial"):
+        recipe["stages"] = [{**recipe["stages"][0], "steps": 3, "batch_size": 4, "grad_accum": 2,
+                             "objectives": [{"name": "sft"},
+                                            {"name": "answer_words", "table": table, "question_words": True}]}]
+        path = write_recipe(root / f"{table}.yaml", recipe)
+        mp.spawn(_worker, args=(1, free_port(), str(path), str(root / f"single-{table}")), nprocs=1)
+        recipe["stages"][0]["grad_accum"] = 1
+        out[table] = write_recipe(root / f"two-{table}.yaml", recipe)
+    return root, out
+
+
+@pytest.mark.parametrize("strategy,table", [("fsdp", "live"), ("fsdp", "initial")])
+def test_answer_words_trains_alike_on_two_processes(words_single, strategy, table):
+    """The answer_words loss reads the embedding table (the live one, or a copy gathered whole at the stage's
+    start): two FSDP2 ranks log the single-process losses, answer_words' included. (DDP leaves the table
+    whole; the tests above cover it.)"""
+    root, recipes = words_single
+    two_processes(root, recipes[table], strategy, root / f"{strategy}-{table}")
+    keys = ("loss", "sft/loss", "answer_words/loss")
+    rows = {name: [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+            for name in (f"single-{table}", f"{strategy}-{table}")}
+    assert len(rows[f"{strategy}-{table}"]) == len(rows[f"single-{table}"]) == 3
+    for got, ref in zip(rows[f"{strategy}-{table}"], rows[f"single-{table}"]):
+        assert "answer_words/loss" in ref
+        assert all(abs(got[k] - ref[k]) < 1e-5 for k in keys), (got, ref)
