@@ -222,8 +222,8 @@ def plot(set_name: str, entry: dict, png: Path) -> None:
             if row == 0:
                 ax.set_title(fam)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{set_name}: held-out accuracy per family (answer prior of the val split, which the peer reads, "
-                 "dashed; of the val questions our curves read, dotted)")
+    fig.suptitle(f"{set_name}: held-out accuracy per family\nanswer prior of the val split (the peer's curve reads "
+                 "it) dashed; of the val questions our curves read, dotted", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
