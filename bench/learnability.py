@@ -235,10 +235,13 @@ def replot(out: Path, work: Path, train: int) -> None:
     path = out / "learnability.json"
     results = json.loads(path.read_text())
     for name, entry in results.items():
-        data = world_set(work / "data") if name == "world" else write_set(
-            name, work / "data", {"train": train, "val": 400, "test": 1500})
-        for r in entry["arms"].values():
-            r.setdefault("curve_priors", curve_priors(data["val"]))
+        lacking = [r for r in entry["arms"].values() if "curve_priors" not in r]
+        if lacking:  # the set's val split (written again if absent), read once for all of them
+            data = world_set(work / "data") if name == "world" else write_set(
+                name, work / "data", {"train": train, "val": 400, "test": 1500})
+            priors = curve_priors(data["val"])
+            for r in lacking:
+                r["curve_priors"] = priors
         plot(name, entry, out / f"{name}.png")
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"redrew {', '.join(f'{out / n}.png' for n in results)}")

@@ -67,17 +67,27 @@ def evaluate_model(path: Path, world: Path) -> dict:
     return result
 
 
-def stage_run(qs: Path, stage: str, init: Path, out: Path, seed: int, overrides: list[str]) -> Path:
-    """One stage of the shipped cascade recipe from `init` into `out` (reused when already finished)."""
+def cascade_stage(qs: Path, stage: str, init: Path, seed: int, overrides: list[str]):
+    """One stage of the shipped cascade recipe, relocated into the quickstart folder, from `init`."""
+    data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), qs)
+    data["stages"] = [s for s in data["stages"] if s["name"] == stage]
+    data.update(init={"path": str(init)}, seed=seed, device="cpu", progress=False)
+    return recipe_from_dict(data, overrides)
+
+
+def train_once(make_cfg, out: Path) -> Path:
+    """Train the recipe `make_cfg()` gives into `out`, resuming a stopped run; a finished one is reused as it
+    is, without reading its recipe again."""
     from nativevlm.train.trainer import train
 
     if (out / "final" / "model.safetensors").exists():
         return out / "final"
-    data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), qs)
-    data["stages"] = [s for s in data["stages"] if s["name"] == stage]
-    data.update(init={"path": str(init)}, seed=seed, device="cpu", progress=False)
-    cfg = recipe_from_dict(data, overrides)
-    return train(cfg, out, resume=(out / "checkpoints").exists(), log=lambda *a, **k: None).final
+    return train(make_cfg(), out, resume=(out / "checkpoints").exists(), log=lambda *a, **k: None).final
+
+
+def stage_run(qs: Path, stage: str, init: Path, out: Path, seed: int, overrides: list[str]) -> Path:
+    """One stage of the shipped cascade recipe from `init` into `out` (reused when already finished)."""
+    return train_once(lambda: cascade_stage(qs, stage, init, seed, overrides), out)
 
 
 def sft_control(qs: Path, sft: Path, out: Path, seed: int, gspo_overrides: list[str]) -> Path:
@@ -85,21 +95,16 @@ def sft_control(qs: Path, sft: Path, out: Path, seed: int, gspo_overrides: list[
     config.yaml) continued from the SFT model for as many optimizer steps as the GSPO stage takes, with its
     batch size (here in conversations) and learning rate, constant. What GSPO gains beyond this, the reward
     gave."""
-    from nativevlm.train.trainer import train
+    def make_cfg():
+        g = cascade_stage(qs, "gspo", sft, seed, gspo_overrides).stages[0]
+        run = read_yaml(sft.parent / "config.yaml", "config")
+        stage = run["stages"][-1]
+        stage.update(steps=g.steps, batch_size=g.batch_size, lr=g.lr, schedule="constant", warmup_steps=0)
+        return recipe_from_dict({"kind": "vlm", "tokenizer": run["tokenizer"], "init": {"path": str(sft)},
+                                 "max_length": run["max_length"], "seed": seed, "device": "cpu", "progress": False,
+                                 "checkpoint_every": 100, "stages": [stage]}, [])
 
-    if (out / "final" / "model.safetensors").exists():
-        return out / "final"
-    gspo = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), qs)
-    gspo["stages"] = [st for st in gspo["stages"] if st["name"] == "gspo"]
-    gspo.update(init={"path": str(sft)})
-    g = recipe_from_dict(gspo, gspo_overrides).stages[0]
-    run = read_yaml(sft.parent / "config.yaml", "config")
-    stage = run["stages"][-1]
-    stage.update(steps=g.steps, batch_size=g.batch_size, lr=g.lr, schedule="constant", warmup_steps=0)
-    data = {"kind": "vlm", "tokenizer": run["tokenizer"], "init": {"path": str(sft)}, "max_length": run["max_length"],
-            "seed": seed, "device": "cpu", "progress": False, "checkpoint_every": 100, "stages": [stage]}
-    return train(recipe_from_dict(data, []), out, resume=(out / "checkpoints").exists(),
-                 log=lambda *a, **k: None).final
+    return train_once(make_cfg, out)
 
 
 def curves(run: Path) -> dict:

@@ -78,9 +78,9 @@ def resize_hint(processor, size: tuple[int, int], vision) -> str:
     """Why a world render may fail the check: the model's image geometry resizes it (a render must be read
     at its own size, one token per cell), and the setting that keeps it whole."""
     width, height = size
-    if processor.size_for(width, height) == (width, height):
-        return ""
     w, h = processor.size_for(width, height)
+    if (w, h) == (width, height):
+        return ""
     native = (width // vision.patch_size) * (height // vision.patch_size)
     return (f"; this model's image geometry (vision.min_patches={vision.min_patches}, max_patches="
             f"{vision.max_patches}) resizes this {width}x{height} image to {w}x{h}: for world renders set "
