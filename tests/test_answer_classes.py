@@ -122,10 +122,11 @@ def tiny_vlm(tok):
     return NativeVLM(from_dict(ModelConfig, {**tiny_model(vocab=tok.vocab_size), **tok.image_token_ids()}))
 
 
-@pytest.mark.parametrize("pack", [False, True])
-def test_each_image_gets_the_classes_of_its_own_answers(tok, images, pack):
+@pytest.mark.parametrize("pack,question_weight", [(False, 0.0), (True, 0.0), (False, 1.0), (True, 0.5)])
+def test_each_image_gets_the_classes_of_its_own_answers(tok, images, pack, question_weight):
     """Labels come from the batch's target tokens, image by image in `pixel_values` order: checked by the
-    pixels themselves (each image is one solid hue), packed or not."""
+    pixels themselves (each image is one solid hue), packed or not, and with the question's words as targets
+    too (a question loss: the labels are still the answers')."""
     samples = [
         chat("<image>\nWhat colour is it?", "Red.", "Is it red?", "yes", images=[images["red"]], sid="two turns"),
         chat("<image>\nIs it blue?", "yes", images=[images["blue"]], sid="yes only"),
@@ -137,7 +138,8 @@ def test_each_image_gets_the_classes_of_its_own_answers(tok, images, pack):
     obj, _ = setup_objective(tok, samples, tiny_vlm(tok))
     assert set(obj.classes) == set(HUES)
     proc = ImageProcessor(patch_size=8, factor=16, min_patches=4, max_patches=64)
-    batch = Collator(tok, proc, max_length=512, pack=pack)(samples[:6])
+    batch = Collator(tok, proc, max_length=512, pack=pack, question_weight=question_weight)(samples[:6])
+    assert (batch.question_mask is not None) == (question_weight > 0)
     labels = obj.labels(MicroBatch(None, batch, 0))
     assert len(labels) == batch.n_images == 6
     by_hue = {}

@@ -226,3 +226,41 @@ def test_turns_split_each_conversation_into_its_questions_and_answers(tok, image
     (turns,) = image_turns(batch.input_ids, batch.targets, batch.document_ids, tok.image_token_ids()["image_start_id"])
     assert [(tok.decode(q).strip(), tok.decode(a).strip()) for q, a in turns] == [
         ("user\n\nis it red?\nassistant", "yes"), ("user\nwhat is it?\nassistant", "red square")]
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_a_question_loss_leaves_the_objective_and_val_reading_the_answers(tok, images, pack):
+    """With the question's words as targets too (the collator's `question_weight`), `answer_words` (bags and
+    `question_words`' yes/no groups) computes the very loss it computes on answers-only batches, and so does
+    the trainer's val loss (the question's loss trains; val scores the answers)."""
+    from nativevlm.config import ModelConfig, from_dict
+    from nativevlm.model.vlm import NativeVLM
+    from nativevlm.train.objectives import MicroBatch, StageContext, StepInfo
+    from nativevlm.train.objectives.answer_words import AnswerWords, AnswerWordsOptions
+    from trainkit import tiny_model
+
+    a, b, c = images
+    samples = [
+        chat("<image>\nis it red?", "yes", "is it green?", "no", "what is it?", "red square", images=[a], sid="1"),
+        chat("<image>\nis it a ring?", "yes", images=[b], sid="2"),
+        chat("<image>\nwhat is it?", "green ring", images=[c], sid="3"),
+    ]
+    torch.manual_seed(0)
+    model = NativeVLM(from_dict(ModelConfig, {**tiny_model(vocab=tok.vocab_size), **tok.image_token_ids()}))
+    proc = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    obj = AnswerWords(AnswerWordsOptions(question_words=True, max_share=1.0))
+    stage = type("Stage", (), {"name": "all", "data": [None]})()
+    data = type("Data", (), {"sources": [samples]})()
+    obj.setup(StageContext(model=model, tokenizer=tok, stage=stage, data=data, processor=proc,
+                           device=torch.device("cpu"), log=lambda *a: None))
+    plain = Collator(tok, proc, max_length=512, pack=pack)(samples)
+    asked = Collator(tok, proc, max_length=512, pack=pack, question_weight=0.5)(samples)
+    assert int((asked.targets != -100).sum()) > int((plain.targets != -100).sum())
+    assert torch.equal(asked.answer_targets(), plain.targets)
+    info = StepInfo(step=0, stage_step=0, micro_batches=1, world=1, rank=0, target_weight=torch.tensor(1.0))
+    losses = [obj.loss(model, MicroBatch(model, batch, 0), info).loss.item() for batch in (plain, asked)]
+    assert losses[0] > 0 and losses[0] == pytest.approx(losses[1], rel=1e-6)
+    from nativevlm.train.step import evaluate
+    val = [evaluate(model, [batch], torch.device("cpu"), bf16=False) for batch in (plain, asked)]
+    assert val[0] == pytest.approx(val[1], rel=1e-6)
+    assert model(asked).loss.item() != pytest.approx(val[0], rel=1e-3)  # training does see the question

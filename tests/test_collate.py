@@ -84,6 +84,52 @@ def test_targets_are_preshifted_and_assistant_only(tok, proc, samples):
     assert tok.decode(ids[:first + 1], skip_special_tokens=False).endswith("<|im_start|>assistant\n")
 
 
+def test_question_targets_are_the_users_words_after_an_image(tok, proc, samples, images):
+    """`question_targets`: the user's text after the conversation's first image (and that turn's closing
+    <|im_end|>) is predicted too, marked in `question`; text before any image, and everything else, as before."""
+    im_end = tok.token_to_id("<|im_end|>")
+    a = images[0]
+    cases = [
+        (samples[0], tok.encode("\nwhat is left of the blue one?") + [im_end]),
+        (samples[2], tok.encode(" then ") + tok.encode(": same colour?") + [im_end]),  # not the 2nd image's block
+        (chat("look at <image> what colour?", "red", images=[a]), tok.encode(" what colour?") + [im_end]),
+        (chat("look at this<image>", "red", "and now?", "green", images=[a]), tok.encode("and now?") + [im_end]),
+        (samples[1], []),  # no image
+        (samples[3], []),  # nothing after the image
+    ]
+    for sample, question in cases:
+        plain = encode_sample(sample, tok, proc)
+        enc = encode_sample(sample, tok, proc, question_targets=True)
+        assert enc.input_ids == plain.input_ids
+        asked = [t for t, q in zip(enc.targets, enc.question or [False] * len(enc)) if q]
+        assert asked == question, sample.id
+        # every target is still the next token; the answers' are unchanged
+        assert all(t in (IGNORE, enc.input_ids[i + 1]) for i, t in enumerate(enc.targets[:-1]))
+        answers = [IGNORE if q else t for t, q in zip(enc.targets, enc.question or [False] * len(enc))]
+        assert answers == plain.targets
+        assert enc.n_loss_tokens == plain.n_loss_tokens + len(question)
+        assert (enc.question is None) == (not question)
+    prompt = encode_sample(chat("<image>\nwhat colour?", images=[a]), tok, proc, add_generation_prompt=True,
+                           question_targets=True)
+    assert prompt.n_loss_tokens == 0 and prompt.question is None
+
+
+def test_question_weight_weighs_the_question_and_leaves_the_answers(tok, proc, samples):
+    plain = Collator(tok, proc, max_length=256)(samples)
+    assert plain.question_mask is None
+    assert Collator(tok, proc, max_length=256, question_weight=0.0)(samples).question_mask is None
+    batch = Collator(tok, proc, max_length=256, question_weight=0.25)(samples)
+    assert torch.equal(batch.input_ids, plain.input_ids)
+    assert torch.equal(batch.answer_targets(), plain.targets)
+    q = batch.question_mask
+    assert int(q.sum()) > 0 and bool((batch.targets[q] != IGNORE).all())
+    assert torch.equal(batch.loss_weights[q], torch.full((int(q.sum()),), 0.25))
+    assert torch.equal(batch.loss_weights[~q], plain.loss_weights[~q])
+    assert torch.equal(batch.to("cpu").question_mask, q)
+    with pytest.raises(ValueError, match="question_weight"):
+        Collator(tok, proc, max_length=256, question_weight=-1.0)
+
+
 def test_image_token_layout(tok, proc, samples, images):
     enc = encode_sample(samples[2], tok, proc)
     ids_of = tok.image_token_ids()
@@ -200,20 +246,26 @@ class TinyCausalLM(torch.nn.Module):
         return (w * ce).sum() / w.sum()
 
 
-@pytest.mark.parametrize("square_average", [False, True])
-def test_packed_and_unpacked_give_the_same_loss(tok, proc, samples, square_average):
+@pytest.mark.parametrize("square_average,question_weight", [(False, 0.0), (True, 0.0), (False, 0.5), (True, 0.5)])
+def test_packed_and_unpacked_give_the_same_loss(tok, proc, samples, square_average, question_weight):
     torch.manual_seed(0)
     model = TinyCausalLM(tok.vocab_size, tok.token_to_id("<img>"), proc.factor).double()
     max_length = pack_length(tok, proc, samples)
-    padded = Collator(tok, proc, max_length, square_average=square_average)(samples)
-    packed = Collator(tok, proc, max_length, pack=True, square_average=square_average)(samples)
+    kw = dict(square_average=square_average, question_weight=question_weight)
+    padded = Collator(tok, proc, max_length, **kw)(samples)
+    packed = Collator(tok, proc, max_length, pack=True, **kw)(samples)
     assert packed.input_ids.shape[0] < padded.input_ids.shape[0]
     assert abs(model.loss(padded).item() - model.loss(packed).item()) < 1e-5
+    if question_weight:  # the question's targets travel with their documents into the packed rows
+        assert torch.equal(packed.targets[packed.question_mask].sort().values,
+                           padded.targets[padded.question_mask].sort().values)
     # One row per sample gives the same loss too (the padded batch is not hiding a cross-sample effect).
-    singles = [Collator(tok, proc, max_length, square_average=square_average)([s]) for s in samples]
+    singles = [Collator(tok, proc, max_length, **kw)([s]) for s in samples]
     per_sample = torch.stack([model.loss(b) for b in singles])
-    n = torch.tensor([b.n_loss_tokens for b in singles], dtype=torch.float64)
-    weight = n.sqrt() if square_average else n  # sum of one sample's weights
+    weight = torch.stack([b.loss_weights.sum().double() for b in singles])  # sum of one sample's weights
+    if not question_weight:
+        n = torch.tensor([b.n_loss_tokens for b in singles], dtype=torch.float64)
+        assert torch.allclose(weight, n.sqrt() if square_average else n)
     assert abs((per_sample * weight).sum() / weight.sum() - model.loss(packed)).item() < 1e-5
 
 

@@ -140,14 +140,14 @@ def test_keep_labels_use_the_percentile_of_the_window():
     assert KEEP == 1 and COMPRESS == 0
 
 
-def consistency_case(tok, tmp_path, compress_prob: float):
+def consistency_case(tok, tmp_path, compress_prob: float, question_weight: float = 0.0):
     vlm = tiny_vlm(tok)
     proc = ImageProcessor.from_config(vlm.config.vision, vlm.config.connector)
     Image.new("RGB", (64, 64), (30, 30, 200)).save(tmp_path / "b.png")
     samples = [Sample(f"s{i}", [{"role": "user", "content": "<image> what colour is it"},
                                 {"role": "assistant", "content": "a blue circle"}], [str(tmp_path / "b.png")])
                for i in range(2)]
-    batch = Collator(tok, proc, max_length=512)(samples)
+    batch = Collator(tok, proc, max_length=512, question_weight=question_weight)(samples)
     obj = Consistency(ConsistencyOptions(compress_prob=compress_prob))
     obj.setup(StageContext(model=vlm, tokenizer=tok, stage=None, data=None, processor=proc, device=torch.device("cpu")))
     info = StepInfo(0, 0, 1, 1, 0, batch.loss_weights.sum())
@@ -172,6 +172,19 @@ def test_relayout_keeps_answers_and_positions(tok, tmp_path):
     assert coarse.position_ids[0].tolist() == list(range(coarse.input_ids.shape[1]))
     assert torch.equal(relayout(batch, [2, 2], vlm.config).input_ids, batch.input_ids)
     assert vlm(coarse).loss is not None
+
+
+def test_relayout_keeps_the_questions_targets_apart(tok, tmp_path):
+    """With a question loss, the rebuilt batch keeps which targets are the question's (and their weights):
+    the consistency loss still compares answers only."""
+    vlm, batch, _, _ = consistency_case(tok, tmp_path, compress_prob=0.0, question_weight=0.5)
+    coarse = relayout(batch, [(4, 2, 2, 4), 4], vlm.config)
+    assert int(batch.question_mask.sum()) > 0
+    for field in ("targets", "loss_weights"):
+        assert torch.equal(getattr(coarse, field)[coarse.question_mask], getattr(batch, field)[batch.question_mask])
+    answers, coarse_answers = batch.answer_targets(), coarse.answer_targets()
+    assert torch.equal(coarse_answers[coarse_answers != -100], answers[answers != -100])
+    assert torch.equal(relayout(batch, [2, 2], vlm.config).question_mask, batch.question_mask)
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,7 @@ def test_stage_contract_frozen_unchanged_trainable_changed(train_world, tmp_path
     (lambda r: r["stages"][0].update(schedule="linear"), "stages[0].schedule"),
     (lambda r: r.update(tokenizer="no/such/tok"), "tokenizer"),
     (lambda r: r["stages"][0].update(batch_size=3), "stages[0].batch_size"),
+    (lambda r: r.update(question_loss=-0.5), "question_loss"),
 ])
 def test_bad_recipe_fails_naming_the_field(train_world, tmp_path, edit, field):
     recipe = vlm_recipe(train_world)
@@ -239,3 +240,20 @@ def test_optimizer_is_fused_and_steps_as_the_reference_adamw():
             o.zero_grad()
     for n, p in lm.named_parameters():
         torch.testing.assert_close(p, ref_params[n], msg=n)
+
+
+def test_question_loss_trains_on_the_question_and_val_scores_the_answers(train_world, tmp_path):
+    """`question_loss` reaches the trainer's collator: at lr 0 (the model never changes) the same steps log a
+    different training loss with it, and the same val loss (val scores the answers only)."""
+    rows = {}
+    for weight in (0.0, 0.5):
+        recipe = vlm_recipe(train_world, question_loss=weight)
+        recipe["stages"] = [dict(recipe["stages"][1], steps=2, lr=0.0, val_data=str(train_world["val"]),
+                                 eval_every=2, eval_samples=4)]
+        train(load_recipe(write_recipe(tmp_path / f"r{weight}.yaml", recipe)), tmp_path / f"run{weight}",
+              log=lambda *a, **k: None)
+        rows[weight] = [json.loads(line) for line in (tmp_path / f"run{weight}/metrics.jsonl").read_text().splitlines()]
+    losses = {w: [r["loss"] for r in rs if "loss" in r] for w, rs in rows.items()}
+    vals = {w: [r["val_loss"] for r in rs if "val_loss" in r] for w, rs in rows.items()}
+    assert len(losses[0.0]) == 2 and all(a != pytest.approx(b, rel=1e-4) for a, b in zip(losses[0.0], losses[0.5]))
+    assert vals[0.0] and vals[0.0] == pytest.approx(vals[0.5], rel=1e-6)

@@ -17,6 +17,11 @@ document boundary, and the loss is on assistant tokens only (their content and c
 An assistant message may carry `thinking`: its reply is then `<think>...</think>` before the answer
 (`data.thinking`), with the loss on thinking and answer; a direct reply has the loss on its answer only
 (think-fusion SFT mixes the two).
+
+`question_weight` > 0 also puts the loss on the user's words that follow an image (the question, and its
+turn's closing `<|im_end|>`), each at that weight where an answer token has 1: the question's words predicted
+from the image. Its targets are marked in `EncodedSample.question` and `Batch.question_mask`, so that
+objectives reading the answers from the targets (`answer_words`, `answer_classes`) still see the answers only.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class EncodedSample:
     image_downsample: list[int] = field(default_factory=list)
     n_loss_tokens: int = 0
     id: str = ""
+    question: Optional[list[bool]] = None  # per position: its target is a question token (question_weight > 0)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -68,19 +74,22 @@ def encode_sample(
     image_processor: ImageProcessor,
     max_length: Optional[int] = None,
     add_generation_prompt: bool = False,
+    question_targets: bool = False,
 ) -> EncodedSample:
     """Tokenise `sample` with the ChatML template, expanding each image marker into its token block.
 
     Each turn's header, content pieces and footer are encoded separately, which is exactly how the prompt
     and the generated reply are tokenised at inference (`add_generation_prompt=True` gives that prompt).
     Past `max_length` the text is cut from the end, never inside or before an image block: a sample whose
-    images don't fit, or whose answer is cut away entirely, raises SampleDropped.
+    images don't fit, or whose answer is cut away entirely, raises SampleDropped. With `question_targets` the
+    user's text after the conversation's first image is a target too (marked in `EncodedSample.question`).
     """
     image_ids = tokenizer.image_token_ids()
     im_start, im_end = tokenizer.token_to_id(IM_START), tokenizer.token_to_id(IM_END)
     newline = tokenizer.encode("\n")
     ids: list[int] = []
     is_answer: list[bool] = []
+    is_question: list[bool] = []
     pixel_values: list[torch.Tensor] = []
     view_rates: list[int] = []  # the compression rate of each view (all views of an image share its rate)
     n_images = 0
@@ -89,13 +98,16 @@ def encode_sample(
     if len(rates) != len(sample.images):
         raise ValueError(f"sample {sample.id}: {len(rates)} compression rates for {len(sample.images)} images")
 
-    def add(tokens: list[int], answer: bool) -> None:
+    def add(tokens: list[int], answer: bool, question: bool = False) -> None:
         ids.extend(tokens)
         is_answer.extend([answer] * len(tokens))
+        is_question.extend([question] * len(tokens))
 
     images = iter(sample.images)
     for message in sample.messages:
         answer = message["role"] == "assistant"
+        asks = message["role"] == "user" and question_targets and not add_generation_prompt
+        asked = False  # this message put text after an image: its <|im_end|> is a target too
         add([im_start, *tokenizer.encode(f"{message['role']}\n")], False)
         content = render_thinking(message["thinking"], message["content"]) if message.get("thinking") else \
             message["content"]
@@ -114,8 +126,9 @@ def encode_sample(
                     add(image_block(grids, image_ids), False)
                 images_end = len(ids)
             if piece:
-                add(tokenizer.encode(piece), answer)
-        add([im_end], answer)
+                add(tokenizer.encode(piece), answer, asks and n_images > 0)
+                asked = asked or (asks and n_images > 0)
+        add([im_end], answer, asked)
         add(newline, False)
     if next(images, None) is not None:
         raise ValueError(f"sample {sample.id}: more images than {IMAGE_MARKER} markers")
@@ -128,14 +141,16 @@ def encode_sample(
                 "images too long", f"sample {sample.id}: its images need {images_end} > {max_length} tokens"
             )
         had_answer = any(is_answer)
-        ids, is_answer = ids[:max_length], is_answer[:max_length]
+        ids, is_answer, is_question = ids[:max_length], is_answer[:max_length], is_question[:max_length]
         if had_answer and not any(is_answer):
             raise SampleDropped(
                 "answer truncated", f"sample {sample.id}: no answer token left within {max_length} tokens"
             )
-    targets = [nxt if answer else IGNORE for nxt, answer in zip(ids[1:], is_answer[1:])] + [IGNORE]
+    targets = [nxt if answer or asked else IGNORE
+               for nxt, answer, asked in zip(ids[1:], is_answer[1:], is_question[1:])] + [IGNORE]
     n_loss = sum(t != IGNORE for t in targets)
-    return EncodedSample(ids, targets, pixel_values, view_rates, n_loss, sample.id)
+    question = is_question[1:] + [False] if any(is_question) else None
+    return EncodedSample(ids, targets, pixel_values, view_rates, n_loss, sample.id, question)
 
 
 def pack_first_fit(samples: list[EncodedSample], max_length: int) -> list[list[EncodedSample]]:
@@ -163,7 +178,8 @@ class Collator:
     rows varies); positions restart at 0 for each document and `document_ids` tell the model where the
     block-diagonal attention mask goes. `square_average=True` weighs each sample's target tokens by
     1/sqrt(N_sample) (InternVL3.5), between per-token averaging, which favours long answers, and
-    per-sample averaging, which over-weights the tokens of short ones.
+    per-sample averaging, which over-weights the tokens of short ones. `question_weight` > 0 puts the loss on
+    the user's words after an image too, each at that weight (`encode_sample`; `Batch.question_mask`).
     """
 
     def __init__(
@@ -173,19 +189,24 @@ class Collator:
         max_length: int,
         pack: bool = False,
         square_average: bool = False,
+        question_weight: float = 0.0,
     ):
+        if not question_weight >= 0:
+            raise ValueError(f"question_weight must be >= 0, got {question_weight}")
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_length = max_length
         self.pack = pack
         self.square_average = square_average
+        self.question_weight = question_weight
         self.dropped: Counter = Counter()
 
     def encode(self, samples: list[Sample]) -> list[EncodedSample]:
         encoded = []
         for s in samples:
             try:
-                encoded.append(encode_sample(s, self.tokenizer, self.image_processor, self.max_length))
+                encoded.append(encode_sample(s, self.tokenizer, self.image_processor, self.max_length,
+                                             question_targets=self.question_weight > 0))
             except SampleDropped as e:
                 self.dropped[e.reason] += 1
             except ImageError:  # the reader checked the file's structure; decoding happens once, here
@@ -205,6 +226,7 @@ class Collator:
         loss_weights = torch.zeros(B, T, dtype=torch.float32)
         position_ids = torch.zeros(B, T, dtype=torch.long)
         document_ids = torch.full((B, T), -1, dtype=torch.long)
+        question_mask = torch.zeros(B, T, dtype=torch.bool) if any(e.question for e in encoded) else None
         pixel_values: list[torch.Tensor] = []
         image_downsample: list[int] = []
         for b, row in enumerate(rows):
@@ -215,6 +237,9 @@ class Collator:
                 targets[b, start:end] = torch.tensor(doc.targets)
                 weight = 1.0 / math.sqrt(doc.n_loss_tokens) if self.square_average and doc.n_loss_tokens else 1.0
                 loss_weights[b, start:end] = (targets[b, start:end] != IGNORE).float() * weight
+                if doc.question:
+                    question_mask[b, start:end] = torch.tensor(doc.question)
+                    loss_weights[b, start:end][question_mask[b, start:end]] *= self.question_weight
                 position_ids[b, start:end] = torch.arange(len(doc))
                 document_ids[b, start:end] = d
                 pixel_values.extend(doc.pixel_values)
@@ -224,7 +249,8 @@ class Collator:
                      attention_mask=document_ids >= 0, position_ids=position_ids,
                      document_ids=document_ids if self.pack else None, pixel_values=pixel_values,
                      image_downsample=image_downsample, n_samples=len(encoded),
-                     n_loss_tokens=sum(e.n_loss_tokens for e in encoded), sample_ids=[e.id for e in encoded])
+                     n_loss_tokens=sum(e.n_loss_tokens for e in encoded), sample_ids=[e.id for e in encoded],
+                     question_mask=question_mask)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

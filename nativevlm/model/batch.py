@@ -20,7 +20,9 @@ class Batch:
     of appearance over the flattened batch, and image_downsample the compression rate each was tokenised at
     (an int, or a tuple with one rate per region: `connector.Rate`, laid out as `connector.token_blocks` says);
     n_samples, n_loss_tokens: for logging and throughput; sample_ids: the ids of the samples in the batch, in
-    order (objectives that build their own sequences from them: MPO's pairs, GSPO's rollouts)."""
+    order (objectives that build their own sequences from them: MPO's pairs, GSPO's rollouts); question_mask
+    [B, T] bool, True where the target is a word of the user's question rather than of an answer (the
+    collator's `question_weight`), or None when no target is."""
 
     input_ids: torch.Tensor
     targets: Optional[torch.Tensor] = None
@@ -33,6 +35,13 @@ class Batch:
     n_samples: int = 0
     n_loss_tokens: int = 0
     sample_ids: list[str] = field(default_factory=list)
+    question_mask: Optional[torch.Tensor] = None
+
+    def answer_targets(self) -> Optional[torch.Tensor]:
+        """`targets` with the question's targets (`question_mask`) set to -100: the answers alone."""
+        if self.targets is None or self.question_mask is None:
+            return self.targets
+        return self.targets.masked_fill(self.question_mask, -100)
 
     @property
     def n_images(self) -> int:
@@ -45,7 +54,7 @@ class Batch:
         return replace(self, input_ids=move(self.input_ids), targets=move(self.targets),
                        loss_weights=move(self.loss_weights), attention_mask=move(self.attention_mask),
                        position_ids=move(self.position_ids), document_ids=move(self.document_ids),
-                       pixel_values=[p.to(device) for p in self.pixel_values])
+                       question_mask=move(self.question_mask), pixel_values=[p.to(device) for p in self.pixel_values])
 
     def model_inputs(self) -> dict:
         """The keyword arguments of `NativeVLM.forward` (a LanguageModel takes them less the image ones)."""

@@ -125,6 +125,9 @@ class TrainConfig:
     max_length: int = 512
     pack: bool = False
     square_average: bool = False
+    # next-token loss on the user's words after an image (the question), per token, where an answer token
+    # weighs 1; 0 = answers only (data.collate)
+    question_loss: float = 0.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16

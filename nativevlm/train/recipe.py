@@ -77,6 +77,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"init.path: {cfg.init.path} does not exist")
     if cfg.max_length < 2:
         raise ConfigError(f"max_length: must be at least 2, got {cfg.max_length}")
+    if not cfg.question_loss >= 0:
+        raise ConfigError(f"question_loss: the weight of a question token's loss must be >= 0 (0 = answers "
+                          f"only), got {cfg.question_loss}")
     if not cfg.stages:
         raise ConfigError("stages: a recipe needs at least one stage")
     if cfg.curves.data and not Path(cfg.curves.data).is_file():

@@ -8,6 +8,7 @@ the single-process loss at the same global batch, however the batch is split.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Iterator, Optional
 
 import torch
@@ -118,9 +119,13 @@ def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[Batch], device: torch.device, bf16: bool) -> float:
-    """Teacher-forcing loss over the val batches (weighted mean over all ranks' target tokens)."""
+    """Teacher-forcing loss over the val batches (weighted mean over all ranks' answer tokens: a question
+    loss, `Batch.question_mask`, trains the model but is not part of what val scores)."""
     totals = torch.zeros(2, device=device)
     for b in batches:
+        if b.question_mask is not None:
+            b = replace(b, targets=b.answer_targets(), loss_weights=b.loss_weights.masked_fill(b.question_mask, 0),
+                        question_mask=None)
         with autocast(device, bf16):
             out = model(b.to(device))
         totals += torch.stack([out.loss_sum.float(), out.weight_sum.float()])

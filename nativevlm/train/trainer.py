@@ -64,7 +64,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
     vlm = isinstance(model, NativeVLM)
     mcfg = model.config if vlm else cfg.model
     collator = Collator(tokenizer, ImageProcessor.from_config(mcfg.vision, mcfg.connector), cfg.max_length,
-                        pack=cfg.pack, square_average=cfg.square_average)
+                        pack=cfg.pack, square_average=cfg.square_average, question_weight=cfg.question_loss)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
     loaded = checkpoint.load(ckpt, ctx.rank) if ckpt is not None else None
     state = loaded[2] if loaded else {"stage": 0, "step": 0, "global_step": 0}

@@ -135,7 +135,7 @@ class AnswerClasses(Objective):
         """For each image of the micro-batch (in `pixel_values` order), the classes of its conversation's
         answers (empty for a conversation with several images or without a class answer)."""
         b = mb.batch
-        turns = image_turns(b.input_ids, b.targets, b.document_ids, self.image_start_id)
+        turns = image_turns(b.input_ids, b.answer_targets(), b.document_ids, self.image_start_id)
         out = []
         for image in turns:
             answers = [normalize_answer(self.tokenizer.decode(a)) for _, a in image or []]

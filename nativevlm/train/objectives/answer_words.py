@@ -289,7 +289,7 @@ class AnswerWords(Objective):
         batch = mb.batch
         if not batch.pixel_values:
             return Output(None)
-        turns = image_turns(batch.input_ids, batch.targets, batch.document_ids, self.image_start_id)
+        turns = image_turns(batch.input_ids, batch.answer_targets(), batch.document_ids, self.image_start_id)
         bags = turn_bags(turns, self.ignore)
         feats = list(mb.forward().image_features)
         if len(feats) != len(bags):

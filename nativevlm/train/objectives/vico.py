@@ -53,8 +53,9 @@ def n_regions(pixels: torch.Tensor, config) -> int:
 
 def relayout(batch: Batch, rates: list[Rate], config) -> Batch:
     """`batch` with each image's token block rebuilt at `rates` (one per image, in batch order). Image blocks
-    carry no targets, so only the block lengths change: the rows' other tokens, targets and weights keep
-    their order, positions restart per document as the collator numbers them."""
+    carry no targets but on their last token (`<img_end>` predicts the question's first word when the collator
+    has a question loss), so only the block lengths change: the rows' other tokens, targets, weights and
+    question marks keep their order, positions restart per document as the collator numbers them."""
     ids = image_ids(config)
     start_id, end_id = ids["image_start_id"], ids["image_end_id"]
     docs = batch.document_ids if batch.document_ids is not None else torch.where(batch.attention_mask, 0, -1)
@@ -62,7 +63,8 @@ def relayout(batch: Batch, rates: list[Rate], config) -> Batch:
     for b in range(batch.input_ids.shape[0]):
         inp, tgt = batch.input_ids[b].tolist(), batch.targets[b].tolist()
         wts, doc = batch.loss_weights[b].tolist(), docs[b].tolist()
-        out: tuple[list, list, list, list] = ([], [], [], [])
+        asked = batch.question_mask[b].tolist() if batch.question_mask is not None else [False] * len(inp)
+        out: tuple[list, list, list, list, list] = ([], [], [], [], [])
         t = 0
         while t < len(inp):
             if doc[t] < 0:
@@ -73,11 +75,14 @@ def relayout(batch: Batch, rates: list[Rate], config) -> Batch:
                 block = image_block(token_blocks(*px.shape[-2:], config.vision.patch_size, rates[k],
                                                  config.connector.region_size), ids)
                 k += 1
-                out[0].extend(block), out[1].extend([IGNORE] * len(block))
-                out[2].extend([0.0] * len(block)), out[3].extend([doc[t]] * len(block))
-                t = inp.index(end_id, t) + 1
+                end = inp.index(end_id, t)
+                # only <img_end> may carry a target (a question's first word, with a question loss)
+                out[0].extend(block), out[1].extend([IGNORE] * (len(block) - 1) + [tgt[end]])
+                out[2].extend([0.0] * (len(block) - 1) + [wts[end]]), out[3].extend([doc[t]] * len(block))
+                out[4].extend([False] * (len(block) - 1) + [asked[end]])
+                t = end + 1
                 continue
-            for lst, v in zip(out, (inp[t], tgt[t], wts[t], doc[t])):
+            for lst, v in zip(out, (inp[t], tgt[t], wts[t], doc[t], asked[t])):
                 lst.append(v)
             t += 1
         rows.append(out)
@@ -89,9 +94,11 @@ def relayout(batch: Batch, rates: list[Rate], config) -> Batch:
     weights = torch.zeros(B, T)
     document_ids = torch.full((B, T), -1, dtype=torch.long)
     position_ids = torch.zeros(B, T, dtype=torch.long)
-    for b, (inp, tgt, wts, doc) in enumerate(rows):
+    question_mask = torch.zeros(B, T, dtype=torch.bool)
+    for b, (inp, tgt, wts, doc, asked) in enumerate(rows):
         n = len(inp)
         input_ids[b, :n], targets[b, :n] = torch.tensor(inp), torch.tensor(tgt)
+        question_mask[b, :n] = torch.tensor(asked, dtype=torch.bool)
         weights[b, :n], document_ids[b, :n] = torch.tensor(wts), torch.tensor(doc)
         d = document_ids[b, :n]
         first = torch.cat([torch.ones(1, dtype=torch.bool), d[1:] != d[:-1]])  # each document's first token
@@ -102,17 +109,19 @@ def relayout(batch: Batch, rates: list[Rate], config) -> Batch:
                  attention_mask=(document_ids >= 0).to(dev), position_ids=position_ids.to(dev),
                  document_ids=document_ids.to(dev) if batch.document_ids is not None else None,
                  pixel_values=batch.pixel_values, image_downsample=list(rates), n_samples=batch.n_samples,
-                 n_loss_tokens=batch.n_loss_tokens)
+                 n_loss_tokens=batch.n_loss_tokens,
+                 question_mask=question_mask.to(dev) if batch.question_mask is not None else None)
 
 
 def answer_logprobs(model: nn.Module, batch: Batch, image_features=None) -> torch.Tensor:
-    """Log-probabilities [N, V] at the batch's target positions, in row-major order."""
+    """Log-probabilities [N, V] at the batch's answer positions (its targets less any question's), in
+    row-major order."""
     inputs = batch.model_inputs()
     inputs.update(targets=None, loss_weights=None)
     if image_features is not None:
         inputs.update(pixel_values=None, image_downsample=None, image_features=image_features)
     logits = model(**inputs).logits
-    return F.log_softmax(logits[batch.targets != IGNORE].float(), dim=-1)
+    return F.log_softmax(logits[batch.answer_targets() != IGNORE].float(), dim=-1)
 
 
 def check_vlm_with_coarse_path(ctx: StageContext, name: str, router: bool = False) -> None:
@@ -153,7 +162,7 @@ class Consistency(Objective):
 
     def loss(self, model, mb: MicroBatch, info: StepInfo) -> Output:
         batch = mb.batch
-        if not batch.pixel_values or not (batch.targets != IGNORE).any():
+        if not batch.pixel_values or not (batch.answer_targets() != IGNORE).any():
             return Output(None)
         fine = relayout(batch, [self.config.connector.downsample] * batch.n_images, self.config)
         rates = self.random_rates(batch.pixel_values)
@@ -161,7 +170,7 @@ class Consistency(Objective):
         with torch.no_grad():
             ref = answer_logprobs(self.reference, fine)
         mine = answer_logprobs(model, student)
-        w = student.loss_weights[student.targets != IGNORE].float()
+        w = student.loss_weights[student.answer_targets() != IGNORE].float()
         kl = (ref.exp() * (ref - mine)).sum(-1)
         total = (w * kl).sum()
         n_coarse = sum(r == self.config.connector.extra_downsample for rs in rates for r in rs)
@@ -208,9 +217,10 @@ class RouterLoss(Objective):
         inputs.update(targets=None, loss_weights=None, pixel_values=None, image_downsample=None,
                       image_features=image_features)
         logits = model(**inputs).logits.float()
-        keep = batch.targets != IGNORE
-        nll = F.cross_entropy(logits[keep], batch.targets[keep], reduction="none")
-        docs = (batch.document_ids if batch.document_ids is not None else torch.zeros_like(batch.targets))[keep]
+        answers = batch.answer_targets()
+        keep = answers != IGNORE
+        nll = F.cross_entropy(logits[keep], answers[keep], reduction="none")
+        docs = (batch.document_ids if batch.document_ids is not None else torch.zeros_like(answers))[keep]
         rows = keep.nonzero()[:, 0]
         out: dict[tuple[int, int], list] = {}
         for b, d, v in zip(rows.tolist(), docs.tolist(), nll):
@@ -226,7 +236,7 @@ class RouterLoss(Objective):
 
     def loss(self, model, mb: MicroBatch, info: StepInfo) -> Output:
         batch = mb.batch
-        if not batch.pixel_values or not (batch.targets != IGNORE).any():
+        if not batch.pixel_values or not (batch.answer_targets() != IGNORE).any():
             return Output(None)
         m, c = bare(model), self.config.connector
         with torch.no_grad():
