@@ -1,6 +1,7 @@
 """The learnability benchmark's `multi` set records what each image holds, and the presence diagnostic reads
 it: answers that name an object of the image but the wrong one count as present, not right; the uniform
-reference is 1 / (distinct values in the image) for each question whose answer is among them."""
+reference is 1 / (distinct values in the image) for each question whose answer is among them; the yes/no
+probes read a linear signal and not noise."""
 import json
 import sys
 from pathlib import Path
@@ -126,3 +127,18 @@ def test_curve_priors_are_those_of_the_questions_the_curves_read(tmp_path):
     from nativevlm.eval.harness import answer_priors
 
     assert answer_priors(llava_qa.read(tmp_path / "val.json").items)["yes/no"] == pytest.approx(155 / 250)
+
+
+def test_yes_no_probes_read_a_linear_signal_and_not_noise():
+    """`bench/yes_no_signal.py --probe`'s probe: held-out AUC 1 where one feature carries the label, about
+    0.5 where none does; the AUC itself on a known case."""
+    import torch
+
+    yes_no_signal = pytest.importorskip("yes_no_signal")
+    assert yes_no_signal.auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=g)
+    y = (x[:, 3] > 0).tolist()
+    assert yes_no_signal.probe_auc(x[:400], y[:400], x[400:], y[400:]) > 0.99
+    noise = (torch.rand(600, generator=g) > 0.5).tolist()
+    assert abs(yes_no_signal.probe_auc(x[:400], noise[:400], x[400:], noise[400:]) - 0.5) < 0.12
