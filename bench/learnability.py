@@ -27,7 +27,8 @@ its convolutional stem; `sft-only` drops the recipe's answer_words objective (ne
 ladder's previous rung); `four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale,
 as the recipe did before (the ladder's geometry rung); `max-pool` reads the answer words token by token
 against the embeddings as they were at the start (`answer_words` `pool: max`, `table: initial`; tried on val,
-not adopted: docs/learnability.md). Results made by arms since removed (`encoder-first`, `before-qk`) name
+not adopted: docs/learnability.md); `question-loss` adds the next-token loss on the question's words
+(`question_loss: 1.0`: the words after the image predicted from it). Results made by arms since removed (`encoder-first`, `before-qk`) name
 the commit whose benchmark made them.
 """
 from __future__ import annotations
@@ -76,6 +77,8 @@ ARMS: dict[str, list[str]] = {
     # book of near-orthogonal words instead of the LM's table, whose answer words drift together as it trains.
     "table-initial": [answer_words_changed(table="initial")],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
+    # The question's words predicted from the image too (next-token loss on the user's words after it).
+    "question-loss": ["question_loss=1.0"],
 }
 
 
