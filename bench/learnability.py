@@ -28,8 +28,8 @@ ladder's previous rung); `four-tokens` gives a 64-px image 4 tokens and image to
 as the recipe did before (the ladder's geometry rung); `max-pool` reads the answer words token by token
 against the embeddings as they were at the start (`answer_words` `pool: max`, `table: initial`; tried on val,
 not adopted: docs/learnability.md); `question-loss` adds the next-token loss on the question's words
-(`question_loss: 1.0`: the words after the image predicted from it). Results made by arms since removed (`encoder-first`, `before-qk`) name
-the commit whose benchmark made them.
+(`question_loss: 1.0`: the words after the image predicted from it). Results made by arms since removed
+(`encoder-first`, `before-qk`) name the commit whose benchmark made them.
 """
 from __future__ import annotations
 

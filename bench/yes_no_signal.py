@@ -24,6 +24,7 @@ A run folder is read at its `final/`. Prints its findings; `--json` also writes 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -92,7 +93,8 @@ def yes_no_rows(model, tok, processor, path: str, limit: int, probe: bool = Fals
         attention: list[torch.Tensor] = []
         hooks = [layer.register_forward_hook(lambda m, i, o: states.append(o[0][0])) for layer in lm.layers] \
             if probe else []
-        with torch.no_grad(), recorded_attention(model, attention):
+        # attention is recorded only for the probes (the plain AUCs need the last logits alone)
+        with torch.no_grad(), (recorded_attention(model, attention) if probe else contextlib.nullcontext()):
             out = model(ids, pixel_values=enc.pixel_values)
         for h in hooks:
             h.remove()
