@@ -22,14 +22,15 @@ to the object a question names.
 
 Arms are the shipped recipe changed by `--set` overrides (ARMS below): `byod` is the recipe as shipped (its
 first stage trains the encoder alone on the answers, `answer_classes`; its training seconds, which the peer
-is given too, include that stage's); `no-encoder-stage` is the recipe before that stage (cut to one step) and
+is given too, include that stage's; its second stage predicts the question's words after the image too,
+`question_loss: 1.0`); `no-encoder-stage` is the recipe before that stage (cut to one step) and
 its convolutional stem; `sft-only` drops the recipe's answer_words objective (next-token loss alone, the
 ladder's previous rung); `four-tokens` gives a 64-px image 4 tokens and image tokens the MLP's default scale,
 as the recipe did before (the ladder's geometry rung); `max-pool` reads the answer words token by token
 against the embeddings as they were at the start (`answer_words` `pool: max`, `table: initial`; tried on val,
-not adopted: docs/learnability.md); `question-loss` adds the next-token loss on the question's words
-(`question_loss: 1.0`: the words after the image predicted from it). Results made by arms since removed
-(`encoder-first`, `before-qk`) name the commit whose benchmark made them.
+not adopted: docs/learnability.md); `no-question-loss` is the recipe before its question loss (answers
+alone). Results made by arms since removed (`encoder-first`, `before-qk`; `question-loss`, the recipe then
+with `question_loss: 1.0` added, which is `byod` now) name the commit whose benchmark made them.
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ ARMS: dict[str, list[str]] = {
     # book of near-orthogonal words instead of the LM's table, whose answer words drift together as it trains.
     "table-initial": [answer_words_changed(table="initial")],
     "four-tokens": ["model.vision.min_patches=16", "model.connector.match_text_scale=false"],
-    # The question's words predicted from the image too (next-token loss on the user's words after it).
-    "question-loss": ["question_loss=1.0"],
+    # The recipe before its question loss: next-token loss on the answers alone, not on the question's words
+    # after the image.
+    "no-question-loss": ["question_loss=0"],
 }
 
 
