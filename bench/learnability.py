@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
@@ -128,10 +130,11 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         sets.append(f"stages.1.steps={vlm_steps}")
     if seed:
         sets.append(f"seed={seed}")
-    # A finished run is reused only if it was made by this recipe text with these overrides.
+    # A finished run is reused only if it was made by this recipe with these overrides (the recipe compared
+    # as parsed YAML, so that an edited comment does not void a run).
     made_by = {"recipe": (RECIPES / "native-custom.yaml").read_text(), "sets": sets}
     stamp = work / "made_by.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != made_by:
+    if stamp.exists() and not same_stamp(json.loads(stamp.read_text()), made_by):
         raise SystemExit(f"{work} holds a run of another recipe or other overrides; delete it to rerun this arm")
     if not (vlm / "final").exists():
         stamp.write_text(json.dumps(made_by))
@@ -147,6 +150,14 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
            "wall": wall, "test": test_accuracy(results)}
     found = presence(data["test"], arm_answers(work / "eval"))
     return out | ({"presence": found} if found else {})
+
+
+def same_stamp(stamped: dict, made_by: dict) -> bool:
+    """Whether a run stamped `stamped` is the run `made_by` describes: every entry equal, the recipe's text
+    compared once parsed (an edited comment does not void a run; a stamp without the recipe does)."""
+    rest = lambda d: {k: v for k, v in d.items() if k != "recipe"}  # noqa: E731
+    return ("recipe" in stamped and rest(stamped) == rest(made_by)
+            and yaml.safe_load(stamped["recipe"]) == yaml.safe_load(made_by["recipe"]))
 
 
 def test_accuracy(results: dict) -> dict:

@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from learnability import cli, curve_points, plot, test_accuracy, world_set  # noqa: E402
+from learnability import cli, curve_points, plot, same_stamp, test_accuracy, world_set  # noqa: E402
+
 
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -70,9 +71,11 @@ def main() -> None:
         "json.dump(r, open({dest!r}, 'w'), indent=1)").format(
             bench=str(ROOT / "bench"), train=str(data["train"]), val=str(data["val"]), test=str(data["test"]),
             minutes=a.minutes, dest=str(peer_json))]
-    made_by = {"ours": train, "peer_minutes": a.minutes, "scenes": a.scenes}
+    # The recipe's text goes into the stamp too: the command names the recipe's path, not what it says.
+    recipe = (ROOT / "nativevlm" / "recipes" / "native-custom.yaml").read_text()
+    made_by = {"ours": train, "peer_minutes": a.minutes, "scenes": a.scenes, "recipe": recipe}
     stamp = work / "made_by.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != made_by:
+    if stamp.exists() and not same_stamp(json.loads(stamp.read_text()), made_by):
         raise SystemExit(f"{work} holds runs made otherwise ({stamp}); choose another --work to rerun")
     stamp.write_text(json.dumps(made_by, indent=1))
     procs = []

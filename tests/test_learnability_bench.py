@@ -1,7 +1,8 @@
 """The learnability benchmark's `multi` set records what each image holds, and the presence diagnostic reads
 it: answers that name an object of the image but the wrong one count as present, not right; the uniform
 reference is 1 / (distinct values in the image) for each question whose answer is among them; the yes/no
-probes read a linear signal and not noise."""
+probes read a linear signal and not noise; a finished run is reused only for the same recipe (as parsed) and
+settings."""
 import json
 import sys
 from pathlib import Path
@@ -142,3 +143,15 @@ def test_yes_no_probes_read_a_linear_signal_and_not_noise():
     assert yes_no_signal.probe_auc(x[:400], y[:400], x[400:], y[400:]) > 0.99
     noise = (torch.rand(600, generator=g) > 0.5).tolist()
     assert abs(yes_no_signal.probe_auc(x[:400], noise[:400], x[400:], noise[400:]) - 0.5) < 0.12
+
+
+def test_a_run_is_reused_only_for_the_same_recipe_and_settings():
+    recipe = "# how to read it\nseed: 0\nquestion_loss: 1.0\nstages: [{name: all, steps: 3000}]\n"
+    made_by = {"recipe": recipe, "sets": ["seed=1"]}
+    # a comment or the layout changed: the same run
+    assert learnability.same_stamp({"recipe": "# reworded\nseed: 0\nquestion_loss: 1.0\nstages:\n"
+                                              "  - {name: all, steps: 3000}\n", "sets": ["seed=1"]}, made_by)
+    # a value, an override or a missing recipe (a stamp from before the recipe was stamped): another run
+    assert not learnability.same_stamp({"recipe": recipe.replace("1.0", "0"), "sets": ["seed=1"]}, made_by)
+    assert not learnability.same_stamp({"recipe": recipe, "sets": []}, made_by)
+    assert not learnability.same_stamp({"sets": ["seed=1"]}, made_by)
