@@ -239,11 +239,12 @@ def main() -> None:
                          "last+mean: with a mean-pool head trained beside it)")
     ap.add_argument("--causal", action="store_true", help="causal fusion attention, as a decoder's (ablation)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--test", default="", help="a held-out split: the final model's accuracy on it and its answers")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     res = train_peer(a.train, a.eval, a.minutes, a.image_size, eval_every=a.eval_every, seed=a.seed,
-                     readout=a.readout, causal=a.causal)
+                     readout=a.readout, causal=a.causal, test_path=a.test)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res["final"]))

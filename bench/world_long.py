@@ -64,13 +64,9 @@ def main() -> None:
                 "--set=curves.samples=800", "--set=curves.every=1000", f"--set=stages.1.steps={a.steps}",
                 "--set=progress=false", "--set=stages.1.eval_every=0", "--set=checkpoint_every=2000")
     peer_json = work / "peer.json"
-    peer = [sys.executable, "-c", (
-        "import json, sys, torch; sys.path.insert(0, {bench!r}); torch.set_num_threads(1); "
-        "from peer import train_peer; "
-        "r = train_peer({train!r}, {val!r}, {minutes}, image_size=96, eval_every=8192, test_path={test!r}); "
-        "json.dump(r, open({dest!r}, 'w'), indent=1)").format(
-            bench=str(ROOT / "bench"), train=str(data["train"]), val=str(data["val"]), test=str(data["test"]),
-            minutes=a.minutes, dest=str(peer_json))]
+    peer = [sys.executable, str(ROOT / "bench" / "peer.py"), "--train", str(data["train"]), "--eval", str(data["val"]),
+            "--test", str(data["test"]), "--minutes", str(a.minutes), "--image-size", "96", "--eval-every", "8192",
+            "--out", str(peer_json)]
     # The recipe's text goes into the stamp too: the command names the recipe's path, not what it says.
     recipe = (ROOT / "nativevlm" / "recipes" / "native-custom.yaml").read_text()
     made_by = {"ours": train, "peer_minutes": a.minutes, "scenes": a.scenes, "recipe": recipe}

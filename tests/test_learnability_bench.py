@@ -4,6 +4,8 @@ reference is 1 / (distinct values in the image) for each question whose answer i
 probes read a linear signal and not noise; a finished run is reused only for the same recipe (as parsed) and
 settings."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -155,3 +157,17 @@ def test_a_run_is_reused_only_for_the_same_recipe_and_settings():
     assert not learnability.same_stamp({"recipe": recipe.replace("1.0", "0"), "sets": ["seed=1"]}, made_by)
     assert not learnability.same_stamp({"recipe": recipe, "sets": []}, made_by)
     assert not learnability.same_stamp({"sets": ["seed=1"]}, made_by)
+
+
+def test_peer_command_line_scores_a_test_split(tmp_path):
+    """bench/world_long.py starts the peer through its command line: `--test` gives the final model's accuracy
+    and answers on that split."""
+    paths = qa_sets.write_set("solo", tmp_path, {"train": 64, "val": 16, "test": 24})
+    out = tmp_path / "peer.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "peer.py"), "--train", str(paths["train"]), "--eval",
+                    str(paths["val"]), "--test", str(paths["test"]), "--minutes", "0.01", "--eval-every", "64",
+                    "--out", str(out)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = json.loads(out.read_text())
+    test_turns = sum(len(rec["conversations"]) // 2 for rec in json.loads(paths["test"].read_text()))
+    assert r["test_questions"] == len(r["test_answers"]) == test_turns
+    assert set(r["test"]) >= {"acc/all"} and 0.0 <= r["test"]["acc/all"] <= 1.0
