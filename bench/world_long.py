@@ -33,7 +33,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from learnability import cli, curve_points, plot, same_stamp, test_accuracy, world_set  # noqa: E402
 
-
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
