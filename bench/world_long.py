@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from learnability import cli, curve_points, plot, same_stamp, test_accuracy, world_set  # noqa: E402
+from learnability import RECIPES, cli, curve_points, plot, same_stamp, test_accuracy, world_set  # noqa: E402
 
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -56,7 +56,8 @@ def main() -> None:
         subprocess.run(cli("tokenizer", "train", str(work / "text.jsonl"), "--vocab-size", "1024", "--out", str(tok)),
                        check=True, env=ONE_THREAD)
     ours = work / "ours"
-    train = cli("train", str(ROOT / "nativevlm" / "recipes" / "native-custom.yaml"), "--out", str(ours),
+    recipe = RECIPES / "native-custom.yaml"
+    train = cli("train", str(recipe), "--out", str(ours),
                 f"--set=tokenizer={tok}", f"--set=stages.0.data.0.path={data['train']}",
                 f"--set=stages.1.data.0.path={data['train']}",
                 f"--set=stages.1.val_data={data['val']}", f"--set=curves.data={data['val']}",
@@ -67,8 +68,7 @@ def main() -> None:
             "--test", str(data["test"]), "--minutes", str(a.minutes), "--image-size", "96", "--eval-every", "8192",
             "--out", str(peer_json)]
     # The recipe's text goes into the stamp too: the command names the recipe's path, not what it says.
-    recipe = (ROOT / "nativevlm" / "recipes" / "native-custom.yaml").read_text()
-    made_by = {"ours": train, "peer_minutes": a.minutes, "scenes": a.scenes, "recipe": recipe}
+    made_by = {"ours": train, "peer_minutes": a.minutes, "scenes": a.scenes, "recipe": recipe.read_text()}
     stamp = work / "made_by.json"
     if stamp.exists() and not same_stamp(json.loads(stamp.read_text()), made_by):
         raise SystemExit(f"{work} holds runs made otherwise ({stamp}); choose another --work to rerun")
