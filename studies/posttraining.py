@@ -23,6 +23,10 @@ GSPO stage after those cuts, e.g. a longer run:
         --work runs/quickstart/posttraining-long --gspo-only --gspo-set stages.0.batch_size=16 \
         --gspo-set stages.0.steps=200 --gspo-set stages.0.lr=1e-5 \
         --gspo-set stages.0.objectives.0.eps_low=0.2 --gspo-set stages.0.objectives.0.eps_high=0.28
+
+`--sft MODEL --world DIR` starts from any SFT model of the world instead (e.g. the bring-your-own-data recipe
+trained on the world's QA, `bench/world_long.py`): DIR is a world folder (train.json, test.json), the cascade's
+training data; the tokenizer is the model folder's own (`--tokenizer` to name another), and `--work` is needed.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +72,26 @@ def evaluate_model(path: Path, world: Path) -> dict:
     return result
 
 
-def cascade_stage(qs: Path, stage: str, init: Path, seed: int, overrides: list[str]):
-    """One stage of the shipped cascade recipe, relocated into the quickstart folder, from `init`."""
-    data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), qs)
+@dataclass(frozen=True)
+class Base:
+    """Where the cascade starts and what it trains on: the quickstart's folder (the shipped recipe's `data/...`
+    paths are moved under it), its SFT model, the world folder and the tokenizer (None: the recipe's)."""
+    root: Path
+    sft: Path
+    world: Path
+    tokenizer: Path | None = None
+
+
+def cascade_stage(base: Base, stage: str, init: Path, seed: int, overrides: list[str]):
+    """One stage of the shipped cascade recipe, relocated into the base folder, from `init`; GSPO trains on the
+    base's world."""
+    data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), base.root)
     data["stages"] = [s for s in data["stages"] if s["name"] == stage]
     data.update(init={"path": str(init)}, seed=seed, device="cpu", progress=False)
+    if base.tokenizer is not None:
+        data["tokenizer"] = str(base.tokenizer)
+    if stage == "gspo":
+        data["stages"][0]["data"] = [{"path": str(base.world / "train.json")}]
     return recipe_from_dict(data, overrides)
 
 
@@ -85,24 +105,25 @@ def train_once(make_cfg, out: Path) -> Path:
     return train(make_cfg(), out, resume=(out / "checkpoints").exists(), log=lambda *a, **k: None).final
 
 
-def stage_run(qs: Path, stage: str, init: Path, out: Path, seed: int, overrides: list[str]) -> Path:
+def stage_run(base: Base, stage: str, init: Path, out: Path, seed: int, overrides: list[str]) -> Path:
     """One stage of the shipped cascade recipe from `init` into `out` (reused when already finished)."""
-    return train_once(lambda: cascade_stage(qs, stage, init, seed, overrides), out)
+    return train_once(lambda: cascade_stage(base, stage, init, seed, overrides), out)
 
 
-def sft_control(qs: Path, sft: Path, out: Path, seed: int, gspo_overrides: list[str]) -> Path:
+def sft_control(base: Base, out: Path, seed: int, gspo_overrides: list[str]) -> Path:
     """The control for GSPO: the SFT run's own last stage (its data mixture and objectives, from the run's
     config.yaml) continued from the SFT model for as many optimizer steps as the GSPO stage takes, with its
     batch size (here in conversations) and learning rate, constant. What GSPO gains beyond this, the reward
     gave."""
     def make_cfg():
-        g = cascade_stage(qs, "gspo", sft, seed, gspo_overrides).stages[0]
-        run = read_yaml(sft.parent / "config.yaml", "config")
+        g = cascade_stage(base, "gspo", base.sft, seed, gspo_overrides).stages[0]
+        run = read_yaml(base.sft.parent / "config.yaml", "config")
         stage = run["stages"][-1]
         stage.update(steps=g.steps, batch_size=g.batch_size, lr=g.lr, schedule="constant", warmup_steps=0)
-        return recipe_from_dict({"kind": "vlm", "tokenizer": run["tokenizer"], "init": {"path": str(sft)},
+        loss = {k: run[k] for k in ("question_loss", "square_average", "pack") if k in run}  # as the run had them
+        return recipe_from_dict({"kind": "vlm", "tokenizer": run["tokenizer"], "init": {"path": str(base.sft)},
                                  "max_length": run["max_length"], "seed": seed, "device": "cpu", "progress": False,
-                                 "checkpoint_every": 100, "stages": [stage]}, [])
+                                 "checkpoint_every": 100, "stages": [stage], **loss}, [])
 
     return train_once(make_cfg, out)
 
@@ -170,12 +191,26 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, default=None, help="run folder (default: QUICKSTART/posttraining)")
     ap.add_argument("--sft-control", action="store_true",
                     help="also continue the SFT run's last stage for as many steps as GSPO (model 'sft+')")
+    ap.add_argument("--sft", type=Path, default=None, help="start from this SFT model folder, not the quickstart's")
+    ap.add_argument("--world", type=Path, default=None, help="with --sft: the world folder it was trained on")
+    ap.add_argument("--tokenizer", type=Path, default=None, help="with --sft: default the model folder's own")
     args = ap.parse_args(argv)
-    qs, t0 = args.quickstart.resolve(), time.time()
-    sft = qs / "runs" / "native" / "final"
-    if not (sft / "model.safetensors").exists():
-        subprocess.run([sys.executable, "-m", "nativevlm", "quickstart", "--out", str(qs)], check=True)
-    world, work = qs / "data" / "world", (args.work or qs / "posttraining").resolve()
+    t0 = time.time()
+    if args.sft is not None:
+        if args.world is None or args.work is None:
+            ap.error("--sft needs --world (the world folder: train.json, test.json) and --work (a run folder)")
+        for need in (args.sft / "model.safetensors", args.world / "train.json", args.world / "test.json"):
+            if not need.exists():
+                ap.error(f"{need} does not exist")
+        work = args.work.resolve()
+        base = Base(work, args.sft.resolve(), args.world.resolve(), (args.tokenizer or args.sft).resolve())
+    else:
+        qs = args.quickstart.resolve()
+        base = Base(qs, qs / "runs" / "native" / "final", qs / "data" / "world")
+        if not (base.sft / "model.safetensors").exists():
+            subprocess.run([sys.executable, "-m", "nativevlm", "quickstart", "--out", str(qs)], check=True)
+        work = (args.work or qs / "posttraining").resolve()
+    sft, world = base.sft, base.world
     overrides = {"mpo": SCALE["mpo"] + ([f"stages.0.steps={args.mpo_steps}"] if args.mpo_steps else []),
                  "gspo": SCALE["gspo"] + ([f"stages.0.steps={args.gspo_steps}"] if args.gspo_steps else [])
                  + args.gspo_set}
@@ -201,12 +236,12 @@ def main(argv=None) -> None:
             t = time.time()
             init = init or runs["mpo"]
             extra = overrides[stage] + (pair_override if stage == "mpo" else [])
-            runs[name] = stage_run(qs, stage, init, w / name.replace("+", "_"), seed, extra)
+            runs[name] = stage_run(base, stage, init, w / name.replace("+", "_"), seed, extra)
             study["accuracy"][name][s] = evaluate_model(runs[name], world)
             timings[f"{name} {s} (train + evaluate)"] = round(time.time() - t)
         if args.sft_control:
             t = time.time()
-            runs[CONTROL] = sft_control(qs, sft, w / "sft_more", seed, overrides["gspo"])
+            runs[CONTROL] = sft_control(base, w / "sft_more", seed, overrides["gspo"])
             study["accuracy"][CONTROL][s] = evaluate_model(runs[CONTROL], world)
             timings[f"{CONTROL} {s} (train + evaluate)"] = round(time.time() - t)
         study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo") if name in runs}
