@@ -15,9 +15,9 @@ and evaluates every model on the held-out test split (greedy, through the engine
 `--out` gets study.json (accuracy per family of each model and seed, and each GSPO run's reward, accuracy,
 kept fraction and clip fraction per step) and study.png. The step counts are the recipe's unless overridden
 (`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core CPU. `--gspo-only` runs SFT ->
-GSPO alone (no pairs, no MPO), `--sft-control` adds the control (model `sft+`: the SFT run's own last stage
-continued for as many steps as GSPO takes, at GSPO's learning rate), and `--gspo-set KEY=VALUE` changes the
-GSPO stage after those cuts, e.g. a longer run:
+GSPO alone (no pairs, no MPO), `--mpo-only` SFT -> +MPO alone, `--sft-control` adds the control (model `sft+`:
+the SFT run's own last stage continued for as many steps as GSPO takes, at GSPO's learning rate), and
+`--mpo-set` / `--gspo-set KEY=VALUE` change the MPO / GSPO stage after those cuts, e.g. a longer run:
 
     python studies/posttraining.py --quickstart runs/quickstart --out docs/studies/posttraining/gspo-long \
         --work runs/quickstart/posttraining-long --gspo-only --gspo-set stages.0.batch_size=16 \
@@ -186,6 +186,9 @@ def main(argv=None) -> None:
     ap.add_argument("--mpo-steps", type=int, default=0, help="0: the recipe's")
     ap.add_argument("--gspo-steps", type=int, default=0, help="0: the recipe's")
     ap.add_argument("--gspo-only", action="store_true", help="SFT -> GSPO alone: no pairs, no MPO")
+    ap.add_argument("--mpo-only", action="store_true", help="SFT -> +MPO alone: no GSPO")
+    ap.add_argument("--mpo-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the MPO stage, e.g. stages.0.lr=3e-5")
     ap.add_argument("--gspo-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of the GSPO stage after the cuts above, e.g. stages.0.lr=1e-5")
     ap.add_argument("--work", type=Path, default=None, help="run folder (default: QUICKSTART/posttraining)")
@@ -195,6 +198,8 @@ def main(argv=None) -> None:
     ap.add_argument("--world", type=Path, default=None, help="with --sft: the world folder it was trained on")
     ap.add_argument("--tokenizer", type=Path, default=None, help="with --sft: default the model folder's own")
     args = ap.parse_args(argv)
+    if args.gspo_only and args.mpo_only:
+        ap.error("--gspo-only and --mpo-only exclude each other")
     t0 = time.time()
     if args.sft is not None:
         if args.world is None or args.work is None:
@@ -211,10 +216,11 @@ def main(argv=None) -> None:
             subprocess.run([sys.executable, "-m", "nativevlm", "quickstart", "--out", str(qs)], check=True)
         work = (args.work or qs / "posttraining").resolve()
     sft, world = base.sft, base.world
-    overrides = {"mpo": SCALE["mpo"] + ([f"stages.0.steps={args.mpo_steps}"] if args.mpo_steps else []),
+    overrides = {"mpo": SCALE["mpo"] + ([f"stages.0.steps={args.mpo_steps}"] if args.mpo_steps else []) + args.mpo_set,
                  "gspo": SCALE["gspo"] + ([f"stages.0.steps={args.gspo_steps}"] if args.gspo_steps else [])
                  + args.gspo_set}
-    models = (("sft", "gspo") if args.gspo_only else MODELS) + ((CONTROL,) if args.sft_control else ())
+    models = (("sft", "gspo") if args.gspo_only else ("sft", "mpo") if args.mpo_only else MODELS) \
+        + ((CONTROL,) if args.sft_control else ())
     timings = {}
     study = {"seeds": args.seeds, "questions": args.questions, "accuracy": {m: {} for m in models}, "curves": {},
              "pairs": {}, "overrides": overrides, "timings_s": timings}
