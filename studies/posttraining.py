@@ -24,9 +24,11 @@ the SFT run's own last stage continued for as many steps as GSPO takes, at GSPO'
         --gspo-set stages.0.steps=200 --gspo-set stages.0.lr=1e-5 \
         --gspo-set stages.0.objectives.0.eps_low=0.2 --gspo-set stages.0.objectives.0.eps_high=0.28
 
-`--sft MODEL --world DIR` starts from any SFT model of the world instead (e.g. the bring-your-own-data recipe
-trained on the world's QA, `bench/world_long.py`): DIR is a world folder (train.json, test.json), the cascade's
-training data; the tokenizer is the model folder's own (`--tokenizer` to name another), and `--work` is needed.
+`--sampled N` also scores every model on N replies per test question sampled at temperature 1 (what GSPO's
+reward averages; avg@N and pass@N per family). `--sft MODEL --world DIR` starts from any SFT model of the world
+instead (e.g. the bring-your-own-data recipe trained on the world's QA, `bench/world_long.py`): DIR is a world
+folder (train.json, test.json), the cascade's training data; the tokenizer is the model folder's own
+(`--tokenizer` to name another), and `--work` is needed.
 """
 from __future__ import annotations
 
@@ -128,6 +130,27 @@ def sft_control(base: Base, out: Path, seed: int, gspo_overrides: list[str]) -> 
     return train_once(make_cfg, out)
 
 
+def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> dict:
+    """What GSPO's reward averages: `n` replies to each test question sampled at temperature 1 (`nativevlm data
+    preferences`, whose pair and skipped files keep each question's count of right replies, so a rerun samples
+    nothing), scored as the reward reads them. Mean accuracy over replies (avg@n) overall and per family, and
+    pass@n (the share of questions with at least one right reply)."""
+    from nativevlm.rl.preferences import read_jsonl
+
+    subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(world / "test.json"), "--model",
+                    str(model), "--out", str(out), "--n", str(n), "--seed", str(seed), "--max-new-tokens", "8",
+                    "--device", "cpu"], check=True, stdout=subprocess.DEVNULL)
+    family = {r["id"]: r.get("meta", {}).get("family", "all") for r in json.loads((world / "test.json").read_text())}
+    right = {r["id"]: r["meta"]["n_right"] for r in read_jsonl(out)}
+    right |= {r["id"]: r["n_right"] for r in read_jsonl(Path(f"{out}.skipped.jsonl"))}
+    by: dict[str, list[int]] = {}
+    for qid, k in right.items():
+        by.setdefault("overall", []).append(k)
+        by.setdefault(family[qid], []).append(k)
+    result = {f: sum(ks) / (n * len(ks)) for f, ks in sorted(by.items())}
+    return result | {"n": len(right), f"pass@{n}": sum(k > 0 for k in right.values()) / len(right)}
+
+
 def curves(run: Path) -> dict:
     rows = [json.loads(line) for line in (run.parent / "metrics.jsonl").read_text().splitlines()]
     pick = lambda key: [[r["step"], r[key]] for r in rows if key in r]  # noqa: E731
@@ -142,14 +165,22 @@ def plot(study: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    wide = "sampled" in study  # a fourth panel: the same bars for replies sampled at temperature 1
+    fig, axes = plt.subplots(2, 2, figsize=(17, 9.2)) if wide else plt.subplots(1, 3, figsize=(17, 4.6))
+    axes = list(np.ravel(axes))
     colours = {"sft": "tab:gray", "mpo": "tab:orange", "mpo+gspo": "tab:red", "gspo": "tab:blue",
                CONTROL: "tab:green"}
     for seed, runs in study["curves"].items():
         for name, c in runs.items():
             style = "-" if seed == str(study["seeds"][0]) else "--"
             x, y = zip(*c["reward"])
-            axes[0].plot(x, y, style, color=colours[name], marker="o", ms=3, label=f"{LABELS[name]}, seed {seed}")
+            if len(y) <= 50:
+                axes[0].plot(x, y, style, color=colours[name], marker="o", ms=3, label=f"{LABELS[name]}, seed {seed}")
+            else:  # hundreds of rollouts: each faint, and the mean of the last 20 drawn over them
+                axes[0].plot(x, y, style, color=colours[name], lw=0.6, alpha=0.25)
+                mean = np.convolve(y, np.ones(20) / 20, mode="valid")
+                axes[0].plot(x[19:], mean, style, color=colours[name], lw=2,
+                              label=f"{LABELS[name]}, seed {seed} (mean of 20 rollouts)")
             x, y = zip(*c["clip_fraction"])
             axes[1].plot(x, y, style, color=colours[name], lw=1, label=f"{LABELS[name]}, seed {seed}")
     axes[0].set(title="GSPO: mean reward of each rollout (correct 1 + format 0.5)", xlabel="optimizer step",
@@ -159,20 +190,25 @@ def plot(study: dict, path: Path) -> None:
     for ax in axes[:2]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    families = [k for k in study["accuracy"]["sft"][str(study["seeds"][0])] if k not in ("n",)]
-    models = list(study["accuracy"])
-    width = 0.8 / len(models)
-    for j, m in enumerate(models):
-        runs = study["accuracy"][m]
-        vals = np.array([[runs[s][f] for f in families] for s in runs]) * 100
-        mean = vals.mean(0)
-        err = np.stack([mean - vals.min(0), vals.max(0) - mean])
-        axes[2].bar(np.arange(len(families)) + (j - (len(models) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
-                    color=colours[m], label=LABELS[m])
-    axes[2].set_xticks(np.arange(len(families)), families, rotation=45, ha="right", fontsize=8)
-    axes[2].set(title="held-out test accuracy (%), mean and range over seeds", ylim=(0, 100))
-    axes[2].legend(fontsize=7)
-    axes[2].grid(axis="y", alpha=0.3)
+    panels = [("accuracy", "held-out test accuracy (%), greedy, mean and range over seeds")]
+    if "sampled" in study:
+        panels.append(("sampled", "test accuracy (%) of replies sampled at temperature 1, mean and range over seeds"))
+    for ax, (key, title) in zip(axes[2:], panels):
+        first = study[key]["sft"][str(study["seeds"][0])]
+        families = [k for k in first if k != "n" and not k.startswith("pass@")]
+        models = list(study[key])
+        width = 0.8 / len(models)
+        for j, m in enumerate(models):
+            runs = study[key][m]
+            vals = np.array([[runs[s][f] for f in families] for s in runs]) * 100
+            mean = vals.mean(0)
+            err = np.stack([mean - vals.min(0), vals.max(0) - mean])
+            ax.bar(np.arange(len(families)) + (j - (len(models) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+                   color=colours[m], label=LABELS[m])
+        ax.set_xticks(np.arange(len(families)), families, rotation=45, ha="right", fontsize=8)
+        ax.set(title=title, ylim=(0, 100))
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -194,6 +230,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, default=None, help="run folder (default: QUICKSTART/posttraining)")
     ap.add_argument("--sft-control", action="store_true",
                     help="also continue the SFT run's last stage for as many steps as GSPO (model 'sft+')")
+    ap.add_argument("--sampled", type=int, default=0, metavar="N",
+                    help="also score N replies per test question sampled at temperature 1 for every model")
     ap.add_argument("--sft", type=Path, default=None, help="start from this SFT model folder, not the quickstart's")
     ap.add_argument("--world", type=Path, default=None, help="with --sft: the world folder it was trained on")
     ap.add_argument("--tokenizer", type=Path, default=None, help="with --sft: default the model folder's own")
@@ -224,6 +262,8 @@ def main(argv=None) -> None:
     timings = {}
     study = {"seeds": args.seeds, "questions": args.questions, "accuracy": {m: {} for m in models}, "curves": {},
              "pairs": {}, "overrides": overrides, "timings_s": timings}
+    if args.sampled:
+        study["sampled"] = {m: {} for m in models}
     for seed in args.seeds:
         s, w = str(seed), work / f"seed{seed}"
         runs, pair_override = {}, []
@@ -251,6 +291,12 @@ def main(argv=None) -> None:
             study["accuracy"][CONTROL][s] = evaluate_model(runs[CONTROL], world)
             timings[f"{CONTROL} {s} (train + evaluate)"] = round(time.time() - t)
         study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo") if name in runs}
+        if args.sampled:
+            t = time.time()
+            for name, path in {"sft": sft, **runs}.items():
+                study["sampled"][name][s] = sampled_accuracy(path, world, w / "sampled" / f"{name}.jsonl",
+                                                              args.sampled, seed)
+            timings[f"sampled {s}"] = round(time.time() - t)
         print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in models[1:]),
               flush=True)
     t = time.time()
