@@ -76,8 +76,9 @@ def evaluate_model(path: Path, world: Path) -> dict:
 
 @dataclass(frozen=True)
 class Base:
-    """Where the cascade starts and what it trains on: the quickstart's folder (the shipped recipe's `data/...`
-    paths are moved under it), its SFT model, the world folder and the tokenizer (None: the recipe's)."""
+    """Where the cascade starts and what it trains on: the folder the shipped recipe's `data/...` paths are moved
+    under (the quickstart's; with `--sft` the work folder, as every such path is then given), the SFT model, the
+    world folder and the tokenizer (None: the recipe's)."""
     root: Path
     sft: Path
     world: Path
@@ -147,7 +148,7 @@ def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> 
     for qid, k in right.items():
         by.setdefault("overall", []).append(k)
         by.setdefault(family[qid], []).append(k)
-    result = {f: sum(ks) / (n * len(ks)) for f, ks in sorted(by.items())}
+    result = {f: sum(ks) / (n * len(ks)) for f, ks in sorted(by.items(), key=lambda kv: (kv[0] != "overall", kv[0]))}
     return result | {"n": len(right), f"pass@{n}": sum(k > 0 for k in right.values()) / len(right)}
 
 
@@ -188,7 +189,10 @@ def plot(study: dict, path: Path) -> None:
     axes[1].set(title="GSPO: clip fraction per step (rollout steps are on-policy: 0)", xlabel="optimizer step",
                 ylabel="share of sequences clipped")
     for ax in axes[:2]:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:  # --mpo-only
+            ax.text(0.5, 0.5, "no GSPO run in this study", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     panels = [("accuracy", "held-out test accuracy (%), greedy, mean and range over seeds")]
     if "sampled" in study:
