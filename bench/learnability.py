@@ -52,13 +52,14 @@ from peer import train_peer  # noqa: E402
 from qa_sets import SETS, write_set  # noqa: E402
 
 RECIPES = ROOT / "nativevlm" / "recipes"
+BYOD_RECIPE = RECIPES / "native-custom.yaml"  # the bring-your-own-data recipe every arm trains (with overrides)
 
 
 def answer_words_changed(**fields) -> str:
     """The override `stages.1.objectives=[...]`: the shipped recipe's second-stage objectives with
     answer_words' `fields` changed (None drops one). `--set` cannot add a key to a list element, so an arm
     restates the list; read from the recipe, it keeps the recipe's weight and every other field."""
-    objectives = read_yaml(RECIPES / "native-custom.yaml", "recipe")["stages"][1]["objectives"]
+    objectives = read_yaml(BYOD_RECIPE, "recipe")["stages"][1]["objectives"]
     changed = [{k: v for k, v in {**o, **fields}.items() if v is not None} if o["name"] == "answer_words" else o
                for o in objectives]
     return "stages.1.objectives=" + json.dumps(changed)
@@ -114,7 +115,7 @@ def curve_priors(val: Path) -> dict[str, float]:
     from nativevlm.eval.curves import fixed_subset
     from nativevlm.eval.harness import answer_priors
 
-    samples = read_yaml(RECIPES / "native-custom.yaml", "recipe")["curves"]["samples"]
+    samples = read_yaml(BYOD_RECIPE, "recipe")["curves"]["samples"]
     return answer_priors(fixed_subset(llava_qa.read(val, lambda *a, **k: None).items, samples))
 
 
@@ -132,7 +133,7 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         sets.append(f"seed={seed}")
     # A finished run is reused only if it was made by this recipe with these overrides (the recipe compared
     # as parsed YAML, so that an edited comment does not void a run).
-    made_by = {"recipe": (RECIPES / "native-custom.yaml").read_text(), "sets": sets}
+    made_by = {"recipe": BYOD_RECIPE.read_text(), "sets": sets}
     stamp = work / "made_by.json"
     if stamp.exists() and not same_stamp(json.loads(stamp.read_text()), made_by):
         raise SystemExit(f"{work} holds a run of another recipe or other overrides; delete it to rerun this arm")
@@ -140,7 +141,7 @@ def run_arm(arm: str, data: dict[str, Path], work: Path, vlm_steps: int, seed: i
         stamp.write_text(json.dumps(made_by))
         wall["data_text"] = sh(cli("data", "text", str(data["train"]), "--out", str(text)), log)
         wall["tokenizer"] = sh(cli("tokenizer", "train", str(text), "--vocab-size", "1024", "--out", str(tok)), log)
-        wall["native_vlm"] = sh(cli("train", str(RECIPES / "native-custom.yaml"), "--out", str(vlm),
+        wall["native_vlm"] = sh(cli("train", str(BYOD_RECIPE), "--out", str(vlm),
                                     *(f"--set={s}" for s in sets)), log)
     if not (work / "eval" / "results.json").exists():
         wall["eval"] = sh(cli("eval", str(vlm / "final"), "--bench", f"llava:{data['test']}", "--out",

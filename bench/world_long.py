@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from learnability import RECIPES, cli, curve_points, plot, same_stamp, test_accuracy, world_set  # noqa: E402
+from learnability import BYOD_RECIPE, cli, curve_points, plot, same_stamp, test_accuracy, world_set  # noqa: E402
 
 ONE_THREAD = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -56,7 +56,7 @@ def main() -> None:
         subprocess.run(cli("tokenizer", "train", str(work / "text.jsonl"), "--vocab-size", "1024", "--out", str(tok)),
                        check=True, env=ONE_THREAD)
     ours = work / "ours"
-    recipe = RECIPES / "native-custom.yaml"
+    recipe = BYOD_RECIPE
     train = cli("train", str(recipe), "--out", str(ours),
                 f"--set=tokenizer={tok}", f"--set=stages.0.data.0.path={data['train']}",
                 f"--set=stages.1.data.0.path={data['train']}",
