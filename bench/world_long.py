@@ -56,8 +56,7 @@ def main() -> None:
         subprocess.run(cli("tokenizer", "train", str(work / "text.jsonl"), "--vocab-size", "1024", "--out", str(tok)),
                        check=True, env=ONE_THREAD)
     ours = work / "ours"
-    recipe = BYOD_RECIPE
-    train = cli("train", str(recipe), "--out", str(ours),
+    train = cli("train", str(BYOD_RECIPE), "--out", str(ours),
                 f"--set=tokenizer={tok}", f"--set=stages.0.data.0.path={data['train']}",
                 f"--set=stages.1.data.0.path={data['train']}",
                 f"--set=stages.1.val_data={data['val']}", f"--set=curves.data={data['val']}",
@@ -68,7 +67,7 @@ def main() -> None:
             "--test", str(data["test"]), "--minutes", str(a.minutes), "--image-size", "96", "--eval-every", "8192",
             "--out", str(peer_json)]
     # The recipe's text goes into the stamp too: the command names the recipe's path, not what it says.
-    made_by = {"ours": train, "peer_minutes": a.minutes, "scenes": a.scenes, "recipe": recipe.read_text()}
+    made_by = {"ours": train, "peer_minutes": a.minutes, "scenes": a.scenes, "recipe": BYOD_RECIPE.read_text()}
     stamp = work / "made_by.json"
     if stamp.exists() and not same_stamp(json.loads(stamp.read_text()), made_by):
         raise SystemExit(f"{work} holds runs made otherwise ({stamp}); choose another --work to rerun")

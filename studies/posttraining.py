@@ -123,12 +123,21 @@ def sft_control(base: Base, out: Path, seed: int, gspo_overrides: list[str]) -> 
         run = read_yaml(base.sft.parent / "config.yaml", "config")
         stage = run["stages"][-1]
         stage.update(steps=g.steps, batch_size=g.batch_size, lr=g.lr, schedule="constant", warmup_steps=0)
-        loss = {k: run[k] for k in ("question_loss", "square_average", "pack") if k in run}  # as the run had them
+        as_run = {k: run[k] for k in ("question_loss", "square_average", "pack") if k in run}  # as the run had them
         return recipe_from_dict({"kind": "vlm", "tokenizer": run["tokenizer"], "init": {"path": str(base.sft)},
                                  "max_length": run["max_length"], "seed": seed, "device": "cpu", "progress": False,
-                                 "checkpoint_every": 100, "stages": [stage], **loss}, [])
+                                 "checkpoint_every": 100, "stages": [stage], **as_run}, [])
 
     return train_once(make_cfg, out)
+
+
+def sample_replies(qa: Path, model: Path, out: Path, seed: int, *extra: str) -> None:
+    """`nativevlm data preferences` on `qa`: replies of `model` sampled at temperature 1 and checked against the
+    answers, kept in `out` (its pairs), `out`.skipped.jsonl and `out`.summary.json; a rerun samples only what is
+    missing."""
+    subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(qa), "--model", str(model), "--out",
+                    str(out), "--seed", str(seed), "--max-new-tokens", "8", "--device", "cpu", *extra], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> dict:
@@ -138,9 +147,7 @@ def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> 
     pass@n (the share of questions with at least one right reply)."""
     from nativevlm.rl.preferences import read_jsonl
 
-    subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(world / "test.json"), "--model",
-                    str(model), "--out", str(out), "--n", str(n), "--seed", str(seed), "--max-new-tokens", "8",
-                    "--device", "cpu"], check=True, stdout=subprocess.DEVNULL)
+    sample_replies(world / "test.json", model, out, seed, "--n", str(n))
     family = {r["id"]: r.get("meta", {}).get("family", "all") for r in json.loads((world / "test.json").read_text())}
     right = {r["id"]: r["meta"]["n_right"] for r in read_jsonl(out)}
     right |= {r["id"]: r["n_right"] for r in read_jsonl(Path(f"{out}.skipped.jsonl"))}
@@ -274,9 +281,7 @@ def main(argv=None) -> None:
         if not args.gspo_only:
             t = time.time()
             pairs_seed = w / "world_pairs.jsonl"
-            subprocess.run([sys.executable, "-m", "nativevlm", "data", "preferences", str(world / "train.json"),
-                            "--model", str(sft), "--out", str(pairs_seed), "--limit", str(args.questions), "--seed",
-                            s, "--max-new-tokens", "8", "--device", "cpu"], check=True, stdout=subprocess.DEVNULL)
+            sample_replies(world / "train.json", sft, pairs_seed, seed, "--limit", str(args.questions))
             study["pairs"][s] = json.loads(Path(f"{pairs_seed}.summary.json").read_text())
             pair_override = [f"stages.0.data.0.path={pairs_seed}"]
             timings[f"pairs {s}"] = round(time.time() - t)
