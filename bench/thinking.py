@@ -4,9 +4,15 @@ Extract+Think, on the built-in world's held-out test split, starting from a quic
     nativevlm quickstart --out runs/quickstart          # once (about 10 CPU minutes)
     python bench/thinking.py --quickstart runs/quickstart --out docs/studies/posttraining/thinking
 
+or, parts `thinking` and `gspo`, from any VLM trained on a world (its model folder holds its tokenizer):
+
+    python bench/thinking.py --sft runs/world_long_q1/ours/final --world runs/world_long_q1/world \
+        --work runs/world_long_q1/thinking --out OUT --parts thinking gspo --fusion-lr 1e-4
+
 What it trains, each from the quickstart's models with the shipped recipe scaled down (`--steps`):
 - `fused`: recipes/think-fusion.yaml on the quickstart VLM (half the reasoning questions with their rationale
-  as `<think>`, everything else direct);
+  as `<think>`, everything else direct); with `--sft`, on that model and on the world's QA file alone (a model
+  trained on QA alone, as the bring-your-own-data recipe's is, is not handed the world's chat and captions);
 - `vet`: recipes/vet-perceiver.yaml (data from `nativevlm data vet`), and `caption`, the same recipe with the
   captions in place of the VET data, so the two perceivers differ in their data only (`--caption-steps 0`:
   the quickstart VLM itself, trained on captions in all three of its stages, is the caption perceiver);
@@ -17,7 +23,7 @@ What it trains, each from the quickstart's models with the shipped recipe scaled
   think-fusion steps as GSPO's N); runs named by these settings, so each is trained once and reused.
 
 What it measures (greedy, `--limit` test questions, accuracy per family):
-- the quickstart VLM as it is (the direct baseline before think-fusion), and `fused` asked with think=False,
+- the quickstart VLM (or `--sft`) as it is (the direct baseline before think-fusion), and `fused` asked with think=False,
   think=True (budget `--budget`) and left to choose;
 - part `gspo`: the SFT model, each GSPO model and the control asked with think=True and think=False, and
   each GSPO run's reward, accuracy, reply length, kept share and clip fraction per step (`gspo_thinking.png`);
@@ -106,10 +112,18 @@ def thinking_tokens(result, tokenizer) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quickstart", required=True, help="a `nativevlm quickstart --out` folder")
+    start = ap.add_mutually_exclusive_group(required=True)
+    start.add_argument("--quickstart", help="a `nativevlm quickstart --out` folder")
+    start.add_argument("--sft", help="or a VLM model folder (with its tokenizer) trained on --world's questions "
+                                     "(parts thinking and gspo)")
+    ap.add_argument("--world", help="with --sft: the world folder (train.json with rationales, test.json)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--work", help="where the trained models go (default: <quickstart>/thinking-bench)")
+    ap.add_argument("--work", help="where the trained models go (default: <quickstart>/thinking-bench; "
+                                   "needed with --sft)")
     ap.add_argument("--steps", type=int, default=120, help="optimizer steps of the think-fusion fine-tune")
+    ap.add_argument("--fusion-lr", type=float, default=1e-3,
+                    help="think-fusion learning rate (1e-3 suits the quickstart's model; a model whose own "
+                         "schedule ended lower wants less)")
     ap.add_argument("--vet-steps", type=int, default=120, help="optimizer steps of the VET fine-tune")
     ap.add_argument("--caption-steps", type=int, default=120,
                     help="optimizer steps of the caption fine-tune (0: the quickstart VLM as it is)")
@@ -130,11 +144,28 @@ def main() -> None:
     ap.add_argument("--gspo-filter", type=float, nargs=2, default=[0.2, 0.8], metavar=("LOW", "HIGH"),
                     help="GSPO's accuracy filter (0 1: keep every question)")
     args = ap.parse_args()
-    qs, out = Path(args.quickstart).resolve(), Path(args.out)
+    if args.sft:
+        if not (args.world and args.work):
+            ap.error("--sft needs --world (the world it was trained on) and --work (where the models go)")
+        if "extract_think" in args.parts:
+            ap.error("part extract_think trains a reasoner from the quickstart's text LM, so it needs "
+                     "--quickstart; with --sft pass --parts thinking gspo (or one of them)")
+        for what, path in (("--sft", Path(args.sft) / "config.json"), ("--world", Path(args.world) / "train.json")):
+            if not path.is_file():
+                ap.error(f"{what} {path.parent}: no {path.name} there")
+    elif args.world:
+        ap.error("--world goes with --sft (a quickstart folder holds its world)")
+    qs, out = Path(args.quickstart or args.sft).resolve(), Path(args.out)
     work = Path(args.work).resolve() if args.work else qs / "thinking-bench"
     world = work / "data" / "world"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
+    if args.sft and not world.is_dir():  # the model as the recipes' runs/native/final, its world and tokenizer
+        (work / "runs" / "native").mkdir(parents=True, exist_ok=True)
+        (work / "runs" / "native" / "final").symlink_to(qs)
+        (work / "data").mkdir(parents=True, exist_ok=True)
+        (work / "data" / "tokenizer").symlink_to(qs)
+        world.symlink_to(Path(args.world).resolve())
     if not world.is_dir():  # the quickstart's data and models, seen from the work folder
         (work / "data").mkdir(parents=True, exist_ok=True)
         shutil.copytree(qs / "data" / "world", world, symlinks=True)
@@ -151,6 +182,11 @@ def main() -> None:
 
     def steps(n: int) -> list[str]:
         return [f"stages.0.steps={n}", "stages.0.warmup_steps=10"]
+
+    fusion = [o for o in VLM if not o.startswith("stages.0.lr=")] + [f"stages.0.lr={args.fusion_lr:g}"] + (
+        # with --sft, the QA file alone; overrides are not relocated: full paths
+        [f"stages.0.data=[{{path: {world / 'train.json'}, weight: 1.0, thinking: 0.5}}]",
+         f"stages.0.val_data={world / 'val.json'}"] if args.sft else [])
 
     tok = Tokenizer.load(work / "data" / "tokenizer")
     bench = load_benchmark(f"world:{world}")
@@ -169,22 +205,26 @@ def main() -> None:
 
     n = 8 + args.budget + 8
     if "thinking" in args.parts:
-        fused = trained("fused", "think-fusion", work, VLM + steps(args.steps), log)
-        base = load_pretrained(qs / "runs" / "native" / "final")
-        run("direct_vs_thinking", "quickstart (before fusion)", LocalAnswerer(base, tok, 64, 8))
+        fused = trained("fused", "think-fusion", work, fusion + steps(args.steps), log)
+        base = load_pretrained(work / "runs" / "native" / "final")
+        run("direct_vs_thinking", f"{'SFT model' if args.sft else 'quickstart'} (before fusion)",
+            LocalAnswerer(base, tok, 64, 8))
         model = load_pretrained(fused)
         run("direct_vs_thinking", "fused, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
         run("direct_vs_thinking", "fused, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
         run("direct_vs_thinking", "fused, model chooses", LocalAnswerer(model, tok, 64, n), True)
     if "gspo" in args.parts:
-        fused = trained("fused", "think-fusion", work, VLM + steps(args.steps), log)
-        results["gspo_curves"] = gspo_thinking(args, work, fused, tok, log, run, n)
+        fused = trained("fused", "think-fusion", work, fusion + steps(args.steps), log)
+        results["gspo_curves"] = gspo_thinking(args, work, fused, fusion, tok, log, run, n)
     if "extract_think" in args.parts:
         extract_think(args, qs, work, world, tok, log, steps, run, n)
 
     record = {"questions": len(bench.items), "budget": args.budget, "trained": log, "eval_seconds": timings,
               "total_seconds": round(time.time() - t_start, 1),
-              "command": f"python bench/thinking.py --quickstart QUICKSTART --out {args.out} --steps {args.steps} "
+              "command": f"python bench/thinking.py "
+                         + (f"--sft {args.sft} --world {args.world} --work {args.work} " if args.sft
+                            else "--quickstart QUICKSTART ")
+                         + f"--out {args.out} --steps {args.steps} --fusion-lr {args.fusion_lr:g} "
                          f"--vet-steps {args.vet_steps} --caption-steps {args.caption_steps} "
                          f"--reasoner-steps {args.reasoner_steps} --limit {args.limit} --budget {args.budget} "
                          f"--parts {' '.join(args.parts)}"
@@ -200,7 +240,7 @@ def main() -> None:
     print(f"-> {out / 'thinking.json'}, {out / 'thinking.png'} in {record['total_seconds'] / 60:.1f} min")
 
 
-def gspo_thinking(args, work: Path, fused: Path, tok, log: dict, run, n: int) -> dict:
+def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: dict, run, n: int) -> dict:
     """Thinking-mode GSPO, per seed, from the think-fused model trained `--gspo-sft-steps` more think-fusion
     steps (the SFT model of this cascade), with the gspo stage of recipes/cascade-rl.yaml and `think: true`
     (replies of up to `n` tokens, `--budget` of them thinking). The SFT model and each GSPO model are asked
@@ -211,8 +251,8 @@ def gspo_thinking(args, work: Path, fused: Path, tok, log: dict, run, n: int) ->
     from nativevlm.train.recipe import recipe_from_dict, relocate_paths
 
     def more_fusion(name: str, init: Path, k: int) -> Path:
-        return trained(name, "think-fusion", work, VLM + [f"stages.0.steps={k}", "stages.0.warmup_steps=10",
-                                                          f"init.path={init}"], log)
+        return trained(name, "think-fusion", work, fusion + [f"stages.0.steps={k}", "stages.0.warmup_steps=10",
+                                                             f"init.path={init}"], log)
 
     def both_ways(label: str, path: Path) -> None:
         model = load_pretrained(path)
