@@ -46,6 +46,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nativevlm.config import to_dict  # noqa: E402
 from nativevlm.data.extract_think import EXTRACT_PROMPT  # noqa: E402
 from nativevlm.data.tokenizer import Tokenizer  # noqa: E402
 from nativevlm.data.vet import VET_PROMPT  # noqa: E402
@@ -72,6 +73,11 @@ def sh(*args: str) -> None:
 def trained(name: str, recipe: str, work: Path, overrides: list[str], log: dict) -> Path:
     out = work / "runs" / name
     record(out, log, name)
+    made_with = log.get(name, {}).get("overrides")
+    if (out / "final").is_dir() and made_with is not None and made_with != overrides and (  # as parsed: 1e-3 = 0.001
+            to_dict(load_shipped_recipe(recipe, work, made_with)) != to_dict(load_shipped_recipe(recipe, work, overrides))):
+        raise SystemExit(f"{out} was trained with other settings ({out / 'bench_record.json'}); delete it, or "
+                         "give these another --work")
     if not (out / "final").is_dir():
         t0 = time.time()
         train(load_shipped_recipe(recipe, work, overrides), out)
@@ -124,6 +130,10 @@ def main() -> None:
     ap.add_argument("--fusion-lr", type=float, default=1e-3,
                     help="think-fusion learning rate (1e-3 suits the quickstart's model; a model whose own "
                          "schedule ended lower wants less)")
+    ap.add_argument("--fusion-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the think-fusion recipe (repeatable), e.g. question_loss=1.0 or "
+                         "'stages.0.objectives=[{name: sft}, {name: answer_words}]' to keep what the SFT model "
+                         "trained with")
     ap.add_argument("--vet-steps", type=int, default=120, help="optimizer steps of the VET fine-tune")
     ap.add_argument("--caption-steps", type=int, default=120,
                     help="optimizer steps of the caption fine-tune (0: the quickstart VLM as it is)")
@@ -186,7 +196,7 @@ def main() -> None:
     fusion = [o for o in VLM if not o.startswith("stages.0.lr=")] + [f"stages.0.lr={args.fusion_lr:g}"] + (
         # with --sft, the QA file alone; overrides are not relocated: full paths
         [f"stages.0.data=[{{path: {world / 'train.json'}, weight: 1.0, thinking: 0.5}}]",
-         f"stages.0.val_data={world / 'val.json'}"] if args.sft else [])
+         f"stages.0.val_data={world / 'val.json'}"] if args.sft else []) + args.fusion_set
 
     tok = Tokenizer.load(work / "data" / "tokenizer")
     bench = load_benchmark(f"world:{world}")
@@ -225,7 +235,8 @@ def main() -> None:
                          + (f"--sft {args.sft} --world {args.world} --work {args.work} " if args.sft
                             else "--quickstart QUICKSTART ")
                          + f"--out {args.out} --steps {args.steps} --fusion-lr {args.fusion_lr:g} "
-                         f"--vet-steps {args.vet_steps} --caption-steps {args.caption_steps} "
+                         + "".join(f"--fusion-set '{o}' " for o in args.fusion_set)
+                         + f"--vet-steps {args.vet_steps} --caption-steps {args.caption_steps} "
                          f"--reasoner-steps {args.reasoner_steps} --limit {args.limit} --budget {args.budget} "
                          f"--parts {' '.join(args.parts)}"
                          + (f" --gspo-steps {args.gspo_steps} --gspo-lr {args.gspo_lr} --seeds "
