@@ -23,8 +23,8 @@ What it trains, each from the quickstart's models with the shipped recipe scaled
   think-fusion steps as GSPO's N); runs named by these settings, so each is trained once and reused.
 
 What it measures (greedy, `--limit` test questions, accuracy per family):
-- the quickstart VLM (or `--sft`) as it is (the direct baseline before think-fusion), and `fused` asked with think=False,
-  think=True (budget `--budget`) and left to choose;
+- the quickstart VLM (or `--sft`) as it is (the direct baseline before think-fusion), and `fused` asked with
+  think=False, think=True (budget `--budget`) and left to choose;
 - part `gspo`: the SFT model, each GSPO model and the control asked with think=True and think=False, and
   each GSPO run's reward, accuracy, reply length, kept share and clip fraction per step (`gspo_thinking.png`);
 - Extract+Think with perceivers {caption (asked "Describe the image."), vet (asked the VET prompt with the
@@ -74,8 +74,12 @@ def trained(name: str, recipe: str, work: Path, overrides: list[str], log: dict)
     out = work / "runs" / name
     record(out, log, name)
     made_with = log.get(name, {}).get("overrides")
-    if (out / "final").is_dir() and made_with is not None and made_with != overrides and (  # as parsed: 1e-3 = 0.001
-            to_dict(load_shipped_recipe(recipe, work, made_with)) != to_dict(load_shipped_recipe(recipe, work, overrides))):
+
+    def parsed(o: list[str]) -> dict:  # as trained: 1e-3 and 0.001 are the same override
+        return to_dict(load_shipped_recipe(recipe, work, o))
+
+    if (out / "final").is_dir() and made_with is not None and made_with != overrides and (
+            parsed(made_with) != parsed(overrides)):
         raise SystemExit(f"{out} was trained with other settings ({out / 'bench_record.json'}); delete it, or "
                          "give these another --work")
     if not (out / "final").is_dir():
