@@ -66,6 +66,14 @@ LM = ["max_length=256", "stages.0.batch_size=32", "stages.0.lr=2e-3", "stages.0.
       "stages.0.eval_samples=32", "progress=false", "checkpoint_every=100000"]
 
 
+def fusion_overrides(lr: float, qa_world: Optional[Path], extra: list[str]) -> list[str]:
+    """recipes/think-fusion.yaml at the CPU scale of VLM and learning rate `lr`; with `qa_world` (an `--sft`
+    run's world), on its QA file alone; then `extra` (`--fusion-set`)."""
+    qa_only = [f"stages.0.data=[{{path: {qa_world / 'train.json'}, weight: 1.0, thinking: 0.5}}]",
+               f"stages.0.val_data={qa_world / 'val.json'}"] if qa_world is not None else []  # full paths: overrides
+    return [o for o in VLM if not o.startswith("stages.0.lr=")] + [f"stages.0.lr={lr:g}"] + qa_only + list(extra)
+
+
 def sh(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "nativevlm", *args], check=True, cwd=ROOT)
 
@@ -197,10 +205,7 @@ def main() -> None:
     def steps(n: int) -> list[str]:
         return [f"stages.0.steps={n}", "stages.0.warmup_steps=10"]
 
-    fusion = [o for o in VLM if not o.startswith("stages.0.lr=")] + [f"stages.0.lr={args.fusion_lr:g}"] + (
-        # with --sft, the QA file alone; overrides are not relocated: full paths
-        [f"stages.0.data=[{{path: {world / 'train.json'}, weight: 1.0, thinking: 0.5}}]",
-         f"stages.0.val_data={world / 'val.json'}"] if args.sft else []) + args.fusion_set
+    fusion = fusion_overrides(args.fusion_lr, world if args.sft else None, args.fusion_set)
 
     tok = Tokenizer.load(work / "data" / "tokenizer")
     bench = load_benchmark(f"world:{world}")

@@ -29,9 +29,7 @@ work, out_root, name, steps, lr, extra = (Path(sys.argv[1]), Path(sys.argv[2]), 
                                           sys.argv[5], sys.argv[6:])
 world = work / "data" / "world"
 out = out_root / name
-overrides = [o for o in thinking.VLM if not o.startswith("stages.0.lr=")] + [
-    f"stages.0.lr={lr}", f"stages.0.data=[{{path: {world / 'train.json'}, weight: 1.0, thinking: 0.5}}]",
-    f"stages.0.val_data={world / 'val.json'}", f"stages.0.steps={steps}", "stages.0.warmup_steps=10"] + extra
+overrides = thinking.fusion_overrides(float(lr), world, extra) + [f"stages.0.steps={steps}", "stages.0.warmup_steps=10"]
 t0 = time.time()
 if not (out / "final").is_dir():
     train(load_shipped_recipe("think-fusion", work, overrides), out)
