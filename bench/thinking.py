@@ -182,12 +182,16 @@ def main() -> None:
     world = work / "data" / "world"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    if args.sft and not world.is_dir():  # the model as the recipes' runs/native/final, its world and tokenizer
-        (work / "runs" / "native").mkdir(parents=True, exist_ok=True)
-        (work / "runs" / "native" / "final").symlink_to(qs)
-        (work / "data").mkdir(parents=True, exist_ok=True)
-        (work / "data" / "tokenizer").symlink_to(qs)
-        world.symlink_to(Path(args.world).resolve())
+    if args.sft:  # the model as the recipes' runs/native/final, its world and tokenizer; a --work made for
+        # another model or world is refused, not reused (its runs would be that model's)
+        for link, target in ((work / "runs" / "native" / "final", qs), (work / "data" / "tokenizer", qs),
+                             (world, Path(args.world).resolve())):
+            if link.is_symlink() or link.exists():
+                if link.resolve() != target:
+                    raise SystemExit(f"{work} was made for {link.resolve()}, not {target}; give this another --work")
+            else:
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(target)
     if not world.is_dir():  # the quickstart's data and models, seen from the work folder
         (work / "data").mkdir(parents=True, exist_ok=True)
         shutil.copytree(qs / "data" / "world", world, symlinks=True)
