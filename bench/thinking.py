@@ -156,6 +156,9 @@ def main() -> None:
                     default=["thinking", "extract_think"], help="what to measure (and train for)")
     ap.add_argument("--gspo-steps", type=int, default=100, help="optimizer steps of thinking-mode GSPO (part gspo)")
     ap.add_argument("--gspo-lr", type=float, default=3e-5)
+    ap.add_argument("--gspo-direct-share", type=float, default=0.0, metavar="P",
+                    help="ask this share of each rollout's questions directly, the rest thinking (gspo's "
+                         "direct_share: RL trains both modes); default 0, thinking only")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="GSPO seeds (part gspo)")
     ap.add_argument("--gspo-reward", choices=("strict", "lenient"), default="strict",
                     help="strict: a right answer counts only alone (rl.reward); lenient: as evaluation reads it")
@@ -255,6 +258,7 @@ def main() -> None:
                          + (f" --gspo-steps {args.gspo_steps} --gspo-lr {args.gspo_lr} --seeds "
                             f"{' '.join(map(str, args.seeds))} --gspo-reward {args.gspo_reward} --gspo-sft-steps "
                             f"{args.gspo_sft_steps} --gspo-filter {args.gspo_filter[0]:g} {args.gspo_filter[1]:g}"
+                            + (f" --gspo-direct-share {args.gspo_direct_share:g}" if args.gspo_direct_share else "")
                             if "gspo" in args.parts else ""),
               **{k: v for k, v in results.items() if v}}
     (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -291,11 +295,14 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     options = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
                "accuracy_high": high, "strict_answer": args.gspo_reward == "strict",
                "thinking_budget": args.budget, "max_new_tokens": n}
+    if args.gspo_direct_share:
+        options["direct_share"] = args.gspo_direct_share
     overrides = ["stages.0.batch_size=16", f"stages.0.steps={args.gspo_steps}", f"stages.0.lr={args.gspo_lr}",
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
     for seed in args.seeds:
-        name = f"gspo{args.gspo_steps}-think-{args.gspo_reward}-from-{sft_name}-s{seed}"
+        mode = f"think-direct{args.gspo_direct_share:g}" if args.gspo_direct_share else "think"
+        name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{sft_name}-s{seed}"
         out = work / "runs" / name
         made = out / "bench_record.json"
         made_by = json.loads(made.read_text()) if made.exists() else None
@@ -314,8 +321,10 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
             log[name] = made_by
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
-                        for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction")}
-        both_ways(f"GSPO ({args.gspo_reward} reward) seed {seed}", out / "final")
+                        for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
+                                  "think_accuracy", "direct_accuracy")}
+        both_ways(f"GSPO ({args.gspo_reward} reward{', both modes' if args.gspo_direct_share else ''}) seed {seed}",
+                  out / "final")
     # Control: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
     control = f"{sft_name}+{args.gspo_steps}"
     if not args.no_control:
@@ -333,10 +342,13 @@ def plot_gspo(curves: dict, path: Path) -> None:
 
     keys = {"reward": "mean reward per rollout (correct 1 + format 0.5)", "accuracy": "rollout accuracy",
             "response_length": "reply tokens (thinking + answer)", "clip_fraction": "clip fraction (off-policy steps)"}
+    if any(c.get("direct_accuracy") for c in curves.values()):  # runs in both modes: each mode's accuracy
+        keys.update(think_accuracy="rollout accuracy, questions asked to think",
+                    direct_accuracy="rollout accuracy, questions asked directly")
     fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.8))
     for ax, (key, title) in zip(axes, keys.items()):
         for k, (name, c) in enumerate(curves.items()):
-            if c[key]:
+            if c.get(key):
                 x, y = map(np.array, zip(*c[key]))
                 ax.plot(x, y, lw=0.7, alpha=0.35, color=f"C{k}")
                 w = min(10, len(y))  # rollouts are 16 questions each: a running mean shows the trend

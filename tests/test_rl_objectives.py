@@ -222,6 +222,51 @@ def test_gspo_thinking_rollouts_open_think_and_are_rewarded_whole(tiny_world, mo
     assert len(calls) == 16 and all(thinking is False for _, thinking in calls)
 
 
+def test_gspo_in_both_modes_asks_each_group_one_way_and_trains_it_that_way(tiny_world, monkeypatch):
+    """think: true with direct_share: each question's group is asked either thinking (the `<think>` opening in
+    its trained rows, the thinking reward) or directly (no opening, think blocks banned, the direct reward), as
+    a stable hash of (seed, step, question) decides; each mode's accuracy is reported apart."""
+    calls = []
+
+    def record(sample, reply, thinking=False, weights=None, strict=False):
+        calls.append((sample.id, reply, thinking))
+        right = len(reply) % 2 == 0
+        return Reward(right, True, "correct" if right else "wrong", float(right))
+
+    monkeypatch.setattr(gspo_module, "reward", record)
+    stage = gspo_stage(tiny_world, 2)
+    stage["objectives"][0].update(think=True, thinking_budget=3, max_new_tokens=24, direct_share=0.5,
+                                  accuracy_low=0.0, accuracy_high=1.0)
+    model, objective, data = setup_objective(tiny_world, stage)
+    batch = data.collator(data.sources[0][:8])
+    out = objective.loss(model, MicroBatch(model, batch, 0), info())
+    modes = {i: objective.thinks(i, 0) for i in batch.sample_ids}
+    assert set(modes.values()) == {True, False}, "eight questions at a share of 0.5 should be asked both ways"
+    assert modes == {i: objective.thinks(i, 0) for i in batch.sample_ids}  # stable
+    assert len(calls) == 32 and all(thinking is modes[i] for i, _, thinking in calls)
+    assert all(text.startswith(THINK_START) == modes[i] for i, text, _ in calls)
+    opening = think_opening(objective.tokenizer)
+    rollout = objective.rollouts[0]
+    assert rollout.thinks == [modes[i] for i in rollout.ids]
+    for j, (i, reply) in enumerate(zip(rollout.ids, rollout.replies)):
+        head = objective.prompt(objective.samples[i]).input_ids + (opening if modes[i] else [])
+        assert rollout.batch.input_ids[j].tolist()[:len(head) + len(reply)] == head + reply
+        scored = (rollout.batch.targets[j] != IGNORE).nonzero().flatten().tolist()
+        assert scored == list(range(len(head) - 1, len(head) - 1 + len(reply)))
+    right = {m: [len(text) % 2 == 0 for i, text, _ in calls if modes[i] is m] for m in (True, False)}
+    for name, m in (("think_accuracy", True), ("direct_accuracy", False)):
+        total, count = out.metrics[name]
+        assert (float(total), count) == (sum(right[m]), len(right[m]))
+    # the batch is rebuilt from the saved state as it was (a resumed run trains on the same rows)
+    state = objective.state_dict()["rollouts"][0]
+    again = gspo_module.Rollout(**state)
+    rebuilt = objective.sequences(again.ids, again.replies, again.thinks)
+    assert torch.equal(rebuilt.input_ids, rollout.batch.input_ids)
+    with pytest.raises(ConfigError, match="direct_share .* needs think: true"):
+        setup_objective(tiny_world, {**gspo_stage(tiny_world, 2), "objectives": [
+            {**gspo_stage(tiny_world, 2)["objectives"][0], "direct_share": 0.5}]})
+
+
 def rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 

@@ -90,6 +90,47 @@ def test_the_budget_forces_the_closing_tag_exactly_there(kit, budget):
     assert plain.completion.token_ids == alone.token_ids and plain.completion.thinking is None
 
 
+class EndsAt(Engine):
+    """The engine over a model that samples end-of-sequence as its `k`-th reply token (whatever it is asked)."""
+
+    def __init__(self, *args, k: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.k = k
+
+    def _emit(self, r0, logits):
+        for i, row in enumerate(self.running[r0:r0 + logits.shape[0]]):
+            if len(row.tokens) == self.k:
+                logits[i, self.eos_id] = 1e9
+        super()._emit(r0, logits)
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_an_end_inside_the_think_block_closes_it_and_the_answer_follows(kit, k):
+    """A reply asked to think that samples end-of-sequence before `</think>` gets `</think>` in its place and
+    goes on to answer, as the model continues that text; one not asked to think, or already past its
+    `</think>`, still ends there."""
+    model, tok = kit
+    engine = EndsAt(model, tok, max_batch_size=4, k=k)
+    n = k + len(engine.think_close) + 5
+    thinking = Request(prompt(tok), SamplingParams(max_new_tokens=n), think=True, thinking_budget=k + 2)
+    plain = Request(prompt(tok, "the blue square"), SamplingParams(max_new_tokens=n))
+    engine.generate([thinking, plain])
+    done = thinking.completion
+    close = done.token_ids[k:k + len(engine.think_close)]
+    assert close == engine.think_close and done.finish_reason == "length" and len(done.token_ids) == n
+    ids = prompt(tok) + engine.think_open + done.token_ids[:k + len(close)]
+    ref = generate(model, torch.tensor([ids]), max_new_tokens=n - k - len(close), use_cache=False)
+    assert done.token_ids[k + len(close):] == ref[0].tolist()  # the answer: the model's own continuation
+    assert done.thinking == tok.decode(done.token_ids[:k]).strip() and done.text
+    assert plain.completion.finish_reason == "stop" and len(plain.completion.token_ids) == k
+    # past its (budget-forced) `</think>`, an end-of-sequence ends the reply
+    late = EndsAt(model, tok, k=k + 2 + len(engine.think_close) + 1)
+    after = late.generate([Request(prompt(tok), SamplingParams(max_new_tokens=n + 8), think=True,
+                                   thinking_budget=k + 2)])[0]
+    assert after.finish_reason == "stop" and len(after.token_ids) == late.k
+    assert after.token_ids[k + 2:k + 2 + len(engine.think_close)] == engine.think_close
+
+
 @pytest.fixture(scope="module")
 def spelled():
     """A tokenizer without the thinking tags as tokens (a pretrained one may lack them), and a model for it."""

@@ -13,7 +13,9 @@ over rows [0, n) only; when the pointer reaches the end of the buffer, the rows 
 gathered, in order, to the start).
 
 Thinking mode (`data.thinking`): a request with `think=True` has `<think>` opened after its prompt and, with a
-`thinking_budget`, `</think>` forced as soon as that many tokens were thought without closing; `think=False`
+`thinking_budget`, `</think>` forced as soon as that many tokens were thought without closing; an end-of-sequence
+token sampled inside that block is replaced by `</think>` too, so a reply asked to think always goes on to an
+answer (the model may still end it blank, after the tag); `think=False`
 bans, while the reply is still blank, every token that would start `<think>`, so a think-fusion model answers
 directly; `think=None` leaves the choice to the model. A reply is split into its thinking and its answer as it
 is generated (`Event.thinking` / `Event.text`), so the answer a caller reads and scores never holds thinking.
@@ -99,8 +101,8 @@ class Request:
     """A tokenised prompt. Images come either as `pixel_values` (encoded by the engine at prefill) or as
     `image_features` (already encoded, e.g. by a vision server), in the order of the image blocks. `think`:
     True opens the reply with `<think>`, False keeps the reply from opening one, None lets the model choose;
-    `thinking_budget` (with think=True) is the most tokens thought before `</think>` is forced. Both count
-    against `max_new_tokens`."""
+    `thinking_budget` (with think=True) is the most tokens thought before `</think>` is forced; an
+    end-of-sequence token inside the think block forces it too. Both count against `max_new_tokens`."""
 
     input_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
@@ -570,6 +572,9 @@ class Engine:
                 tok = greedy[i] if p.temperature == 0 else sample_row(logits[i], p, row.generator)
             row.last = tok
             self.stats["generated_tokens"] += 1
+            if tok == self.eos_id and row.thinking and not p.ignore_eos and THINK_END not in row.detok.text:
+                row.forced, row.thinking = list(self.think_close), False  # ended inside its thinking: close it
+                tok = row.forced.pop(0)
             if tok == self.eos_id and not p.ignore_eos:
                 row.detok.flush()
                 finished.append((r0 + i, "stop"))

@@ -19,7 +19,8 @@ other steps are drawn (keeping the sampler's order) but not used. No KL term, no
 
 The rollout (questions, reply tokens, old log-probs, advantages) is the objective's state: a run killed
 mid-window resumes on the same rollout, bit-exactly. Metrics: `reward`, `accuracy`, `response_length` and
-`kept` (the share of questions the accuracy filter keeps) on rollout steps; `loss`, `clip_fraction` and
+`kept` (the share of questions the accuracy filter keeps) on rollout steps (with both modes, also
+`think_accuracy` and `direct_accuracy`); `loss`, `clip_fraction` and
 `ratio` (mean sequence ratio) on every step.
 
 Thinking mode (`think: true`): each reply is asked with the engine's `think=True` (`<think>` opened after the
@@ -29,6 +30,12 @@ as the reply's own, so a rewarded reply also teaches closing there), and the for
 for one well-formed think block before the answer. The reward reads the answer after `</think>`, so RL selects
 the thinking that ends in a right, readable answer. With `think: false` (the default) the model is left to
 choose, as evaluation asks it, and the format term asks for a reply with no think block.
+
+Both modes (`think: true` with `direct_share: p`): each question of a rollout is asked directly (the engine's
+`think=False`, no think block, the direct reward) with probability p and thinking otherwise, the whole group in
+one mode so that its advantages compare replies of the same kind; the draw is a hash of (seed, step, question),
+like the replies' seeds. Thinking-mode RL alone does not train the direct answers of a think-fusion model,
+which then drift; this keeps both modes in the rollouts.
 """
 from __future__ import annotations
 
@@ -62,28 +69,33 @@ class GSPOOptions:
     format_weight: float = 0.5  # the reward's format term (correct = 1)
     think: bool = False  # thinking-mode rollouts (the engine's think=True) and reward (module docstring)
     thinking_budget: Optional[int] = None  # with think: the most tokens thought before `</think>` is forced
+    direct_share: float = 0.0  # with think: the share of questions asked directly instead (module docstring)
     strict_answer: bool = False  # a right answer counts only alone, not hedged ("yes. 1 is ..."): `rl.reward`
 
 
 @dataclass
 class Rollout:
-    """One micro-batch's rollout: the kept replies (`ids[i]` the question, `replies[i]` its tokens), their
-    log-probs under the sampling policy and their advantages; `batch` is built from them on first use."""
+    """One micro-batch's rollout: the kept replies (`ids[i]` the question, `replies[i]` its tokens, `thinks[i]`
+    whether it was asked to think), their log-probs under the sampling policy and their advantages; `batch` is
+    built from them on first use."""
 
     ids: list[str]
     replies: list[list[int]]
     old_logps: torch.Tensor
     advantages: torch.Tensor
+    thinks: Optional[list[bool]] = None  # None: every reply in the objective's `think` mode
     batch: Optional[Batch] = None
 
     def state_dict(self) -> dict:
-        return {"ids": self.ids, "replies": self.replies, "old_logps": self.old_logps, "advantages": self.advantages}
+        return {"ids": self.ids, "replies": self.replies, "old_logps": self.old_logps, "advantages": self.advantages,
+                "thinks": self.thinks}
 
 
 @register("gspo")
 class GSPO(Objective):
     Options = GSPOOptions
-    metrics = ("loss", "clip_fraction", "ratio", "reward", "accuracy", "response_length", "kept")
+    metrics = ("loss", "clip_fraction", "ratio", "reward", "accuracy", "response_length", "kept", "think_accuracy",
+               "direct_accuracy")
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -98,6 +110,9 @@ class GSPO(Objective):
             raise ConfigError("objective gspo: thinking_budget needs think: true and 1 <= thinking_budget < "
                               f"max_new_tokens (room for the answer), got {o.thinking_budget} with max_new_tokens "
                               f"{o.max_new_tokens}")
+        if not 0 <= o.direct_share <= 1 or (o.direct_share > 0 and not o.think):
+            raise ConfigError("objective gspo: direct_share is the share of questions asked directly beside thinking "
+                              f"ones, so it needs think: true and 0 <= direct_share <= 1, got {o.direct_share}")
 
     def setup(self, ctx: StageContext) -> None:
         self.model, self.tokenizer = ctx.model, ctx.tokenizer
@@ -117,12 +132,21 @@ class GSPO(Objective):
         return encode_sample(prompt_of(sample), self.tokenizer, self.collator.image_processor,
                              add_generation_prompt=True)
 
-    def sequences(self, ids: list[str], replies: list[list[int]]) -> Batch:
-        """Prompt (+ the engine's `<think>` opening in thinking mode) + reply rows, targets on the reply only."""
+    def thinks(self, sample_id: str, step: int) -> bool:
+        """Whether question `sample_id` is asked to think in the rollout of `step`."""
+        if not self.options.think:
+            return False
+        share = self.options.direct_share
+        return share == 0 or reply_seed(self.seed, f"{step}:{sample_id}", -1) / 2 ** 63 >= share
+
+    def sequences(self, ids: list[str], replies: list[list[int]], thinks: Optional[list[bool]] = None) -> Batch:
+        """Prompt (+ the engine's `<think>` opening for a reply asked to think) + reply rows, targets on the reply
+        only."""
         rows = []
-        for i, reply in zip(ids, replies):
+        for j, (i, reply) in enumerate(zip(ids, replies)):
             p = self.prompt(self.samples[i])
-            head = p.input_ids + self.opening
+            think = self.options.think if thinks is None else thinks[j]
+            head = p.input_ids + (self.opening if think else [])
             targets = [IGNORE] * (len(head) - 1) + reply + [IGNORE]
             rows.append(EncodedSample(head + reply, targets, p.pixel_values, p.image_downsample, len(reply), i))
         return self.collator.batch(rows)
@@ -133,11 +157,13 @@ class GSPO(Objective):
         o, G = self.options, self.options.group_size
         samples = [self.samples[i] for i in ids]
         prompts = [self.prompt(s) for s in samples]
+        modes = [self.thinks(s.id, info.step) for s in samples]  # per question: think (True) or answer directly
+        mixed = o.think and not all(modes)
         requests = [Request(p.input_ids, SamplingParams(o.max_new_tokens, o.temperature,
                                                         seed=reply_seed(self.seed, f"{info.step}:{s.id}", k)),
-                            pixel_values=p.pixel_values, think=True if o.think else None,
-                            thinking_budget=o.thinking_budget)
-                    for s, p in zip(samples, prompts) for k in range(G)]
+                            pixel_values=p.pixel_values, think=True if t else (False if mixed else None),
+                            thinking_budget=o.thinking_budget if t else None)
+                    for s, p, t in zip(samples, prompts, modes) for k in range(G)]
         longest = max(len(p.input_ids) for p in prompts) + len(self.opening)
         was_training = self.model.training
         done = Engine(self.model, self.tokenizer, max_batch_size=len(requests),
@@ -147,9 +173,9 @@ class GSPO(Objective):
         replies = [c.token_ids + ([eos] if c.finish_reason == "stop" else []) for c in done]
         # Thinking mode: the whole reply as written (the engine's opening, thinking, close tag, answer), so the
         # reward sees malformed tags as they are; direct: the answer text, as before.
-        texts = ([self.tokenizer.decode(self.opening + c.token_ids).strip() for c in done] if o.think
-                 else [c.text.strip() for c in done])
-        scored = [reward(samples[j // G], t, thinking=o.think, weights=self.weights, strict=o.strict_answer)
+        texts = [self.tokenizer.decode(self.opening + c.token_ids).strip() if modes[j // G] else c.text.strip()
+                 for j, c in enumerate(done)]
+        scored = [reward(samples[j // G], t, thinking=modes[j // G], weights=self.weights, strict=o.strict_answer)
                   for j, t in enumerate(texts)]
         rewards = torch.tensor([r.value for r in scored]).view(-1, G)
         correct = torch.tensor([float(r.correct) for r in scored]).view(-1, G)
@@ -157,15 +183,20 @@ class GSPO(Objective):
         metrics = {"reward": (rewards.sum(), rewards.numel()), "accuracy": (correct.sum(), correct.numel()),
                    "response_length": (sum(len(r) for r in replies), len(replies)),
                    "kept": (keep.sum(), len(keep))}
+        if mixed:  # each mode's rollout accuracy (the groups asked that way)
+            asked = torch.tensor(modes)
+            for name, rows_of in (("think_accuracy", asked), ("direct_accuracy", ~asked)):
+                metrics[name] = (correct[rows_of].sum(), correct[rows_of].numel())
         rows = [j for j in range(len(replies)) if keep[j // G]]
         if not rows:
             return None, metrics
         advantages = group_advantages(rewards).flatten()[rows].to(device)
         kept_ids, kept_replies = [ids[j // G] for j in rows], [replies[j] for j in rows]
-        batch = self.sequences(kept_ids, kept_replies).to(device)
+        thinks = [modes[j // G] for j in rows] if mixed else None
+        batch = self.sequences(kept_ids, kept_replies, thinks).to(device)
         with torch.no_grad():
             old, _ = answer_logprobs(self.model, batch)
-        return Rollout(kept_ids, kept_replies, old, advantages, batch), metrics
+        return Rollout(kept_ids, kept_replies, old, advantages, thinks, batch), metrics
 
     def loss(self, model, mb: MicroBatch, info: StepInfo) -> Output:
         metrics = {}
@@ -178,7 +209,7 @@ class GSPO(Objective):
         if rollout is None:
             return Output(None, metrics)
         if rollout.batch is None:
-            rollout.batch = self.sequences(rollout.ids, rollout.replies).to(mb.batch.input_ids.device)
+            rollout.batch = self.sequences(rollout.ids, rollout.replies, rollout.thinks).to(mb.batch.input_ids.device)
         logps, mask = answer_logprobs(model, rollout.batch)
         loss, m = gspo_loss(logps, rollout.old_logps, mask, rollout.advantages, self.options.eps_low,
                             self.options.eps_high)
