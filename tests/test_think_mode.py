@@ -111,7 +111,7 @@ def test_an_end_inside_the_think_block_closes_it_and_the_answer_follows(kit, k):
     `</think>`, still ends there."""
     model, tok = kit
     engine = EndsAt(model, tok, max_batch_size=4, k=k)
-    n = k + len(engine.think_close) + 5
+    n = k + len(engine.think_close) + 12  # long enough that feeding anything but the tag would show
     thinking = Request(prompt(tok), SamplingParams(max_new_tokens=n), think=True, thinking_budget=k + 2)
     plain = Request(prompt(tok, "the blue square"), SamplingParams(max_new_tokens=n))
     engine.generate([thinking, plain])

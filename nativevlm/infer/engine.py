@@ -570,11 +570,11 @@ class Engine:
                 tok = row.forced.pop(0)
             else:
                 tok = greedy[i] if p.temperature == 0 else sample_row(logits[i], p, row.generator)
-            row.last = tok
-            self.stats["generated_tokens"] += 1
             if tok == self.eos_id and row.thinking and not p.ignore_eos and THINK_END not in row.detok.text:
                 row.forced, row.thinking = list(self.think_close), False  # ended inside its thinking: close it
                 tok = row.forced.pop(0)
+            row.last = tok
+            self.stats["generated_tokens"] += 1
             if tok == self.eos_id and not p.ignore_eos:
                 row.detok.flush()
                 finished.append((r0 + i, "stop"))
