@@ -183,7 +183,7 @@ class GSPO(Objective):
         metrics = {"reward": (rewards.sum(), rewards.numel()), "accuracy": (correct.sum(), correct.numel()),
                    "response_length": (sum(len(r) for r in replies), len(replies)),
                    "kept": (keep.sum(), len(keep))}
-        if mixed:  # each mode's rollout accuracy (the groups asked that way)
+        if o.direct_share > 0:  # each mode's rollout accuracy (the groups asked that way)
             asked = torch.tensor(modes)
             for name, rows_of in (("think_accuracy", asked), ("direct_accuracy", ~asked)):
                 metrics[name] = (correct[rows_of].sum(), correct[rows_of].numel())
