@@ -35,6 +35,7 @@ thinking tokens, seconds, what trained each model, the command) and `<out>/think
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -156,9 +157,10 @@ def main() -> None:
                     default=["thinking", "extract_think"], help="what to measure (and train for)")
     ap.add_argument("--gspo-steps", type=int, default=100, help="optimizer steps of thinking-mode GSPO (part gspo)")
     ap.add_argument("--gspo-lr", type=float, default=3e-5)
-    ap.add_argument("--gspo-direct-share", type=float, default=0.0, metavar="P",
+    ap.add_argument("--gspo-direct-share", type=float, nargs="+", default=[0.0], metavar="P",
                     help="ask this share of each rollout's questions directly, the rest thinking (gspo's "
-                         "direct_share: RL trains both modes); default 0, thinking only")
+                         "direct_share: RL trains both modes); several values train a run for each; default 0, "
+                         "thinking only")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="GSPO seeds (part gspo)")
     ap.add_argument("--gspo-reward", choices=("strict", "lenient"), default="strict",
                     help="strict: a right answer counts only alone (rl.reward); lenient: as evaluation reads it")
@@ -258,7 +260,8 @@ def main() -> None:
                          + (f" --gspo-steps {args.gspo_steps} --gspo-lr {args.gspo_lr} --seeds "
                             f"{' '.join(map(str, args.seeds))} --gspo-reward {args.gspo_reward} --gspo-sft-steps "
                             f"{args.gspo_sft_steps} --gspo-filter {args.gspo_filter[0]:g} {args.gspo_filter[1]:g}"
-                            + (f" --gspo-direct-share {args.gspo_direct_share:g}" if args.gspo_direct_share else "")
+                            + (" --gspo-direct-share " + " ".join(f"{p:g}" for p in args.gspo_direct_share)
+                               if any(args.gspo_direct_share) else "")
                             if "gspo" in args.parts else ""),
               **{k: v for k, v in results.items() if v}}
     (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -271,7 +274,8 @@ def main() -> None:
 def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: dict, run, n: int) -> dict:
     """Thinking-mode GSPO, per seed, from the think-fused model trained `--gspo-sft-steps` more think-fusion
     steps (the SFT model of this cascade), with the gspo stage of recipes/cascade-rl.yaml and `think: true`
-    (replies of up to `n` tokens, `--budget` of them thinking). The SFT model and each GSPO model are asked
+    (replies of up to `n` tokens, `--budget` of them thinking), once per `--gspo-direct-share` (the share of
+    questions asked directly instead, 0: thinking only). The SFT model and each GSPO model are asked
     both ways, and so is the control: the SFT model trained as many more think-fusion steps as GSPO took.
     Returns each GSPO run's curves."""
     from nativevlm.config import read_yaml
@@ -292,16 +296,15 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     both_ways(f"SFT ({sft_name})", sft)
     # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
     low, high = args.gspo_filter
-    options = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
-               "accuracy_high": high, "strict_answer": args.gspo_reward == "strict",
-               "thinking_budget": args.budget, "max_new_tokens": n}
-    if args.gspo_direct_share:
-        options["direct_share"] = args.gspo_direct_share
+    base = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
+            "accuracy_high": high, "strict_answer": args.gspo_reward == "strict",
+            "thinking_budget": args.budget, "max_new_tokens": n}
     overrides = ["stages.0.batch_size=16", f"stages.0.steps={args.gspo_steps}", f"stages.0.lr={args.gspo_lr}",
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
-    for seed in args.seeds:
-        mode = f"think-direct{args.gspo_direct_share:g}" if args.gspo_direct_share else "think"
+    for share, seed in itertools.product(args.gspo_direct_share, args.seeds):
+        options = {**base, "direct_share": share} if share else base
+        mode = f"think-direct{share:g}" if share else "think"
         name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{sft_name}-s{seed}"
         out = work / "runs" / name
         made = out / "bench_record.json"
@@ -323,7 +326,7 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
         curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
                         for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
                                   "think_accuracy", "direct_accuracy")}
-        both_ways(f"GSPO ({args.gspo_reward} reward{', both modes' if args.gspo_direct_share else ''}) seed {seed}",
+        both_ways(f"GSPO ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}) seed {seed}",
                   out / "final")
     # Control: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
     control = f"{sft_name}+{args.gspo_steps}"
