@@ -233,7 +233,15 @@ def test_gspo_in_both_modes_asks_each_group_one_way_and_trains_it_that_way(tiny_
         right = len(reply) % 2 == 0
         return Reward(right, True, "correct" if right else "wrong", float(right))
 
+    asked = []
+
+    class Recording(gspo_module.Engine):
+        def generate(self, requests):
+            asked.extend((r.think, r.thinking_budget) for r in requests)
+            return super().generate(requests)
+
     monkeypatch.setattr(gspo_module, "reward", record)
+    monkeypatch.setattr(gspo_module, "Engine", Recording)
     stage = gspo_stage(tiny_world, 2)
     stage["objectives"][0].update(think=True, thinking_budget=3, max_new_tokens=24, direct_share=0.5,
                                   accuracy_low=0.0, accuracy_high=1.0)
@@ -244,6 +252,8 @@ def test_gspo_in_both_modes_asks_each_group_one_way_and_trains_it_that_way(tiny_
     assert set(modes.values()) == {True, False}, "eight questions at a share of 0.5 should be asked both ways"
     assert modes == {i: objective.thinks(i, 0) for i in batch.sample_ids}  # stable
     assert len(calls) == 32 and all(thinking is modes[i] for i, _, thinking in calls)
+    # asked to think with the budget, or directly with think blocks banned (not left to the model)
+    assert asked == [(True, 3) if modes[i] else (False, None) for i in batch.sample_ids for _ in range(4)]
     assert all(text.startswith(THINK_START) == modes[i] for i, text, _ in calls)
     opening = think_opening(objective.tokenizer)
     rollout = objective.rollouts[0]
