@@ -348,8 +348,10 @@ def plot_gspo(curves: dict, path: Path) -> None:
     if any(c.get("direct_accuracy") for c in curves.values()):  # runs in both modes: each mode's accuracy
         keys.update(think_accuracy="rollout accuracy, questions asked to think",
                     direct_accuracy="rollout accuracy, questions asked directly")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.8))
-    for ax, (key, title) in zip(axes, keys.items()):
+    cols = min(len(keys), 4 if len(keys) == 4 else 3)
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, keys.items()):
         for k, (name, c) in enumerate(curves.items()):
             if c.get(key):
                 x, y = map(np.array, zip(*c[key]))
@@ -389,28 +391,39 @@ def extract_think(args, qs: Path, work: Path, world: Path, tok, log: dict, steps
 
 
 def plot(results: dict, path: Path) -> None:
-    """Accuracy per family of each direct/thinking arm (grouped bars), and of each Extract+Think pair."""
+    """Accuracy per family of each direct/thinking arm (grouped bars), and of each Extract+Think pair; the GSPO
+    arms in two panels, thinking and direct, each model once per panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("direct_vs_thinking", "gspo_thinking", "extract_think") if results.get(k)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
-    for ax, key in zip(axes[0], panels):
-        arms = results[key]
+    panels = []  # (title, {arm: summary})
+    if results.get("direct_vs_thinking"):
+        panels.append(("the same weights, direct or thinking", results["direct_vs_thinking"]))
+    if results.get("gspo_thinking"):
+        arms = results["gspo_thinking"]
+        control = " (and its SFT control)" if any(a.startswith("think-fusion continued") for a in arms) else ""
+        for mode, what in (("think=True", "thinking"), ("think=False", "answering directly")):
+            chosen = {a.removesuffix(f", {mode}"): v for a, v in arms.items() if a.endswith(f", {mode}")}
+            if chosen:
+                panels.append((f"after thinking-mode GSPO{control}: {what}", chosen))
+    if results.get("extract_think"):
+        panels.append(("Extract+Think: perceiver + reasoner", results["extract_think"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.6), squeeze=False)
+    for ax, (title, arms) in zip(axes[0], panels):
         families = list(next(iter(arms.values()))["by_family"]) + ["overall"]
         width = 0.8 / len(arms)
+        colours = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
         for k, (name, s) in enumerate(arms.items()):
             values = [s["by_family"].get(f, 0) for f in families[:-1]] + [s["accuracy"]]
-            ax.bar([i + k * width for i in range(len(families))], values, width, label=name)
+            ax.bar([i + k * width for i in range(len(families))], values, width, label=name, color=colours(k))
         ax.set_xticks([i + width * (len(arms) - 1) / 2 for i in range(len(families))], families, rotation=30)
         ax.set_ylabel("accuracy (held-out test)")
-        control = any(name.startswith("think-fusion continued") for name in arms)
-        ax.set_title({"direct_vs_thinking": "the same weights, direct or thinking",
-                      "gspo_thinking": "after thinking-mode GSPO" + (" (and its SFT control)" if control else ""),
-                      "extract_think": "Extract+Think: perceiver + reasoner"}[key])
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
