@@ -348,7 +348,7 @@ def plot_gspo(curves: dict, path: Path) -> None:
     if any(c.get("direct_accuracy") for c in curves.values()):  # runs in both modes: each mode's accuracy
         keys.update(think_accuracy="rollout accuracy, questions asked to think",
                     direct_accuracy="rollout accuracy, questions asked directly")
-    cols = min(len(keys), 4 if len(keys) == 4 else 3)
+    cols = len(keys) if len(keys) <= 4 else 3  # one row of four, or two rows of three with both modes
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
     for ax, (key, title) in zip(axes.flat, keys.items()):

@@ -570,8 +570,8 @@ class Engine:
                 tok = row.forced.pop(0)
             else:
                 tok = greedy[i] if p.temperature == 0 else sample_row(logits[i], p, row.generator)
-            if tok == self.eos_id and row.thinking and not p.ignore_eos and THINK_END not in row.detok.text:
-                row.forced, row.thinking = list(self.think_close), False  # ended inside its thinking: close it
+            if tok == self.eos_id and row.thinking and not p.ignore_eos:  # ended inside its thinking
+                self._close_thinking(row)
                 tok = row.forced.pop(0)
             row.last = tok
             self.stats["generated_tokens"] += 1
@@ -597,11 +597,16 @@ class Engine:
             self._leave(i, reason)
 
     def _budget(self, row: _Row) -> None:
-        """Leaves the think block when the reply closed it; forces `</think>` once the budget is thought."""
+        """Leaves the think block when the reply closed it; forces `</think>` once the budget is thought. Run
+        after every token of a row still thinking, so `row.thinking` is False once the reply holds `</think>`."""
         if THINK_END in row.detok.text:
             row.thinking = False
         elif row.req.thinking_budget is not None and len(row.tokens) >= row.req.thinking_budget:
-            row.forced, row.thinking = list(self.think_close), False
+            self._close_thinking(row)
+
+    def _close_thinking(self, row: _Row) -> None:
+        """Feeds `\\n</think>\\n` as the row's next tokens instead of sampling; the row has left its think block."""
+        row.forced, row.thinking = list(self.think_close), False
 
     def _event(self, row: _Row, final: bool, reason: Optional[str] = None,
                error: Optional[str] = None) -> tuple[Event, tuple[Optional[str], str]]:
