@@ -1,6 +1,7 @@
 """Preference pairs sampled from a tiny model through the engine: pairs are well formed, chosen is right and
 rejected wrong per the reward, skips are counted by reason, a rerun is a no-op (and repairs a torn line),
-the same seed gives the same pairs, and a cache made with other settings is refused."""
+the same seed gives the same pairs, and a cache made with other settings is refused; in thinking mode the
+replies are the engine's think=True replies kept whole, and the pair is chosen as the thinking reward reads it."""
 import json
 from pathlib import Path
 
@@ -10,9 +11,12 @@ from nativevlm.cli import main
 from nativevlm.data.formats import read_samples
 from nativevlm.data.image import ImageProcessor
 from nativevlm.data.sample import Sample
+from nativevlm.data.collate import encode_sample
+from nativevlm.data.thinking import THINK_END, THINK_START, split_thinking
 from nativevlm.infer.chat import load_model_and_tokenizer
+from nativevlm.infer.engine import Engine, Request, SamplingParams, think_opening
 from nativevlm.rl.preferences import (ALL_RIGHT, ALL_WRONG, NO_ANSWER, SamplingSettings, choose_pair,
-                                      make_preferences, read_pairs, sample_replies)
+                                      make_preferences, prompt_of, read_pairs, reply_seed, sample_replies)
 from nativevlm.rl.reward import reward
 from servekit import image, make_model_dir
 
@@ -121,3 +125,68 @@ def test_world_questions(setup, tmp_path, capsys):
     summary = json.loads(Path(f"{out}.summary.json").read_text())
     assert summary["questions"] == 4 and summary["pairs"] + sum(summary["skipped"].values()) == 4
     assert "4 questions ->" in capsys.readouterr().out
+
+
+def test_thinking_mode_replies_are_the_engines_think_replies_kept_whole(setup):
+    """`think=True`: each reply is what the engine writes to a think=True request with the budget and the
+    reply's own seed, opening tag included; the budget closes the thinking where it says."""
+    model_dir, qa, _ = setup
+    model, tok = load_model_and_tokenizer(model_dir)
+    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    samples = read_samples(qa)[0][:2]
+    settings = SamplingSettings(n=3, seed=5, max_new_tokens=12, think=True, thinking_budget=4)
+    got = sample_replies(model, tok, processor, samples, settings)
+    opening = think_opening(tok)
+    for s, replies in zip(samples, got):
+        p = encode_sample(prompt_of(s), tok, processor, add_generation_prompt=True)
+        engine = Engine(model, tok, max_batch_size=1, max_len=len(p.input_ids) + len(opening) + 12)
+        for k, reply in enumerate(replies):
+            done = engine.generate([Request(p.input_ids, SamplingParams(12, 1.0, seed=reply_seed(5, s.id, k)),
+                                            pixel_values=p.pixel_values, think=True, thinking_budget=4)])[0]
+            assert reply == tok.decode(opening + done.token_ids).strip()
+            assert reply.startswith(THINK_START) and THINK_END in reply
+            assert split_thinking(reply).thinking == tok.decode(done.token_ids[:4]).strip()
+    with pytest.raises(ValueError, match="thinking budget 12"):
+        SamplingSettings(n=2, max_new_tokens=12, think=True, thinking_budget=12)
+
+
+def test_thinking_mode_pairs_are_chosen_as_the_thinking_reward_reads_them(setup, tmp_path, capsys):
+    s = Sample("q", [{"role": "user", "content": "is there a red circle?"}, {"role": "assistant", "content": "yes"}])
+    right, hedge = "<think>\ncount\n</think>\nyes", "<think>\nlook\n</think>\nyes, it is"
+    wrong, unfinished, bare = "<think>\nhmm\n</think>\nno", "<think>\nstill thinking", "yes"
+    # the answer is read after </think>; a right answer without its think block is right but unformatted
+    assert choose_pair(s, [bare, unfinished, right, wrong], thinking=True) == ((right, wrong), "", 2)
+    assert choose_pair(s, [bare, unfinished], thinking=True) == ((bare, unfinished), "", 1)
+    # strict: the hedge is a wrong reply (and the harder negative than one that never answered)
+    assert choose_pair(s, [hedge, unfinished, right], thinking=True) == ((hedge, unfinished), "", 2)
+    assert choose_pair(s, [hedge, unfinished, right], thinking=True, strict=True) == ((right, hedge), "", 1)
+    out = tmp_path / "p.jsonl"
+    settings = SamplingSettings(n=3, max_new_tokens=12, think=True, thinking_budget=4, strict=True)
+    summary = make_preferences([s], out, settings, lambda chunk: [[hedge, right, wrong] for _ in chunk],
+                               {"model": "m"}, log=lambda m: None)
+    record = json.loads(out.read_text())
+    assert summary.pairs == 1 and (record["chosen"], record["rejected"], record["meta"]["n_right"]) == (right, hedge, 1)
+    chosen, _ = read_pairs(out)[0]  # MPO trains on the whole turn: thinking, tags and answer
+    assert chosen.messages[-1]["content"] == right
+
+    # the command line: a budget without --think is refused; a cache made before these settings existed
+    # (its summary without them) is their defaults; a thinking run into a direct cache is refused
+    model_dir, qa, _ = setup
+    assert run(model_dir, qa, tmp_path / "x.jsonl", "--thinking-budget", "2") == 2
+    assert "add --think" in capsys.readouterr().err
+    direct = tmp_path / "direct" / "pairs.jsonl"
+    assert run(model_dir, qa, direct, "--limit", "2") == 0
+    summary_path = Path(f"{direct}.summary.json")
+    old = json.loads(summary_path.read_text())
+    for key in ("think", "thinking_budget", "strict"):
+        del old["settings"][key]
+    summary_path.write_text(json.dumps(old))
+    capsys.readouterr()
+    assert run(model_dir, qa, direct, "--limit", "2") == 0 and "0 sampled now" in capsys.readouterr().out
+    assert run(model_dir, qa, direct, "--limit", "2", "--think") == 2 and "other settings" in capsys.readouterr().err
+    thinking = tmp_path / "thinking" / "pairs.jsonl"
+    assert run(model_dir, qa, thinking, "--think", "--thinking-budget", "1", "--strict") == 0
+    records = [json.loads(line) for line in thinking.read_text().splitlines()]
+    skipped = [json.loads(line) for line in Path(f"{thinking}.skipped.jsonl").read_text().splitlines()]
+    assert len(records) + len(skipped) == 5
+    assert all(r[side].startswith(THINK_START) for r in records for side in ("chosen", "rejected"))

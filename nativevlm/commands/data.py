@@ -66,6 +66,13 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="(default: 1.0)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="(default: 32)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--think", action="store_true",
+                   help="thinking-mode replies (a think-fusion model): each opens <think>, the answer is read after "
+                        "</think>, and the pair keeps the whole turn, so MPO trains the thinking too")
+    p.add_argument("--thinking-budget", type=int, default=None, metavar="N",
+                   help="with --think: force </think> after N tokens of thinking (N < --max-new-tokens)")
+    p.add_argument("--strict", action="store_true",
+                   help="a right answer counts only alone (a hedge such as 'yes or no' is a rejected reply)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     p.set_defaults(func=write_preferences)
 
@@ -189,7 +196,10 @@ def write_preferences(args) -> int:
     if vision is None and any(s.images for s in samples):
         raise ConfigError(f"{args.model} is a language model and {args.qa} has images; use a vision-language model")
     processor = ImageProcessor.from_config(vision, model.config.connector) if vision is not None else None
-    settings = SamplingSettings(args.n, args.seed, args.temperature, args.max_new_tokens)
+    if args.thinking_budget is not None and not args.think:
+        raise ConfigError("--thinking-budget is the budget of thinking-mode replies; add --think")
+    settings = SamplingSettings(args.n, args.seed, args.temperature, args.max_new_tokens, args.think,
+                                args.thinking_budget, args.strict)
     source = {"model": str(Path(args.model).resolve()), "data": str(Path(args.qa).resolve())}
     summary = make_preferences(samples, Path(args.out), settings,
                                lambda chunk: sample_replies(model, tokenizer, processor, chunk, settings), source)

@@ -11,6 +11,13 @@ with the same settings samples only the questions in neither file; a rerun with 
 
 Pair records: `{"id", "messages": the prompt turns (chat form, one <image> marker per image), "images":
 paths relative to FILE's folder, "chosen", "rejected", "meta": the question's meta plus n_right and n}`.
+
+Thinking mode (`think=True`): each reply is asked as the engine's `think=True` request (`<think>` opened after
+the prompt, `</think>` forced after `thinking_budget` tokens) and kept whole, as training renders a thinking
+turn (`<think>\n...\n</think>\nanswer`); the reward reads the answer after `</think>` and asks for one
+well-formed think block, so chosen is a right answer reached by thinking, rejected a wrong one (or one that
+never closed its thinking). MPO then trains on the whole turn: thinking, tags and answer. `strict=True`
+counts a right answer only when it stands alone (the reward's `strict`), so a hedge is a rejected reply.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Callable, Optional, Sequence
 from ..data.collate import encode_sample
 from ..data.sample import Sample
 from ..errors import DataError, UserError
-from ..infer.engine import Engine, Request, SamplingParams
+from ..infer.engine import Engine, Request, SamplingParams, think_opening
 from .reward import reward
 
 ALL_RIGHT, ALL_WRONG, NO_ANSWER, TOO_LONG = "all right", "all wrong", "no answer", "prompt too long"
@@ -38,6 +45,14 @@ class SamplingSettings:
     seed: int = 0
     temperature: float = 1.0
     max_new_tokens: int = 32
+    think: bool = False  # thinking-mode replies (module docstring)
+    thinking_budget: Optional[int] = None  # with think: the most tokens thought before `</think>` is forced
+    strict: bool = False  # a right answer counts only alone (rl.reward's strict)
+
+    def __post_init__(self):
+        if self.thinking_budget is not None and (not self.think or not 1 <= self.thinking_budget < self.max_new_tokens):
+            raise UserError(f"thinking budget {self.thinking_budget}: it needs thinking mode and 1 <= budget < "
+                            f"max new tokens ({self.max_new_tokens}), leaving room for the answer")
 
 
 def reply_seed(seed: int | str, sample_id: str, k: int) -> int:
@@ -51,18 +66,22 @@ def sample_replies(model, tokenizer, processor, samples: Sequence[Sample], setti
     """`settings.n` sampled replies to each sample's question (its messages up to the last answer); None for
     a sample whose prompt and replies would not fit the model's context."""
     prompts = [encode_sample(prompt_of(s), tokenizer, processor, add_generation_prompt=True) for s in samples]
+    opening = think_opening(tokenizer) if settings.think else []  # what the engine writes after the prompt
     context = getattr(model, "language", model).config.max_position_embeddings
-    fits = [len(p.input_ids) + settings.max_new_tokens <= context for p in prompts]
-    longest = max((len(p.input_ids) for p, ok in zip(prompts, fits) if ok), default=0)
+    fits = [len(p.input_ids) + len(opening) + settings.max_new_tokens <= context for p in prompts]
+    longest = max((len(p.input_ids) for p, ok in zip(prompts, fits) if ok), default=0) + len(opening)
+    think = True if settings.think else None  # None: the model chooses, as evaluation asks it
     requests = [Request(p.input_ids, SamplingParams(settings.max_new_tokens, settings.temperature,
                                                     seed=reply_seed(settings.seed, s.id, k)),
-                        pixel_values=p.pixel_values)
+                        pixel_values=p.pixel_values, think=think, thinking_budget=settings.thinking_budget)
                 for s, p, ok in zip(samples, prompts, fits) if ok for k in range(settings.n)]
     if not requests:
         return [None] * len(samples)
     engine = Engine(model, tokenizer, max_batch_size=min(max_batch_size, len(requests)),
                     max_len=longest + settings.max_new_tokens)
-    texts = iter(c.text.strip() for c in engine.generate(requests))
+    # thinking mode: the whole turn as written (the engine's opening, thinking, close tag, answer)
+    texts = iter(tokenizer.decode(opening + c.token_ids).strip() if settings.think else c.text.strip()
+                 for c in engine.generate(requests))
     return [[next(texts) for _ in range(settings.n)] if ok else None for ok in fits]
 
 
@@ -70,11 +89,13 @@ def has_answer(sample: Sample) -> bool:
     return bool(sample.meta.get("answer")) or sample.messages[-1]["role"] == "assistant"
 
 
-def choose_pair(sample: Sample, replies: list[str]) -> tuple[Optional[tuple[str, str]], str, int]:
+def choose_pair(sample: Sample, replies: list[str], thinking: bool = False,
+                strict: bool = False) -> tuple[Optional[tuple[str, str]], str, int]:
     """(chosen, rejected) or None, the reason when None, and how many replies are right. Chosen is the right
     reply with the highest reward, rejected the wrong one with the highest reward (a readable wrong answer
-    before an unreadable one: the harder negative); the first such reply on ties."""
-    rewards = [reward(sample, r) for r in replies]
+    before an unreadable one: the harder negative); the first such reply on ties. `thinking` and `strict`: the
+    reward's (a thinking-mode reply is read after its `</think>` and asked for one well-formed think block)."""
+    rewards = [reward(sample, r, thinking=thinking, strict=strict) for r in replies]
     right = [i for i, r in enumerate(rewards) if r.correct]
     wrong = [i for i, r in enumerate(rewards) if not r.correct]
     if not wrong:
@@ -137,6 +158,8 @@ def make_preferences(samples: Sequence[Sample], out: Path, settings: SamplingSet
     config = {"settings": dataclasses.asdict(settings), "source": source}
     if summary_path.exists():
         old = json.loads(summary_path.read_text(encoding="utf-8"))
+        # a cache from before a setting existed was made with its default
+        old["settings"] = {**dataclasses.asdict(SamplingSettings()), **old.get("settings", {})}
         if {k: old.get(k) for k in config} != config:
             raise UserError(f"{out} was made with other settings ({old.get('settings')}, {old.get('source')}); "
                             "use another --out, or delete it and its .summary.json / .skipped.jsonl to start over")
@@ -159,7 +182,7 @@ def make_preferences(samples: Sequence[Sample], out: Path, settings: SamplingSet
             elif replies[s.id] is None:
                 pair, reason, n_right = None, TOO_LONG, 0
             else:
-                pair, reason, n_right = choose_pair(s, replies[s.id])
+                pair, reason, n_right = choose_pair(s, replies[s.id], settings.think, settings.strict)
             if pair is None:
                 new_skips.append({"id": s.id, "reason": reason, "n_right": n_right, "n": settings.n})
                 skipped[reason] += 1
