@@ -21,11 +21,15 @@ What it trains, each from the quickstart's models with the shipped recipe scaled
   thinking-mode GSPO from it per seed (the gspo stage of recipes/cascade-rl.yaml with `think: true`, the
   budget, `strict_answer` unless `--gspo-reward lenient`), and the control `fused+K+N` (as many more
   think-fusion steps as GSPO's N); runs named by these settings, so each is trained once and reused.
+  With `--mpo M` the thinking-mode cascade: per seed, pairs of the SFT model's thinking replies to the first
+  `--mpo-questions` training questions (`nativevlm data preferences --think`), M steps of the mpo stage of
+  recipes/cascade-rl.yaml on them (`+mpo`), GSPO from that model too (`+mpo+gspo`), and the control
+  `fused+K+M`.
 
 What it measures (greedy, `--limit` test questions, accuracy per family):
 - the quickstart VLM (or `--sft`) as it is (the direct baseline before think-fusion), and `fused` asked with
   think=False, think=True (budget `--budget`) and left to choose;
-- part `gspo`: the SFT model, each GSPO model and the control asked with think=True and think=False, and
+- part `gspo`: the SFT model, each MPO and GSPO model and the controls asked with think=True and think=False, and
   each GSPO run's reward, accuracy, reply length, kept share and clip fraction per step (`gspo_thinking.png`);
 - Extract+Think with perceivers {caption (asked "Describe the image."), vet (asked the VET prompt with the
   question), truth (the ground-truth captions)} x reasoner {direct, thinking}.
@@ -161,7 +165,13 @@ def main() -> None:
                     help="ask this share of each rollout's questions directly, the rest thinking (gspo's "
                          "direct_share: RL trains both modes); several values train a run for each; default 0, "
                          "thinking only")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="GSPO seeds (part gspo)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="GSPO (and MPO) seeds (part gspo)")
+    ap.add_argument("--mpo", type=int, default=0, metavar="M",
+                    help="part gspo: also thinking-mode MPO, M steps, from the SFT model per seed, and GSPO from it "
+                         "(the thinking-mode cascade SFT -> +MPO -> +GSPO); 0: none")
+    ap.add_argument("--mpo-lr", type=float, default=1e-4, help="MPO learning rate (the recipe's)")
+    ap.add_argument("--mpo-questions", type=int, default=320,
+                    help="training questions whose thinking replies make MPO's pairs (8 replies each)")
     ap.add_argument("--gspo-reward", choices=("strict", "lenient"), default="strict",
                     help="strict: a right answer counts only alone (rl.reward); lenient: as evaluation reads it")
     ap.add_argument("--gspo-sft-steps", type=int, default=200,
@@ -262,6 +272,8 @@ def main() -> None:
                             f"{args.gspo_sft_steps} --gspo-filter {args.gspo_filter[0]:g} {args.gspo_filter[1]:g}"
                             + (" --gspo-direct-share " + " ".join(f"{p:g}" for p in args.gspo_direct_share)
                                if any(args.gspo_direct_share) else "")
+                            + (f" --mpo {args.mpo} --mpo-lr {args.mpo_lr:g} --mpo-questions {args.mpo_questions}"
+                               if args.mpo else "")
                             if "gspo" in args.parts else ""),
               **{k: v for k, v in results.items() if v}}
     (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -275,13 +287,10 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     """Thinking-mode GSPO, per seed, from the think-fused model trained `--gspo-sft-steps` more think-fusion
     steps (the SFT model of this cascade), with the gspo stage of recipes/cascade-rl.yaml and `think: true`
     (replies of up to `n` tokens, `--budget` of them thinking), once per `--gspo-direct-share` (the share of
-    questions asked directly instead, 0: thinking only). The SFT model and each GSPO model are asked
-    both ways, and so is the control: the SFT model trained as many more think-fusion steps as GSPO took.
-    Returns each GSPO run's curves."""
-    from nativevlm.config import read_yaml
-    from nativevlm.quickstart import RECIPES
-    from nativevlm.train.recipe import recipe_from_dict, relocate_paths
-
+    questions asked directly instead, 0: thinking only). With `--mpo M`, per seed also thinking-mode MPO from
+    the SFT model (`mpo_thinking`) and each GSPO run once more from that seed's MPO model. The SFT model and
+    each MPO and GSPO model are asked both ways, and so are the controls: the SFT model trained as many more
+    think-fusion steps as GSPO (and MPO) took. Returns each GSPO run's curves."""
     def more_fusion(name: str, init: Path, k: int) -> Path:
         return trained(name, "think-fusion", work, fusion + [f"stages.0.steps={k}", "stages.0.warmup_steps=10",
                                                              f"init.path={init}"], log)
@@ -294,6 +303,11 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     sft_name = f"fused+{args.gspo_sft_steps}" if args.gspo_sft_steps else "fused"
     sft = more_fusion(sft_name, fused, args.gspo_sft_steps) if args.gspo_sft_steps else fused
     both_ways(f"SFT ({sft_name})", sft)
+    starts = {seed: [(sft_name, sft)] for seed in args.seeds}  # where each seed's GSPO runs start
+    for seed in args.seeds if args.mpo else ():
+        mpo = mpo_thinking(args, work, sft, sft_name, seed, n, log)
+        both_ways(f"MPO ({args.gspo_reward} pairs) seed {seed}", mpo)
+        starts[seed].append((f"{sft_name}+mpo{args.mpo}", mpo))
     # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
     low, high = args.gspo_filter
     base = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
@@ -303,36 +317,80 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
     for share, seed in itertools.product(args.gspo_direct_share, args.seeds):
-        options = {**base, "direct_share": share} if share else base
-        mode = f"think-direct{share:g}" if share else "think"
-        name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{sft_name}-s{seed}"
-        out = work / "runs" / name
-        made = out / "bench_record.json"
-        made_by = json.loads(made.read_text()) if made.exists() else None
-        if made_by is not None and (made_by.get("gspo"), made_by.get("overrides")) != (options, overrides):
-            raise SystemExit(f"{out} was trained with other GSPO settings ({made}); delete it to rerun with these")
-        if not (out / "final").is_dir():
-            data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), work)
-            data["stages"] = [s for s in data["stages"] if s["name"] == "gspo"]
-            data["stages"][0]["objectives"][0].update(options)
-            data.update(init={"path": str(sft)}, seed=seed, device="cpu")
-            t0 = time.time()
-            train(recipe_from_dict(data, overrides), out)
-            record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": sft_name, "seed": seed,
-                                    "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
-        elif made_by is not None:
-            log[name] = made_by
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
-                        for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
-                                  "think_accuracy", "direct_accuracy")}
-        both_ways(f"GSPO ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}) seed {seed}",
-                  out / "final")
-    # Control: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
-    control = f"{sft_name}+{args.gspo_steps}"
-    if not args.no_control:
-        both_ways(f"think-fusion continued ({control})", more_fusion(control, sft, args.gspo_steps))
+        for init_name, init in starts[seed]:
+            options = {**base, "direct_share": share} if share else base
+            mode = f"think-direct{share:g}" if share else "think"
+            name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{init_name}-s{seed}"
+            out = work / "runs" / name
+            if not reuse(out, log, name, {"gspo": options, "overrides": overrides}):
+                t0 = time.time()
+                train(cascade_stage("gspo", work, options, init, seed, overrides), out)
+                record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": init_name, "seed": seed,
+                                        "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
+                            for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
+                                      "think_accuracy", "direct_accuracy")}
+            arm = "GSPO" if init == sft else "MPO + GSPO"
+            both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}) seed {seed}",
+                      out / "final")
+    # Controls: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
+    for k in () if args.no_control else dict.fromkeys(k for k in (args.mpo, args.gspo_steps) if k):
+        control = f"{sft_name}+{k}"
+        both_ways(f"think-fusion continued ({control})", more_fusion(control, sft, k))
     return curves
+
+
+def reuse(out: Path, log: dict, name: str, settings: dict) -> bool:
+    """Whether the run in `out` is trained (its record then goes into `log`); a run trained with other
+    `settings` (keys of its bench_record.json) stops the bench."""
+    made = out / "bench_record.json"
+    made_by = json.loads(made.read_text()) if made.exists() else None
+    if made_by is not None and {k: made_by.get(k) for k in settings} != settings:
+        raise SystemExit(f"{out} was trained with other settings ({made}); delete it to rerun with these")
+    if (out / "final").is_dir() and made_by is not None:
+        log[name] = made_by
+    return (out / "final").is_dir()
+
+
+def cascade_stage(stage: str, work: Path, options: dict, init: Path, seed: int, overrides: list[str]):
+    """The `stage` stage of recipes/cascade-rl.yaml alone, its objective's `options` updated, from `init`."""
+    from nativevlm.config import read_yaml
+    from nativevlm.quickstart import RECIPES
+    from nativevlm.train.recipe import recipe_from_dict, relocate_paths
+
+    data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), work)
+    data["stages"] = [s for s in data["stages"] if s["name"] == stage]
+    data["stages"][0]["objectives"][0].update(options)
+    data.update(init={"path": str(init)}, seed=seed, device="cpu")
+    return recipe_from_dict(data, overrides)
+
+
+def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, n: int, log: dict) -> Path:
+    """Thinking-mode MPO from the SFT model: 8 thinking replies (seed `seed`, up to `n` tokens, `--budget` of them
+    thinking) to each of the first `--mpo-questions` training questions, a pair per question with a right and
+    a wrong reply (`nativevlm data preferences --think`, strict as the GSPO reward), then `--mpo` steps of the mpo
+    stage of recipes/cascade-rl.yaml on those pairs."""
+    strict = args.gspo_reward == "strict"
+    pairs = work / "data" / "preferences" / (f"think-{sft_name}-q{args.mpo_questions}-b{args.budget}"
+                                             f"-{args.gspo_reward}-s{seed}.jsonl")
+    sh("data", "preferences", str(work / "data" / "world" / "train.json"), "--model", str(sft), "--out", str(pairs),
+       "--seed", str(seed), "--limit", str(args.mpo_questions), "--max-new-tokens", str(n), "--think",
+       "--thinking-budget", str(args.budget), *(["--strict"] if strict else []), "--device", "cpu")
+    made = json.loads(Path(f"{pairs}.summary.json").read_text())
+    name = f"{sft_name}+mpo{args.mpo}-s{seed}"
+    out = work / "runs" / name
+    overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={args.mpo_lr:g}", f"checkpoint_every={args.mpo}",
+                 "max_length=384"]  # a thinking turn is longer than the recipe's 320 allows for direct answers
+    if not reuse(out, log, name, {"overrides": overrides, "pairs_file": pairs.name}):
+        t0 = time.time()
+        stage = cascade_stage("mpo", work, {}, sft, seed, overrides + [f"stages.0.data=[{{path: {pairs}}}]"])
+        train(stage, out)
+        record(out, log, name, {"recipe": "cascade-rl (mpo stage)", "init": sft_name, "seed": seed,
+                                "overrides": overrides, "pairs_file": pairs.name,
+                                "pairs": {k: made[k] for k in ("questions", "pairs", "skipped")},
+                                "seconds": round(time.time() - t0, 1)})
+    return out / "final"
 
 
 def plot_gspo(curves: dict, path: Path) -> None:
@@ -404,10 +462,11 @@ def plot(results: dict, path: Path) -> None:
     if results.get("gspo_thinking"):
         arms = results["gspo_thinking"]
         control = " (and its SFT control)" if any(a.startswith("think-fusion continued") for a in arms) else ""
+        rl = "MPO and GSPO" if any(a.startswith("MPO") for a in arms) else "GSPO"
         for mode, what in (("think=True", "thinking"), ("think=False", "answering directly")):
             chosen = {a.removesuffix(f", {mode}"): v for a, v in arms.items() if a.endswith(f", {mode}")}
             if chosen:
-                panels.append((f"after thinking-mode GSPO{control}: {what}", chosen))
+                panels.append((f"after thinking-mode {rl}{control}: {what}", chosen))
     if results.get("extract_think"):
         panels.append(("Extract+Think: perceiver + reasoner", results["extract_think"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.6), squeeze=False)
