@@ -242,7 +242,6 @@ def main() -> None:
     ap.add_argument("--test", default="", help="a held-out split: the final model's accuracy on it and its answers")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     res = train_peer(a.train, a.eval, a.minutes, a.image_size, eval_every=a.eval_every, seed=a.seed,
                      readout=a.readout, causal=a.causal, test_path=a.test)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

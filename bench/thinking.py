@@ -34,7 +34,8 @@ What it measures (greedy, `--limit` test questions, accuracy per family):
 - Extract+Think with perceivers {caption (asked "Describe the image."), vet (asked the VET prompt with the
   question), truth (the ground-truth captions)} x reasoner {direct, thinking}.
 Writes `<out>/thinking.json` (accuracies as evaluation reads answers and strict, parse failures, mean
-thinking tokens, seconds, what trained each model, the command) and `<out>/thinking.png`.
+thinking tokens, seconds, what trained each model with paths in the work folder as `WORK/...`, the command)
+and `<out>/thinking.png`.
 """
 from __future__ import annotations
 
@@ -276,7 +277,8 @@ def main() -> None:
                                if args.mpo else "")
                             if "gspo" in args.parts else ""),
               **{k: v for k, v in results.items() if v}}
-    (out / "thinking.json").write_text(json.dumps(record, indent=1) + "\n")
+    # paths inside the work folder as WORK/..., so the record reads the same on any machine
+    (out / "thinking.json").write_text(json.dumps(record, indent=1).replace(f"{work}/", "WORK/") + "\n")
     plot(record, out / "thinking.png")
     if "gspo_curves" in record:
         plot_gspo(record["gspo_curves"], out / "gspo_thinking.png")
