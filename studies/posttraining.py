@@ -33,6 +33,7 @@ folder (train.json, test.json), the cascade's training data; the tokenizer is th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -55,12 +56,15 @@ SCALE = {"mpo": [], "gspo": ["stages.0.batch_size=8", "stages.0.steps=16", "stag
 LABELS = {"sft": "SFT", "mpo": "+MPO", "mpo+gspo": "+MPO +GSPO", "gspo": "GSPO alone", CONTROL: "continued SFT"}
 
 
-def evaluate_model(path: Path, world: Path) -> dict:
-    """Accuracy overall, per family and per kind on the world's test split; kept beside the model folder
-    (`eval_test.json`), so a rerun, or a run of other seeds, evaluates each model once."""
-    cache = path.parent / "eval_test.json"
+def evaluate_model(path: Path, world: Path, cache_dir: Path) -> dict:
+    """Accuracy overall, per family and per kind on the world's test split, cached in `cache_dir` (the study's
+    work folder, never the model's) under the model folder and world, so a rerun, or a run of other seeds,
+    evaluates each model once; a cache whose model file has changed since (retrained) is evaluated again."""
+    weights = path / "model.safetensors"
+    key = {"model": str(path.resolve()), "world": str(world.resolve()), "modified": weights.stat().st_mtime_ns}
+    cache = cache_dir / "eval" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
     if cache.exists():
-        return json.loads(cache.read_text())
+        return json.loads(cache.read_text())["result"]
     from nativevlm.eval.benchmarks import load_benchmark
     from nativevlm.eval.harness import evaluate
     from nativevlm.eval.local import LocalAnswerer
@@ -70,7 +74,8 @@ def evaluate_model(path: Path, world: Path) -> dict:
     s = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 64, max_new_tokens=8)).summary()
     result = {"overall": s["accuracy"], "n": s["n"], **{k: v["accuracy"] for k, v in s["by_category"].items()},
               **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()}}
-    cache.write_text(json.dumps(result, indent=1) + "\n")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({**key, "result": result}, indent=1) + "\n")
     return result
 
 
@@ -292,12 +297,12 @@ def main(argv=None) -> None:
             init = init or runs["mpo"]
             extra = overrides[stage] + (pair_override if stage == "mpo" else [])
             runs[name] = stage_run(base, stage, init, w / name.replace("+", "_"), seed, extra)
-            study["accuracy"][name][s] = evaluate_model(runs[name], world)
+            study["accuracy"][name][s] = evaluate_model(runs[name], world, work)
             timings[f"{name} {s} (train + evaluate)"] = round(time.time() - t)
         if args.sft_control:
             t = time.time()
             runs[CONTROL] = sft_control(base, w / "sft_more", seed, overrides["gspo"])
-            study["accuracy"][CONTROL][s] = evaluate_model(runs[CONTROL], world)
+            study["accuracy"][CONTROL][s] = evaluate_model(runs[CONTROL], world, work)
             timings[f"{CONTROL} {s} (train + evaluate)"] = round(time.time() - t)
         study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo") if name in runs}
         if args.sampled:
@@ -309,7 +314,7 @@ def main(argv=None) -> None:
         print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in models[1:]),
               flush=True)
     t = time.time()
-    sft_acc = evaluate_model(sft, world)  # greedy evaluation of one model: the same for every seed
+    sft_acc = evaluate_model(sft, world, work)  # greedy evaluation of one model: the same for every seed
     study["accuracy"]["sft"] = {str(seed): sft_acc for seed in args.seeds}
     timings["evaluate sft"] = round(time.time() - t)
     timings["total"] = round(time.time() - t0)
