@@ -190,3 +190,42 @@ def test_thinking_mode_pairs_are_chosen_as_the_thinking_reward_reads_them(setup,
     skipped = [json.loads(line) for line in Path(f"{thinking}.skipped.jsonl").read_text().splitlines()]
     assert len(records) + len(skipped) == 5
     assert all(r[side].startswith(THINK_START) for r in records for side in ("chosen", "rejected"))
+
+
+def test_both_modes_ask_each_question_one_way_and_choose_its_pair_that_way(setup, tmp_path):
+    """`direct_share`: a hash of (seed, id) asks each question thinking or directly, all its replies one way:
+    thinking replies are the engine's think=True replies kept whole, direct ones its think=False replies; the
+    pair is chosen with that mode's reward and the record says which mode it is."""
+    model_dir, qa, _ = setup
+    model, tok = load_model_and_tokenizer(model_dir)
+    processor = ImageProcessor.from_config(model.config.vision, model.config.connector)
+    samples = read_samples(qa)[0]
+    settings = SamplingSettings(n=2, seed=4, max_new_tokens=12, think=True, thinking_budget=4, direct_share=0.5)
+    modes = [settings.thinks(s.id) for s in samples]
+    assert set(modes) == {True, False} and modes == [settings.thinks(s.id) for s in samples]  # stable
+    got = sample_replies(model, tok, processor, samples, settings)
+    opening = think_opening(tok)
+    for s, replies, thinks in zip(samples, got, modes):
+        p = encode_sample(prompt_of(s), tok, processor, add_generation_prompt=True)
+        engine = Engine(model, tok, max_batch_size=1, max_len=len(p.input_ids) + len(opening) + 12)
+        for k, reply in enumerate(replies):
+            done = engine.generate([Request(p.input_ids, SamplingParams(12, 1.0, seed=reply_seed(4, s.id, k)),
+                                            pixel_values=p.pixel_values, think=thinks,
+                                            thinking_budget=4 if thinks else None)])[0]
+            assert reply == (tok.decode(opening + done.token_ids).strip() if thinks else done.text.strip())
+            assert reply.startswith(THINK_START) == thinks and (THINK_START in reply) == thinks
+    with pytest.raises(ValueError, match="direct share 0.5"):
+        SamplingSettings(n=2, direct_share=0.5)  # needs thinking mode
+
+    # the pair of a direct question prefers the reply without a think block, a thinking one the reverse
+    q = [Sample(f"q{i}", [{"role": "user", "content": "how many?"}, {"role": "assistant", "content": "3"}])
+         for i in range(5)]
+    thought, bare, wrong = "<think>\ncount\n</think>\n3", "3", "4"
+    out = tmp_path / "both.jsonl"
+    make_preferences(q, out, settings, lambda chunk: [[bare, thought, wrong] for _ in chunk], {"model": "m"},
+                     log=lambda m: None)
+    records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    for i, thinks in enumerate(modes):
+        r = records[f"q{i}"]
+        assert r["meta"]["think"] == thinks and r["chosen"] == (thought if thinks else bare)
+        assert r["rejected"] == wrong and r["meta"]["n_right"] == 2

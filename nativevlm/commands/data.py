@@ -71,6 +71,9 @@ def register(sub) -> None:
                         "</think>, and the pair keeps the whole turn, so MPO trains the thinking too")
     p.add_argument("--thinking-budget", type=int, default=None, metavar="N",
                    help="with --think: force </think> after N tokens of thinking (N < --max-new-tokens)")
+    p.add_argument("--direct-share", type=float, default=0.0, metavar="P",
+                   help="with --think: ask this share of the questions directly instead (a hash of seed and id "
+                        "decides each), so one pair file trains both modes (default: 0)")
     p.add_argument("--strict", action="store_true",
                    help="a right answer counts only alone (a hedge such as 'yes or no' is a rejected reply)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
@@ -196,10 +199,10 @@ def write_preferences(args) -> int:
     if vision is None and any(s.images for s in samples):
         raise ConfigError(f"{args.model} is a language model and {args.qa} has images; use a vision-language model")
     processor = ImageProcessor.from_config(vision, model.config.connector) if vision is not None else None
-    if args.thinking_budget is not None and not args.think:
-        raise ConfigError("--thinking-budget is the budget of thinking-mode replies; add --think")
+    if (args.thinking_budget is not None or args.direct_share) and not args.think:
+        raise ConfigError("--thinking-budget and --direct-share are settings of thinking-mode replies; add --think")
     settings = SamplingSettings(args.n, args.seed, args.temperature, args.max_new_tokens, args.think,
-                                args.thinking_budget, args.strict)
+                                args.thinking_budget, args.strict, args.direct_share)
     source = {"model": str(Path(args.model).resolve()), "data": str(Path(args.qa).resolve())}
     summary = make_preferences(samples, Path(args.out), settings,
                                lambda chunk: sample_replies(model, tokenizer, processor, chunk, settings), source)

@@ -18,6 +18,9 @@ turn (`<think>\n...\n</think>\nanswer`); the reward reads the answer after `</th
 well-formed think block, so chosen is a right answer reached by thinking, rejected a wrong one (or one that
 never closed its thinking). MPO then trains on the whole turn: thinking, tags and answer. `strict=True`
 counts a right answer only when it stands alone (the reward's `strict`), so a hedge is a rejected reply.
+Both modes (`think=True`, `direct_share=p`): each question is asked directly instead (the engine's
+`think=False`, think blocks banned, the direct reward) with probability p, drawn by a hash of (seed, question
+id) like the reply seeds, so one pair file trains both modes; each record's `meta.think` says which.
 """
 from __future__ import annotations
 
@@ -48,11 +51,21 @@ class SamplingSettings:
     think: bool = False  # thinking-mode replies (module docstring)
     thinking_budget: Optional[int] = None  # with think: the most tokens thought before `</think>` is forced
     strict: bool = False  # a right answer counts only alone (rl.reward's strict)
+    direct_share: float = 0.0  # with think: the share of questions asked directly instead (module docstring)
 
     def __post_init__(self):
         if self.thinking_budget is not None and (not self.think or not 1 <= self.thinking_budget < self.max_new_tokens):
             raise UserError(f"thinking budget {self.thinking_budget}: it needs thinking mode and 1 <= budget < "
                             f"max new tokens ({self.max_new_tokens}), leaving room for the answer")
+        if not 0 <= self.direct_share <= 1 or (self.direct_share > 0 and not self.think):
+            raise UserError(f"direct share {self.direct_share}: the share of questions asked directly beside "
+                            "thinking ones needs thinking mode and 0 <= share <= 1")
+
+    def thinks(self, sample_id: str) -> bool:
+        """Whether question `sample_id` is asked to think."""
+        if not self.think:
+            return False
+        return self.direct_share == 0 or reply_seed(self.seed, sample_id, -1) / 2 ** 63 >= self.direct_share
 
 
 def reply_seed(seed: int | str, sample_id: str, k: int) -> int:
@@ -70,18 +83,21 @@ def sample_replies(model, tokenizer, processor, samples: Sequence[Sample], setti
     context = getattr(model, "language", model).config.max_position_embeddings
     fits = [len(p.input_ids) + len(opening) + settings.max_new_tokens <= context for p in prompts]
     longest = max((len(p.input_ids) for p, ok in zip(prompts, fits) if ok), default=0) + len(opening)
-    think = True if settings.think else None  # None: the model chooses, as evaluation asks it
+    # per question: think (True), or answer directly: banned from thinking beside thinking questions (False),
+    # left to choose as evaluation asks (None)
+    modes = {s.id: True if settings.thinks(s.id) else (False if settings.think else None) for s in samples}
     requests = [Request(p.input_ids, SamplingParams(settings.max_new_tokens, settings.temperature,
                                                     seed=reply_seed(settings.seed, s.id, k)),
-                        pixel_values=p.pixel_values, think=think, thinking_budget=settings.thinking_budget)
+                        pixel_values=p.pixel_values, think=modes[s.id],
+                        thinking_budget=settings.thinking_budget if modes[s.id] else None)
                 for s, p, ok in zip(samples, prompts, fits) if ok for k in range(settings.n)]
     if not requests:
         return [None] * len(samples)
     engine = Engine(model, tokenizer, max_batch_size=min(max_batch_size, len(requests)),
                     max_len=longest + settings.max_new_tokens)
-    # thinking mode: the whole turn as written (the engine's opening, thinking, close tag, answer)
-    texts = iter(tokenizer.decode(opening + c.token_ids).strip() if settings.think else c.text.strip()
-                 for c in engine.generate(requests))
+    # thinking: the whole turn as written (the engine's opening, thinking, close tag, answer)
+    texts = iter(tokenizer.decode(opening + c.token_ids).strip() if r.think else c.text.strip()
+                 for r, c in zip(requests, engine.generate(requests)))
     return [[next(texts) for _ in range(settings.n)] if ok else None for ok in fits]
 
 
@@ -106,11 +122,13 @@ def choose_pair(sample: Sample, replies: list[str], thinking: bool = False,
     return (replies[best(right)], replies[best(wrong)]), "", len(right)
 
 
-def pair_record(sample: Sample, chosen: str, rejected: str, n_right: int, n: int, folder: Path) -> dict:
+def pair_record(sample: Sample, chosen: str, rejected: str, n_right: int, n: int, folder: Path,
+                think: Optional[bool] = None) -> dict:
     prompt = prompt_of(sample)
+    mode = {} if think is None else {"think": think}
     return {"id": sample.id, "messages": prompt.messages,
             "images": [os.path.relpath(p, folder) for p in prompt.images], "chosen": chosen,
-            "rejected": rejected, "meta": {**sample.meta, "n_right": n_right, "n": n}}
+            "rejected": rejected, "meta": {**sample.meta, "n_right": n_right, "n": n, **mode}}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -182,12 +200,13 @@ def make_preferences(samples: Sequence[Sample], out: Path, settings: SamplingSet
             elif replies[s.id] is None:
                 pair, reason, n_right = None, TOO_LONG, 0
             else:
-                pair, reason, n_right = choose_pair(s, replies[s.id], settings.think, settings.strict)
+                pair, reason, n_right = choose_pair(s, replies[s.id], settings.thinks(s.id), settings.strict)
             if pair is None:
                 new_skips.append({"id": s.id, "reason": reason, "n_right": n_right, "n": settings.n})
                 skipped[reason] += 1
             else:
-                new_pairs.append(pair_record(s, *pair, n_right, settings.n, out.parent))
+                new_pairs.append(pair_record(s, *pair, n_right, settings.n, out.parent,
+                                             settings.thinks(s.id) if settings.think else None))
         for path, recs in ((out, new_pairs), (skipped_path, new_skips)):
             with path.open("a", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
