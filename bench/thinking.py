@@ -173,6 +173,9 @@ def main() -> None:
     ap.add_argument("--mpo-lr", type=float, default=1e-4, help="MPO learning rate (the recipe's)")
     ap.add_argument("--mpo-questions", type=int, default=320,
                     help="training questions whose thinking replies make MPO's pairs (8 replies each)")
+    ap.add_argument("--mpo-direct-share", type=float, default=0.0, metavar="P",
+                    help="ask this share of MPO's questions directly (`data preferences --direct-share`), so its "
+                         "pairs train both modes; default 0, thinking only")
     ap.add_argument("--gspo-reward", choices=("strict", "lenient"), default="strict",
                     help="strict: a right answer counts only alone (rl.reward); lenient: as evaluation reads it")
     ap.add_argument("--gspo-sft-steps", type=int, default=200,
@@ -274,6 +277,7 @@ def main() -> None:
                             + (" --gspo-direct-share " + " ".join(f"{p:g}" for p in args.gspo_direct_share)
                                if any(args.gspo_direct_share) else "")
                             + (f" --mpo {args.mpo} --mpo-lr {args.mpo_lr:g} --mpo-questions {args.mpo_questions}"
+                               + (f" --mpo-direct-share {args.mpo_direct_share:g}" if args.mpo_direct_share else "")
                                if args.mpo else "")
                             if "gspo" in args.parts else ""),
               **{k: v for k, v in results.items() if v}}
@@ -306,10 +310,11 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     sft = more_fusion(sft_name, fused, args.gspo_sft_steps) if args.gspo_sft_steps else fused
     both_ways(f"SFT ({sft_name})", sft)
     starts = {seed: [(sft_name, sft)] for seed in args.seeds}  # where each seed's GSPO runs start
+    mpo_share = args.mpo_direct_share
     for seed in args.seeds if args.mpo else ():
         mpo = mpo_thinking(args, work, sft, sft_name, seed, n, log)
-        both_ways(f"MPO ({args.gspo_reward} pairs) seed {seed}", mpo)
-        starts[seed].append((f"{sft_name}+mpo{args.mpo}", mpo))
+        both_ways(f"MPO ({args.gspo_reward} pairs{f', {mpo_share:g} direct' if mpo_share else ''}) seed {seed}", mpo)
+        starts[seed].append((f"{sft_name}+mpo{args.mpo}{f'-direct{mpo_share:g}' if mpo_share else ''}", mpo))
     # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
     low, high = args.gspo_filter
     base = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
@@ -372,15 +377,18 @@ def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, n: int, 
     """Thinking-mode MPO from the SFT model: 8 thinking replies (seed `seed`, up to `n` tokens, `--budget` of them
     thinking) to each of the first `--mpo-questions` training questions, a pair per question with a right and
     a wrong reply (`nativevlm data preferences --think`, strict as the GSPO reward), then `--mpo` steps of the mpo
-    stage of recipes/cascade-rl.yaml on those pairs."""
-    strict = args.gspo_reward == "strict"
-    pairs = work / "data" / "preferences" / (f"think-{sft_name}-q{args.mpo_questions}-b{args.budget}"
+    stage of recipes/cascade-rl.yaml on those pairs; with `--mpo-direct-share P` a share P of the questions is
+    asked directly instead, so the pairs train both modes."""
+    strict, share = args.gspo_reward == "strict", args.mpo_direct_share
+    mode = f"-direct{share:g}" if share else ""
+    pairs = work / "data" / "preferences" / (f"think{mode}-{sft_name}-q{args.mpo_questions}-b{args.budget}"
                                              f"-{args.gspo_reward}-s{seed}.jsonl")
     sh("data", "preferences", str(work / "data" / "world" / "train.json"), "--model", str(sft), "--out", str(pairs),
        "--seed", str(seed), "--limit", str(args.mpo_questions), "--max-new-tokens", str(n), "--think",
-       "--thinking-budget", str(args.budget), *(["--strict"] if strict else []), "--device", "cpu")
+       "--thinking-budget", str(args.budget), *(["--strict"] if strict else []),
+       *(["--direct-share", f"{share:g}"] if share else []), "--device", "cpu")
     made = json.loads(Path(f"{pairs}.summary.json").read_text())
-    name = f"{sft_name}+mpo{args.mpo}-s{seed}"
+    name = f"{sft_name}+mpo{args.mpo}{mode}-s{seed}"
     out = work / "runs" / name
     overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={args.mpo_lr:g}", f"checkpoint_every={args.mpo}",
                  "max_length=384"]  # a thinking turn is longer than the recipe's 320 allows for direct answers
