@@ -323,8 +323,9 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     overrides = ["stages.0.batch_size=16", f"stages.0.steps={args.gspo_steps}", f"stages.0.lr={args.gspo_lr}",
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
-    for share, seed in itertools.product(args.gspo_direct_share, args.seeds):
-        for init_name, init in starts[seed]:
+    # each arm's seeds side by side (GSPO from SFT, then from MPO), as the plots and tables read them
+    for share, k, seed in itertools.product(args.gspo_direct_share, range(len(starts[args.seeds[0]])), args.seeds):
+        for init_name, init in starts[seed][k:k + 1]:
             options = {**base, "direct_share": share} if share else base
             mode = f"think-direct{share:g}" if share else "think"
             name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{init_name}-s{seed}"
@@ -418,7 +419,7 @@ def plot_gspo(curves: dict, path: Path) -> None:
                     direct_accuracy="rollout accuracy, questions asked directly")
     cols = len(keys) if len(keys) <= 4 else 3  # one row of four, or two rows of three with both modes
     rows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows + 0.25 * len(curves)), squeeze=False)
     for ax, (key, title) in zip(axes.flat, keys.items()):
         for k, (name, c) in enumerate(curves.items()):
             if c.get(key):
@@ -429,8 +430,10 @@ def plot_gspo(curves: dict, path: Path) -> None:
                         label=f"{name} (mean of {w})")
         ax.set(title=title, xlabel="optimizer step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    # one legend below the panels: run names are long, and a legend in each panel hides its curves
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 * len(curves) / rows / 2 + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
