@@ -324,8 +324,8 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
     # each arm's seeds side by side (GSPO from SFT, then from MPO), as the plots and tables read them
-    for share, k, seed in itertools.product(args.gspo_direct_share, range(len(starts[args.seeds[0]])), args.seeds):
-        for init_name, init in starts[seed][k:k + 1]:
+    for share, start, seed in itertools.product(args.gspo_direct_share, range(len(starts[args.seeds[0]])), args.seeds):
+        for init_name, init in starts[seed][start:start + 1]:
             options = {**base, "direct_share": share} if share else base
             mode = f"think-direct{share:g}" if share else "think"
             name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{init_name}-s{seed}"
@@ -392,7 +392,7 @@ def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, n: int, 
     name = f"{sft_name}+mpo{args.mpo}{mode}-s{seed}"
     out = work / "runs" / name
     overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={args.mpo_lr:g}", f"checkpoint_every={args.mpo}",
-                 "max_length=384"]  # a thinking turn is longer than the recipe's 320 allows for direct answers
+                 "max_length=384"]  # room for a thinking turn (the recipe's 320 is sized for direct answers)
     if not reuse(out, log, name, {"overrides": overrides, "pairs_file": pairs.name}):
         t0 = time.time()
         stage = cascade_stage("mpo", work, {}, sft, seed, overrides + [f"stages.0.data=[{{path: {pairs}}}]"])
