@@ -63,15 +63,26 @@ class SamplingSettings:
 
     def thinks(self, sample_id: str) -> bool:
         """Whether question `sample_id` is asked to think."""
-        if not self.think:
-            return False
-        return self.direct_share == 0 or reply_seed(self.seed, sample_id, -1) / 2 ** 63 >= self.direct_share
+        return self.think and asked_to_think(self.seed, sample_id, self.direct_share)
 
 
 def reply_seed(seed: int | str, sample_id: str, k: int) -> int:
     """The seed of reply k to a question: a stable hash, the same in every process and batch."""
     digest = hashlib.sha256(f"{seed}|{sample_id}|{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def asked_to_think(seed: int | str, key: str, direct_share: float) -> bool:
+    """In both modes, whether the question `key` is asked to think (True) or directly (with probability
+    `direct_share`): a stable hash of (seed, key), like the reply seeds."""
+    return direct_share == 0 or reply_seed(seed, key, -1) / 2 ** 63 >= direct_share
+
+
+def reply_text(tokenizer, completion, opening: list[int]) -> str:
+    """A finished reply as the reward reads it: asked to think (`opening`, the engine's `<think>` tokens), the
+    whole turn as written (opening, thinking, close tag, answer), so malformed tags are seen as they are;
+    otherwise the answer text."""
+    return tokenizer.decode(opening + completion.token_ids).strip() if opening else completion.text.strip()
 
 
 def sample_replies(model, tokenizer, processor, samples: Sequence[Sample], settings: SamplingSettings,
@@ -95,8 +106,7 @@ def sample_replies(model, tokenizer, processor, samples: Sequence[Sample], setti
         return [None] * len(samples)
     engine = Engine(model, tokenizer, max_batch_size=min(max_batch_size, len(requests)),
                     max_len=longest + settings.max_new_tokens)
-    # thinking: the whole turn as written (the engine's opening, thinking, close tag, answer)
-    texts = iter(tokenizer.decode(opening + c.token_ids).strip() if r.think else c.text.strip()
+    texts = iter(reply_text(tokenizer, c, opening if r.think else [])
                  for r, c in zip(requests, engine.generate(requests)))
     return [[next(texts) for _ in range(settings.n)] if ok else None for ok in fits]
 
@@ -204,7 +214,7 @@ def make_preferences(samples: Sequence[Sample], out: Path, settings: SamplingSet
             if pair is None:
                 new_skips.append({"id": s.id, "reason": reason, "n_right": n_right, "n": settings.n})
                 skipped[reason] += 1
-            else:
+            else:  # thinking-mode files record each pair's mode
                 new_pairs.append(pair_record(s, *pair, n_right, settings.n, out.parent,
                                              settings.thinks(s.id) if settings.think else None))
         for path, recs in ((out, new_pairs), (skipped_path, new_skips)):

@@ -51,7 +51,7 @@ from ...infer.engine import Engine, Request, SamplingParams, think_opening
 from ...model.batch import Batch
 from ...rl.losses import accuracy_filter, group_advantages, gspo_loss
 from ...rl.policy import answer_logprobs, samples_by_id
-from ...rl.preferences import has_answer, prompt_of, reply_seed
+from ...rl.preferences import asked_to_think, has_answer, prompt_of, reply_seed, reply_text
 from ...rl.reward import RewardWeights, reward
 from .base import MicroBatch, Objective, Output, StageContext, StepInfo, register
 
@@ -136,8 +136,7 @@ class GSPO(Objective):
         """Whether question `sample_id` is asked to think in the rollout of `step`."""
         if not self.options.think:
             return False
-        share = self.options.direct_share
-        return share == 0 or reply_seed(self.seed, f"{step}:{sample_id}", -1) / 2 ** 63 >= share
+        return asked_to_think(self.seed, f"{step}:{sample_id}", self.options.direct_share)
 
     def sequences(self, ids: list[str], replies: list[list[int]], thinks: Optional[list[bool]] = None) -> Batch:
         """Prompt (+ the engine's `<think>` opening for a reply asked to think) + reply rows, targets on the reply
@@ -171,10 +170,7 @@ class GSPO(Objective):
         self.model.train(was_training)
         eos = self.tokenizer.eos_id
         replies = [c.token_ids + ([eos] if c.finish_reason == "stop" else []) for c in done]
-        # Thinking mode: the whole reply as written (the engine's opening, thinking, close tag, answer), so the
-        # reward sees malformed tags as they are; direct: the answer text, as before.
-        texts = [self.tokenizer.decode(self.opening + c.token_ids).strip() if modes[j // G] else c.text.strip()
-                 for j, c in enumerate(done)]
+        texts = [reply_text(self.tokenizer, c, self.opening if modes[j // G] else []) for j, c in enumerate(done)]
         scored = [reward(samples[j // G], t, thinking=modes[j // G], weights=self.weights, strict=o.strict_answer)
                   for j, t in enumerate(texts)]
         rewards = torch.tensor([r.value for r in scored]).view(-1, G)
