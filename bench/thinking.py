@@ -325,23 +325,23 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     curves = {}
     # each arm's seeds side by side (GSPO from SFT, then from MPO), as the plots and tables read them
     for share, start, seed in itertools.product(args.gspo_direct_share, range(len(starts[args.seeds[0]])), args.seeds):
-        for init_name, init in starts[seed][start:start + 1]:
-            options = {**base, "direct_share": share} if share else base
-            mode = f"think-direct{share:g}" if share else "think"
-            name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{init_name}-s{seed}"
-            out = work / "runs" / name
-            if not reuse(out, log, name, {"gspo": options, "overrides": overrides}):
-                t0 = time.time()
-                train(cascade_stage("gspo", work, options, init, seed, overrides), out)
-                record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": init_name, "seed": seed,
-                                        "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
-                            for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
-                                      "think_accuracy", "direct_accuracy")}
-            arm = "GSPO" if init == sft else "MPO + GSPO"
-            both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}) seed {seed}",
-                      out / "final")
+        init_name, init = starts[seed][start]
+        options = {**base, "direct_share": share} if share else base
+        mode = f"think-direct{share:g}" if share else "think"
+        name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{init_name}-s{seed}"
+        out = work / "runs" / name
+        if not reuse(out, log, name, {"gspo": options, "overrides": overrides}):
+            t0 = time.time()
+            train(cascade_stage("gspo", work, options, init, seed, overrides), out)
+            record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": init_name, "seed": seed,
+                                    "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
+                        for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
+                                  "think_accuracy", "direct_accuracy")}
+        arm = "GSPO" if start == 0 else "MPO + GSPO"
+        both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}) seed {seed}",
+                  out / "final")
     # Controls: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
     for k in () if args.no_control else dict.fromkeys(k for k in (args.mpo, args.gspo_steps) if k):
         control = f"{sft_name}+{k}"
@@ -384,16 +384,16 @@ def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, n: int, 
     mode = f"-direct{share:g}" if share else ""
     pairs = work / "data" / "preferences" / (f"think{mode}-{sft_name}-q{args.mpo_questions}-b{args.budget}"
                                              f"-{args.gspo_reward}-s{seed}.jsonl")
-    sh("data", "preferences", str(work / "data" / "world" / "train.json"), "--model", str(sft), "--out", str(pairs),
-       "--seed", str(seed), "--limit", str(args.mpo_questions), "--max-new-tokens", str(n), "--think",
-       "--thinking-budget", str(args.budget), *(["--strict"] if strict else []),
-       *(["--direct-share", f"{share:g}"] if share else []), "--device", "cpu")
-    made = json.loads(Path(f"{pairs}.summary.json").read_text())
     name = f"{sft_name}+mpo{args.mpo}{mode}-s{seed}"
     out = work / "runs" / name
     overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={args.mpo_lr:g}", f"checkpoint_every={args.mpo}",
                  "max_length=384"]  # room for a thinking turn (the recipe's 320 is sized for direct answers)
-    if not reuse(out, log, name, {"overrides": overrides, "pairs_file": pairs.name}):
+    if not reuse(out, log, name, {"overrides": overrides, "pairs_file": pairs.name}):  # the pairs only to train
+        sh("data", "preferences", str(work / "data" / "world" / "train.json"), "--model", str(sft), "--out",
+           str(pairs), "--seed", str(seed), "--limit", str(args.mpo_questions), "--max-new-tokens", str(n), "--think",
+           "--thinking-budget", str(args.budget), *(["--strict"] if strict else []),
+           *(["--direct-share", f"{share:g}"] if share else []), "--device", "cpu")
+        made = json.loads(Path(f"{pairs}.summary.json").read_text())
         t0 = time.time()
         stage = cascade_stage("mpo", work, {}, sft, seed, overrides + [f"stages.0.data=[{{path: {pairs}}}]"])
         train(stage, out)
