@@ -20,7 +20,8 @@ What it trains, each from the quickstart's models with the shipped recipe scaled
 - part `gspo`: the SFT model `fused+K` (`fused` trained `--gspo-sft-steps` K more think-fusion steps), then
   thinking-mode GSPO from it per seed (the gspo stage of recipes/cascade-rl.yaml with `think: true`, the
   budget, `strict_answer` unless `--gspo-reward lenient`), and the control `fused+K+N` (as many more
-  think-fusion steps as GSPO's N); runs named by these settings, so each is trained once and reused.
+  think-fusion steps as GSPO's N); runs named by these settings (a learning rate other than the default
+  too), so each is trained once and reused.
   With `--mpo M` the thinking-mode cascade: per seed, pairs of the SFT model's thinking replies to the first
   `--mpo-questions` training questions (`nativevlm data preferences --think`), M steps of the mpo stage of
   recipes/cascade-rl.yaml on them (`+mpo`), GSPO from that model too (`+mpo+gspo`), and the control
@@ -68,6 +69,8 @@ from nativevlm.train.trainer import train  # noqa: E402
 # The quickstart's sizes fix the models; these scale the shipped recipes' stages to a few CPU minutes.
 VLM = ["max_length=384", "stages.0.batch_size=16", "stages.0.lr=1e-3", "stages.0.eval_every=0",
        "stages.0.eval_samples=32", "progress=false", "checkpoint_every=100000"]
+# The learning rates runs are trained at unless told: a run at another rate carries it in its name (`-lr3e-05`).
+MPO_LR, GSPO_LR = 1e-4, 3e-5
 LM = ["max_length=256", "stages.0.batch_size=32", "stages.0.lr=2e-3", "stages.0.eval_every=0",
       "stages.0.eval_samples=32", "progress=false", "checkpoint_every=100000"]
 
@@ -161,7 +164,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", choices=("thinking", "gspo", "extract_think"),
                     default=["thinking", "extract_think"], help="what to measure (and train for)")
     ap.add_argument("--gspo-steps", type=int, default=100, help="optimizer steps of thinking-mode GSPO (part gspo)")
-    ap.add_argument("--gspo-lr", type=float, default=3e-5)
+    ap.add_argument("--gspo-lr", type=float, default=GSPO_LR)
     ap.add_argument("--gspo-direct-share", type=float, nargs="+", default=[0.0], metavar="P",
                     help="ask this share of each rollout's questions directly, the rest thinking (gspo's "
                          "direct_share: RL trains both modes); several values train a run for each; default 0, "
@@ -170,7 +173,7 @@ def main() -> None:
     ap.add_argument("--mpo", type=int, default=0, metavar="M",
                     help="part gspo: also thinking-mode MPO, M steps, from the SFT model per seed, and GSPO from it "
                          "(the thinking-mode cascade SFT -> +MPO -> +GSPO); 0: none")
-    ap.add_argument("--mpo-lr", type=float, default=1e-4, help="MPO learning rate (the recipe's)")
+    ap.add_argument("--mpo-lr", type=float, default=MPO_LR, help="MPO learning rate (the recipe's)")
     ap.add_argument("--mpo-questions", type=int, default=320,
                     help="training questions whose thinking replies make MPO's pairs (8 replies each)")
     ap.add_argument("--mpo-direct-share", type=float, default=0.0, metavar="P",
@@ -311,10 +314,12 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     both_ways(f"SFT ({sft_name})", sft)
     starts = {seed: [(sft_name, sft)] for seed in args.seeds}  # where each seed's GSPO runs start
     mpo_share = args.mpo_direct_share
+    mpo_lr = f", lr {args.mpo_lr:g}" if args.mpo_lr != MPO_LR else ""
     for seed in args.seeds if args.mpo else ():
         mpo = mpo_thinking(args, work, sft, sft_name, seed, n, log)
-        both_ways(f"MPO ({args.gspo_reward} pairs{f', {mpo_share:g} direct' if mpo_share else ''}) seed {seed}", mpo)
-        starts[seed].append((f"{sft_name}+mpo{args.mpo}{f'-direct{mpo_share:g}' if mpo_share else ''}", mpo))
+        both_ways(f"MPO ({args.gspo_reward} pairs{f', {mpo_share:g} direct' if mpo_share else ''}{mpo_lr}) seed {seed}",
+                  mpo)
+        starts[seed].append((mpo.parent.name.removesuffix(f"-s{seed}"), mpo))
     # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
     low, high = args.gspo_filter
     base = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
@@ -328,7 +333,8 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
         init_name, init = starts[seed][start]
         options = {**base, "direct_share": share} if share else base
         mode = f"think-direct{share:g}" if share else "think"
-        name = f"gspo{args.gspo_steps}-{mode}-{args.gspo_reward}-from-{init_name}-s{seed}"
+        lr = f"-lr{args.gspo_lr:g}" if args.gspo_lr != GSPO_LR else ""
+        name = f"gspo{args.gspo_steps}-{mode}{lr}-{args.gspo_reward}-from-{init_name}-s{seed}"
         out = work / "runs" / name
         if not reuse(out, log, name, {"gspo": options, "overrides": overrides}):
             t0 = time.time()
@@ -340,8 +346,9 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
                         for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
                                   "think_accuracy", "direct_accuracy")}
         arm = "GSPO" if start == 0 else "MPO + GSPO"
-        both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}) seed {seed}",
-                  out / "final")
+        gspo_lr = f", lr {args.gspo_lr:g}" if lr else ""
+        both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}{gspo_lr}"
+                  f"{', MPO' + mpo_lr if start and mpo_lr else ''}) seed {seed}", out / "final")
     # Controls: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
     for k in () if args.no_control else dict.fromkeys(k for k in (args.mpo, args.gspo_steps) if k):
         control = f"{sft_name}+{k}"
@@ -384,7 +391,7 @@ def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, n: int, 
     mode = f"-direct{share:g}" if share else ""
     pairs = work / "data" / "preferences" / (f"think{mode}-{sft_name}-q{args.mpo_questions}-b{args.budget}"
                                              f"-{args.gspo_reward}-s{seed}.jsonl")
-    name = f"{sft_name}+mpo{args.mpo}{mode}-s{seed}"
+    name = f"{sft_name}+mpo{args.mpo}{mode}{f'-lr{args.mpo_lr:g}' if args.mpo_lr != MPO_LR else ''}-s{seed}"
     out = work / "runs" / name
     overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={args.mpo_lr:g}", f"checkpoint_every={args.mpo}",
                  "max_length=384"]  # room for a thinking turn (the recipe's 320 is sized for direct answers)
