@@ -174,6 +174,9 @@ def test_thinking_mode_pairs_are_chosen_as_the_thinking_reward_reads_them(setup,
     model_dir, qa, _ = setup
     assert run(model_dir, qa, tmp_path / "x.jsonl", "--thinking-budget", "2") == 2
     assert "add --think" in capsys.readouterr().err
+    # settings are refused before the model is loaded: a bad share names itself, not the missing model
+    assert run(str(tmp_path / "no-model"), qa, tmp_path / "x.jsonl", "--think", "--direct-share", "2") == 2
+    assert "direct share 2" in capsys.readouterr().err
     direct = tmp_path / "direct" / "pairs.jsonl"
     assert run(model_dir, qa, direct, "--limit", "2") == 0
     summary_path = Path(f"{direct}.summary.json")

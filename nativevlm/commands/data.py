@@ -186,6 +186,11 @@ def write_preferences(args) -> int:
         raise ConfigError(f"--n {args.n}, --temperature {args.temperature}, --max-new-tokens {args.max_new_tokens}, "
                           f"--limit {args.limit}: a pair needs n >= 2 different samples (temperature > 0) of at "
                           "least one token, of at least one question")
+    # settings checked before anything is read or loaded
+    if (args.thinking_budget is not None or args.direct_share) and not args.think:
+        raise ConfigError("--thinking-budget and --direct-share are settings of thinking-mode replies; add --think")
+    settings = SamplingSettings(args.n, args.seed, args.temperature, args.max_new_tokens, args.think,
+                                args.thinking_budget, args.strict, args.direct_share)
     samples, report = read_samples(args.qa)
     if report.n_skipped:
         print(report.summary())
@@ -199,10 +204,6 @@ def write_preferences(args) -> int:
     if vision is None and any(s.images for s in samples):
         raise ConfigError(f"{args.model} is a language model and {args.qa} has images; use a vision-language model")
     processor = ImageProcessor.from_config(vision, model.config.connector) if vision is not None else None
-    if (args.thinking_budget is not None or args.direct_share) and not args.think:
-        raise ConfigError("--thinking-budget and --direct-share are settings of thinking-mode replies; add --think")
-    settings = SamplingSettings(args.n, args.seed, args.temperature, args.max_new_tokens, args.think,
-                                args.thinking_budget, args.strict, args.direct_share)
     source = {"model": str(Path(args.model).resolve()), "data": str(Path(args.qa).resolve())}
     summary = make_preferences(samples, Path(args.out), settings,
                                lambda chunk: sample_replies(model, tokenizer, processor, chunk, settings), source)
