@@ -36,11 +36,14 @@ What it measures (greedy, `--limit` test questions, accuracy per family):
   question), truth (the ground-truth captions)} x reasoner {direct, thinking}.
 Writes `<out>/thinking.json` (accuracies as evaluation reads answers and strict, parse failures, mean
 thinking tokens, seconds, what trained each model with paths in the work folder as `WORK/...`, the command)
-and `<out>/thinking.png`.
+and `<out>/thinking.png`. Each model's evaluations are cached in the work folder (`eval/`, keyed by the model
+file, the answerer's settings, the questions and the package's git tree), so a rerun that reuses the trained
+runs evaluates only what changed; with uncommitted changes to the package nothing is cached.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import shutil
@@ -135,6 +138,35 @@ def thinking_tokens(result, tokenizer) -> float:
     n = [len(tokenizer.encode(r["trace"]["thinking"])) if r.get("trace", {}).get("thinking") else 0
          for r in result.records]
     return sum(n) / max(1, len(n))
+
+
+def package_version() -> Optional[str]:
+    """The git tree of the package (what an evaluation's numbers depend on beside the weights), None when it has
+    uncommitted changes or is not in git: then nothing is read from or written to the evaluation cache."""
+    try:
+        tree = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD:nativevlm"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "nativevlm"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return None if dirty else tree
+
+
+def eval_cache(work: Path, model: Path, answerer, world: Path, ids: list[str], version: Optional[str],
+               count_thinking: bool):
+    """Where the evaluation of `model` (a model folder) asked through `answerer` (a LocalAnswerer) on the
+    questions `ids` of `world` is cached: `work`/eval/, keyed by the model file and its time, the answerer's
+    settings, the questions and the package's git tree, so a rerun evaluates only what changed (a retrained
+    model, another engine); None (no cache) when the package version is unknown."""
+    if version is None:
+        return None
+    key = {"model": str(model.resolve()), "modified": (model / "model.safetensors").stat().st_mtime_ns,
+           "think": answerer.think, "thinking_budget": answerer.thinking_budget,
+           "max_new_tokens": answerer.max_new_tokens, "world": str(world.resolve()),
+           "questions": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "package": version,
+           "thinking_tokens": count_thinking}
+    return work / "eval" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json", key
 
 
 def main() -> None:
@@ -240,24 +272,40 @@ def main() -> None:
     results: dict = {"direct_vs_thinking": {}, "gspo_thinking": {}, "extract_think": {}}
     timings: dict = {}
 
-    def run(group: str, name: str, answerer, count_thinking: bool = False) -> None:
-        t0 = time.time()
-        result = evaluate(bench, answerer)
-        results[group][name] = summary(result, items, thinking_tokens(result, tok) if count_thinking else None)
-        timings[f"{group}/{name}"] = round(time.time() - t0, 1)
+    version = package_version()
+    if version is None:
+        print("the package has uncommitted changes (or is not in git): every model is evaluated afresh, "
+              "nothing cached", flush=True)
+
+    def run(group: str, name: str, answerer, count_thinking: bool = False, model: Optional[Path] = None) -> None:
+        """Evaluate one arm; with `model` (the answerer's model folder) through the evaluation cache."""
+        cached = eval_cache(work, model, answerer, world, list(items), version, count_thinking) if model is not None else None
+        if cached is not None and cached[0].exists():
+            made = json.loads(cached[0].read_text())
+            results[group][name], timings[f"{group}/{name}"] = made["result"], made["seconds"]
+        else:
+            t0 = time.time()
+            result = evaluate(bench, answerer)
+            results[group][name] = summary(result, items, thinking_tokens(result, tok) if count_thinking else None)
+            timings[f"{group}/{name}"] = round(time.time() - t0, 1)
+            if cached is not None:
+                cached[0].parent.mkdir(parents=True, exist_ok=True)
+                cached[0].write_text(json.dumps({**cached[1], "result": results[group][name],
+                                                 "seconds": timings[f"{group}/{name}"]}, indent=1) + "\n")
         print(f"{group:18s} {name:40s} {results[group][name]['accuracy']:.1%} (strict "
               f"{results[group][name]['strict_accuracy']:.1%})", flush=True)
 
     n = 8 + args.budget + 8
     if "thinking" in args.parts:
         fused = trained("fused", "think-fusion", work, fusion + steps(args.steps), log)
-        base = load_pretrained(work / "runs" / "native" / "final")
+        base = work / "runs" / "native" / "final"
         run("direct_vs_thinking", f"{'SFT model' if args.sft else 'quickstart'} (before fusion)",
-            LocalAnswerer(base, tok, 64, 8))
+            LocalAnswerer(load_pretrained(base), tok, 64, 8), model=base)
         model = load_pretrained(fused)
-        run("direct_vs_thinking", "fused, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
-        run("direct_vs_thinking", "fused, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
-        run("direct_vs_thinking", "fused, model chooses", LocalAnswerer(model, tok, 64, n), True)
+        run("direct_vs_thinking", "fused, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True, fused)
+        run("direct_vs_thinking", "fused, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True,
+            fused)
+        run("direct_vs_thinking", "fused, model chooses", LocalAnswerer(model, tok, 64, n), True, fused)
     if "gspo" in args.parts:
         fused = trained("fused", "think-fusion", work, fusion + steps(args.steps), log)
         results["gspo_curves"] = gspo_thinking(args, work, fused, fusion, tok, log, run, n)
@@ -306,8 +354,8 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
 
     def both_ways(label: str, path: Path) -> None:
         model = load_pretrained(path)
-        run("gspo_thinking", f"{label}, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True)
-        run("gspo_thinking", f"{label}, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True)
+        run("gspo_thinking", f"{label}, think=True", LocalAnswerer(model, tok, 64, n, True, args.budget), True, path)
+        run("gspo_thinking", f"{label}, think=False", LocalAnswerer(model, tok, 64, 8, think=False), True, path)
 
     sft_name = f"fused+{args.gspo_sft_steps}" if args.gspo_sft_steps else "fused"
     sft = more_fusion(sft_name, fused, args.gspo_sft_steps) if args.gspo_sft_steps else fused
