@@ -275,3 +275,13 @@ def test_square_average_weights(tok, proc, samples):
         w = batch.loss_weights[b]
         n = int((w > 0).sum())
         assert torch.allclose(w[w > 0], torch.full((n,), 1 / math.sqrt(n)))
+    # with the question's words as targets too: N counts the answer's tokens only, and each question token
+    # weighs question_weight times the sample's answer tokens
+    batch = Collator(tok, proc, max_length=256, square_average=True, question_weight=0.5)(samples)
+    assert batch.question_mask is not None and batch.question_mask.any()
+    for b in range(len(samples)):
+        w, asked = batch.loss_weights[b], batch.question_mask[b]
+        answer = (w > 0) & ~asked
+        n = int(answer.sum())
+        assert torch.allclose(w[answer], torch.full((n,), 1 / math.sqrt(n)))
+        assert torch.allclose(w[asked], torch.full((int(asked.sum()),), 0.5 / math.sqrt(n)))

@@ -177,9 +177,11 @@ class Collator:
     `pack=True` packs whole samples into rows of at most `max_length` tokens (first-fit, so the number of
     rows varies); positions restart at 0 for each document and `document_ids` tell the model where the
     block-diagonal attention mask goes. `square_average=True` weighs each sample's target tokens by
-    1/sqrt(N_sample) (InternVL3.5), between per-token averaging, which favours long answers, and
-    per-sample averaging, which over-weights the tokens of short ones. `question_weight` > 0 puts the loss on
-    the user's words after an image too, each at that weight (`encode_sample`; `Batch.question_mask`).
+    1/sqrt(N_sample) (InternVL3.5), N_sample its answer tokens, between per-token averaging, which favours
+    long answers, and per-sample averaging, which over-weights the tokens of short ones. `question_weight` > 0
+    puts the loss on the user's words after an image too, each at that weight times the sample's
+    (`encode_sample`; `Batch.question_mask`); the question's tokens do not count in N_sample, so a longer
+    question does not lower its answer's weight.
     """
 
     def __init__(
@@ -235,7 +237,8 @@ class Collator:
                 end = start + len(doc)
                 input_ids[b, start:end] = torch.tensor(doc.input_ids)
                 targets[b, start:end] = torch.tensor(doc.targets)
-                weight = 1.0 / math.sqrt(doc.n_loss_tokens) if self.square_average and doc.n_loss_tokens else 1.0
+                n_answer = doc.n_loss_tokens - (sum(doc.question) if doc.question else 0)  # answer targets
+                weight = 1.0 / math.sqrt(n_answer) if self.square_average and n_answer else 1.0
                 loss_weights[b, start:end] = (targets[b, start:end] != IGNORE).float() * weight
                 if doc.question:
                     question_mask[b, start:end] = torch.tensor(doc.question)

@@ -124,7 +124,7 @@ class TrainConfig:
     tokenizer: str = ""
     max_length: int = 512
     pack: bool = False
-    square_average: bool = False
+    square_average: bool = False  # each sample's tokens weigh 1/sqrt(its answer tokens) (data.collate)
     # next-token loss on the user's words after an image (the question), per token, where an answer token
     # weighs 1; 0 = answers only (data.collate)
     question_loss: float = 0.0
