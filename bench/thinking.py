@@ -362,10 +362,10 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     both_ways(f"SFT ({sft_name})", sft)
     starts = {seed: [(sft_name, sft)] for seed in args.seeds}  # where each seed's GSPO runs start
     mpo_share = args.mpo_direct_share
-    mpo_lr = f", lr {args.mpo_lr:g}" if args.mpo_lr != MPO_LR else ""
+    mpo_lr = f"lr {args.mpo_lr:g}" if args.mpo_lr != MPO_LR else ""  # in the labels of models at another rate
     for seed in args.seeds if args.mpo else ():
         mpo = mpo_thinking(args, work, sft, sft_name, seed, n, log)
-        both_ways(f"MPO ({args.gspo_reward} pairs{f', {mpo_share:g} direct' if mpo_share else ''}{mpo_lr}) seed {seed}",
+        both_ways(f"MPO ({args.gspo_reward} pairs{f', {mpo_share:g} direct' if mpo_share else ''}{', ' * bool(mpo_lr)}{mpo_lr}) seed {seed}",
                   mpo)
         starts[seed].append((mpo.parent.name.removesuffix(f"-s{seed}"), mpo))
     # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
@@ -396,7 +396,7 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
         arm = "GSPO" if start == 0 else "MPO + GSPO"
         gspo_lr = f", lr {args.gspo_lr:g}" if lr else ""
         both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}{gspo_lr}"
-                  f"{', MPO' + mpo_lr if start and mpo_lr else ''}) seed {seed}", out / "final")
+                  f"{', MPO ' + mpo_lr if start and mpo_lr else ''}) seed {seed}", out / "final")
     # Controls: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
     for k in () if args.no_control else dict.fromkeys(k for k in (args.mpo, args.gspo_steps) if k):
         control = f"{sft_name}+{k}"
