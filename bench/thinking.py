@@ -279,7 +279,8 @@ def main() -> None:
 
     def run(group: str, name: str, answerer, count_thinking: bool = False, model: Optional[Path] = None) -> None:
         """Evaluate one arm; with `model` (the answerer's model folder) through the evaluation cache."""
-        cached = eval_cache(work, model, answerer, world, list(items), version, count_thinking) if model is not None else None
+        cached = None if model is None else eval_cache(work, model, answerer, world, list(items), version,
+                                                       count_thinking)
         if cached is not None and cached[0].exists():
             made = json.loads(cached[0].read_text())
             results[group][name], timings[f"{group}/{name}"] = made["result"], made["seconds"]
@@ -365,8 +366,8 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     mpo_lr = f"lr {args.mpo_lr:g}" if args.mpo_lr != MPO_LR else ""  # in the labels of models at another rate
     for seed in args.seeds if args.mpo else ():
         mpo = mpo_thinking(args, work, sft, sft_name, seed, n, log)
-        both_ways(f"MPO ({args.gspo_reward} pairs{f', {mpo_share:g} direct' if mpo_share else ''}{', ' * bool(mpo_lr)}{mpo_lr}) seed {seed}",
-                  mpo)
+        settings = [f"{args.gspo_reward} pairs"] + [f"{mpo_share:g} direct"] * bool(mpo_share) + [mpo_lr] * bool(mpo_lr)
+        both_ways(f"MPO ({', '.join(settings)}) seed {seed}", mpo)
         starts[seed].append((mpo.parent.name.removesuffix(f"-s{seed}"), mpo))
     # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
     low, high = args.gspo_filter
