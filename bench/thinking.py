@@ -46,6 +46,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -289,10 +290,12 @@ def main() -> None:
             result = evaluate(bench, answerer)
             results[group][name] = summary(result, items, thinking_tokens(result, tok) if count_thinking else None)
             timings[f"{group}/{name}"] = round(time.time() - t0, 1)
-            if cached is not None:
-                cached[0].parent.mkdir(parents=True, exist_ok=True)
-                cached[0].write_text(json.dumps({**cached[1], "result": results[group][name],
-                                                 "seconds": timings[f"{group}/{name}"]}, indent=1) + "\n")
+            if cached is not None:  # written whole, then renamed: a process beside this one reads all or nothing
+                path, partial = cached[0], cached[0].with_suffix(f".{os.getpid()}.tmp")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps({**cached[1], "result": results[group][name],
+                                               "seconds": timings[f"{group}/{name}"]}, indent=1) + "\n")
+                partial.replace(path)
         print(f"{group:18s} {name:40s} {results[group][name]['accuracy']:.1%} (strict "
               f"{results[group][name]['strict_accuracy']:.1%})", flush=True)
 
