@@ -25,7 +25,8 @@ What it trains, each from the quickstart's models with the shipped recipe scaled
   With `--mpo M` the thinking-mode cascade: per seed, pairs of the SFT model's thinking replies to the first
   `--mpo-questions` training questions (`nativevlm data preferences --think`), M steps of the mpo stage of
   recipes/cascade-rl.yaml on them (`+mpo`), GSPO from that model too (`+mpo+gspo`), and the control
-  `fused+K+M`.
+  `fused+K+M`; `--mpo-lr` with several rates trains each (`mpo_lr.png`: accuracy against the rate), and
+  `--gspo-steps 0` stops at MPO.
 
 What it measures (greedy, `--limit` test questions, accuracy per family):
 - the quickstart VLM (or `--sft`) as it is (the direct baseline before think-fusion), and `fused` asked with
@@ -196,7 +197,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=48, help="thinking budget, tokens")
     ap.add_argument("--parts", nargs="+", choices=("thinking", "gspo", "extract_think"),
                     default=["thinking", "extract_think"], help="what to measure (and train for)")
-    ap.add_argument("--gspo-steps", type=int, default=100, help="optimizer steps of thinking-mode GSPO (part gspo)")
+    ap.add_argument("--gspo-steps", type=int, default=100,
+                    help="optimizer steps of thinking-mode GSPO (part gspo); 0: no GSPO (with --mpo: MPO alone)")
     ap.add_argument("--gspo-lr", type=float, default=GSPO_LR)
     ap.add_argument("--gspo-direct-share", type=float, nargs="+", default=[0.0], metavar="P",
                     help="ask this share of each rollout's questions directly, the rest thinking (gspo's "
@@ -206,7 +208,9 @@ def main() -> None:
     ap.add_argument("--mpo", type=int, default=0, metavar="M",
                     help="part gspo: also thinking-mode MPO, M steps, from the SFT model per seed, and GSPO from it "
                          "(the thinking-mode cascade SFT -> +MPO -> +GSPO); 0: none")
-    ap.add_argument("--mpo-lr", type=float, default=MPO_LR, help="MPO learning rate (the recipe's)")
+    ap.add_argument("--mpo-lr", type=float, nargs="+", default=[MPO_LR], metavar="LR",
+                    help="MPO learning rate (default the recipe's); several values train an MPO run (and GSPO from it) "
+                         "for each and plot accuracy against the rate (mpo_lr.png)")
     ap.add_argument("--mpo-questions", type=int, default=320,
                     help="training questions whose thinking replies make MPO's pairs (8 replies each)")
     ap.add_argument("--mpo-direct-share", type=float, default=0.0, metavar="P",
@@ -312,7 +316,7 @@ def main() -> None:
         run("direct_vs_thinking", "fused, model chooses", LocalAnswerer(model, tok, 64, n), True, fused)
     if "gspo" in args.parts:
         fused = trained("fused", "think-fusion", work, fusion + steps(args.steps), log)
-        results["gspo_curves"] = gspo_thinking(args, work, fused, fusion, tok, log, run, n)
+        results["gspo_curves"], results["mpo_arms"] = gspo_thinking(args, work, fused, fusion, tok, log, run, n)
     if "extract_think" in args.parts:
         extract_think(args, qs, work, world, tok, log, steps, run, n)
 
@@ -331,7 +335,8 @@ def main() -> None:
                             f"{args.gspo_sft_steps} --gspo-filter {args.gspo_filter[0]:g} {args.gspo_filter[1]:g}"
                             + (" --gspo-direct-share " + " ".join(f"{p:g}" for p in args.gspo_direct_share)
                                if any(args.gspo_direct_share) else "")
-                            + (f" --mpo {args.mpo} --mpo-lr {args.mpo_lr:g} --mpo-questions {args.mpo_questions}"
+                            + (f" --mpo {args.mpo} --mpo-lr {' '.join(f'{lr:g}' for lr in args.mpo_lr)} "
+                               f"--mpo-questions {args.mpo_questions}"
                                + (f" --mpo-direct-share {args.mpo_direct_share:g}" if args.mpo_direct_share else "")
                                if args.mpo else "")
                             if "gspo" in args.parts else ""),
@@ -341,6 +346,8 @@ def main() -> None:
     plot(record, out / "thinking.png")
     if "gspo_curves" in record:
         plot_gspo(record["gspo_curves"], out / "gspo_thinking.png")
+    if len({arm["lr"] for arm in record.get("mpo_arms", {}).values()}) > 1:
+        plot_mpo_lr(record, out / "mpo_lr.png")
     print(f"-> {out / 'thinking.json'}, {out / 'thinking.png'} in {record['total_seconds'] / 60:.1f} min")
 
 
@@ -351,7 +358,8 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     questions asked directly instead, 0: thinking only). With `--mpo M`, per seed also thinking-mode MPO from
     the SFT model (`mpo_thinking`) and each GSPO run once more from that seed's MPO model. The SFT model and
     each MPO and GSPO model are asked both ways, and so are the controls: the SFT model trained as many more
-    think-fusion steps as GSPO (and MPO) took. Returns each GSPO run's curves."""
+    think-fusion steps as GSPO (and MPO) took. Returns each GSPO run's curves and each MPO arm's rate and seed
+    (by its label)."""
     def more_fusion(name: str, init: Path, k: int) -> Path:
         return trained(name, "think-fusion", work, fusion + [f"stages.0.steps={k}", "stages.0.warmup_steps=10",
                                                              f"init.path={init}"], log)
@@ -364,14 +372,19 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
     sft_name = f"fused+{args.gspo_sft_steps}" if args.gspo_sft_steps else "fused"
     sft = more_fusion(sft_name, fused, args.gspo_sft_steps) if args.gspo_sft_steps else fused
     both_ways(f"SFT ({sft_name})", sft)
-    starts = {seed: [(sft_name, sft)] for seed in args.seeds}  # where each seed's GSPO runs start
-    mpo_share = args.mpo_direct_share
-    mpo_lr = f"lr {args.mpo_lr:g}" if args.mpo_lr != MPO_LR else ""  # in the labels of models at another rate
-    for seed in args.seeds if args.mpo else ():
-        mpo = mpo_thinking(args, work, sft, sft_name, seed, n, log)
-        settings = [f"{args.gspo_reward} pairs"] + [f"{mpo_share:g} direct"] * bool(mpo_share) + [mpo_lr] * bool(mpo_lr)
-        both_ways(f"MPO ({', '.join(settings)}) seed {seed}", mpo)
-        starts[seed].append((mpo.parent.name.removesuffix(f"-s{seed}"), mpo))
+    starts = {seed: [(sft_name, sft, None)] for seed in args.seeds}  # where each seed's GSPO runs start (MPO lr)
+    mpo_share, mpo_arms = args.mpo_direct_share, {}
+
+    def rate(lr: Optional[float]) -> str:  # in the labels of models trained at a rate other than the default
+        return f"lr {lr:g}" if lr is not None and lr != MPO_LR else ""
+
+    for lr, seed in itertools.product(args.mpo_lr, args.seeds) if args.mpo else ():
+        mpo = mpo_thinking(args, work, sft, sft_name, seed, lr, n, log)
+        settings = [f"{args.gspo_reward} pairs", f"{mpo_share:g} direct" if mpo_share else "", rate(lr)]
+        label = f"MPO ({', '.join(filter(None, settings))}) seed {seed}"
+        both_ways(label, mpo)
+        mpo_arms[label] = {"lr": lr, "seed": seed}
+        starts[seed].append((mpo.parent.name.removesuffix(f"-s{seed}"), mpo, lr))
     # PPO-sized clip: the paper's [1 - 3e-4, 1 + 4e-4] is sized for replies of thousands of tokens.
     low, high = args.gspo_filter
     base = {"steps_per_rollout": 2, "eps_low": 0.2, "eps_high": 0.28, "think": True, "accuracy_low": low,
@@ -381,8 +394,9 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
                  f"checkpoint_every={args.gspo_steps}"]
     curves = {}
     # each arm's seeds side by side (GSPO from SFT, then from MPO), as the plots and tables read them
-    for share, start, seed in itertools.product(args.gspo_direct_share, range(len(starts[args.seeds[0]])), args.seeds):
-        init_name, init = starts[seed][start]
+    gspo = itertools.product(args.gspo_direct_share, range(len(starts[args.seeds[0]])), args.seeds)
+    for share, start, seed in gspo if args.gspo_steps else ():
+        init_name, init, mpo_lr = starts[seed][start]
         options = {**base, "direct_share": share} if share else base
         mode = f"think-direct{share:g}" if share else "think"
         lr = f"-lr{args.gspo_lr:g}" if args.gspo_lr != GSPO_LR else ""
@@ -400,12 +414,12 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
         arm = "GSPO" if start == 0 else "MPO + GSPO"
         gspo_lr = f", lr {args.gspo_lr:g}" if lr else ""
         both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}{gspo_lr}"
-                  f"{', MPO ' + mpo_lr if start and mpo_lr else ''}) seed {seed}", out / "final")
+                  f"{', MPO ' + rate(mpo_lr) if rate(mpo_lr) else ''}) seed {seed}", out / "final")
     # Controls: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
     for k in () if args.no_control else dict.fromkeys(k for k in (args.mpo, args.gspo_steps) if k):
         control = f"{sft_name}+{k}"
         both_ways(f"think-fusion continued ({control})", more_fusion(control, sft, k))
-    return curves
+    return curves, mpo_arms
 
 
 def reuse(out: Path, log: dict, name: str, settings: dict) -> bool:
@@ -433,19 +447,19 @@ def cascade_stage(stage: str, work: Path, options: dict, init: Path, seed: int, 
     return recipe_from_dict(data, overrides)
 
 
-def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, n: int, log: dict) -> Path:
+def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, lr: float, n: int, log: dict) -> Path:
     """Thinking-mode MPO from the SFT model: 8 thinking replies (seed `seed`, up to `n` tokens, `--budget` of them
     thinking) to each of the first `--mpo-questions` training questions, a pair per question with a right and
     a wrong reply (`nativevlm data preferences --think`, strict as the GSPO reward), then `--mpo` steps of the mpo
-    stage of recipes/cascade-rl.yaml on those pairs; with `--mpo-direct-share P` a share P of the questions is
-    asked directly instead, so the pairs train both modes."""
+    stage of recipes/cascade-rl.yaml on those pairs at learning rate `lr`; with `--mpo-direct-share P` a share P
+    of the questions is asked directly instead, so the pairs train both modes."""
     strict, share = args.gspo_reward == "strict", args.mpo_direct_share
     mode = f"-direct{share:g}" if share else ""
     pairs = work / "data" / "preferences" / (f"think{mode}-{sft_name}-q{args.mpo_questions}-b{args.budget}"
                                              f"-{args.gspo_reward}-s{seed}.jsonl")
-    name = f"{sft_name}+mpo{args.mpo}{mode}{f'-lr{args.mpo_lr:g}' if args.mpo_lr != MPO_LR else ''}-s{seed}"
+    name = f"{sft_name}+mpo{args.mpo}{mode}{f'-lr{lr:g}' if lr != MPO_LR else ''}-s{seed}"
     out = work / "runs" / name
-    overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={args.mpo_lr:g}", f"checkpoint_every={args.mpo}",
+    overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={lr:g}", f"checkpoint_every={args.mpo}",
                  "max_length=384"]  # room for a thinking turn (the recipe's 320 is sized for direct answers)
     if not reuse(out, log, name, {"overrides": overrides, "pairs_file": pairs.name}):  # the pairs only to train
         sh("data", "preferences", str(work / "data" / "world" / "train.json"), "--model", str(sft), "--out",
@@ -518,6 +532,33 @@ def extract_think(args, qs: Path, work: Path, world: Path, tok, log: dict, steps
         for r_name, r in reasoners.items():
             pipeline.reasoner = r  # the descriptions are cached: each perceiver describes once
             run("extract_think", f"{p_name} + {r_name} reasoner", pipeline, r_name == "thinking")
+
+
+def plot_mpo_lr(record: dict, path: Path) -> None:
+    """Overall held-out accuracy of each MPO model against its learning rate, asked thinking and directly, beside
+    the SFT model it started from and the control (as many more think-fusion steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms, results = record["mpo_arms"], record["gspo_thinking"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (mode, what) in zip(axes, (("think=True", "thinking"), ("think=False", "answering directly"))):
+        for seed, marker in zip(sorted({a["seed"] for a in arms.values()}), "os^v"):
+            points = sorted((a["lr"], results[f"{label}, {mode}"]["accuracy"]) for label, a in arms.items()
+                            if a["seed"] == seed)
+            ax.plot(*zip(*points), marker=marker, label=f"+MPO, seed {seed}")
+        for name, v in results.items():
+            if name.endswith(f", {mode}") and (name.startswith("SFT") or name.startswith("think-fusion continued")):
+                style = "--" if name.startswith("SFT") else ":"
+                ax.axhline(v["accuracy"], ls=style, color="grey", label=name.removesuffix(f", {mode}"))
+        ax.set(xscale="log", xlabel="MPO learning rate", title=what)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (held-out test, overall)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def plot(results: dict, path: Path) -> None:
