@@ -399,8 +399,8 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
         init_name, init, mpo_lr = starts[seed][start]
         options = {**base, "direct_share": share} if share else base
         mode = f"think-direct{share:g}" if share else "think"
-        lr = f"-lr{args.gspo_lr:g}" if args.gspo_lr != GSPO_LR else ""
-        name = f"gspo{args.gspo_steps}-{mode}{lr}-{args.gspo_reward}-from-{init_name}-s{seed}"
+        lr_tag = f"-lr{args.gspo_lr:g}" if args.gspo_lr != GSPO_LR else ""
+        name = f"gspo{args.gspo_steps}-{mode}{lr_tag}-{args.gspo_reward}-from-{init_name}-s{seed}"
         out = work / "runs" / name
         if not reuse(out, log, name, {"gspo": options, "overrides": overrides}):
             t0 = time.time()
@@ -412,7 +412,7 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
                         for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
                                   "think_accuracy", "direct_accuracy")}
         arm = "GSPO" if start == 0 else "MPO + GSPO"
-        gspo_lr = f", lr {args.gspo_lr:g}" if lr else ""
+        gspo_lr = f", lr {args.gspo_lr:g}" if lr_tag else ""
         both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}{gspo_lr}"
                   f"{', MPO ' + rate(mpo_lr) if rate(mpo_lr) else ''}) seed {seed}", out / "final")
     # Controls: the think-fusion SFT loss for as many more optimizer steps, from the same SFT model.
