@@ -76,6 +76,7 @@ VLM = ["max_length=384", "stages.0.batch_size=16", "stages.0.lr=1e-3", "stages.0
        "stages.0.eval_samples=32", "progress=false", "checkpoint_every=100000"]
 # The learning rates runs are trained at unless told: a run at another rate carries it in its name (`-lr3e-05`).
 MPO_LR, GSPO_LR = 1e-4, 3e-5
+MPO_WEIGHTS = (0.8, 0.2, 1.0)  # the mpo objective's DPO, BCO-pair and SFT weights (recipes/cascade-rl.yaml)
 LM = ["max_length=256", "stages.0.batch_size=32", "stages.0.lr=2e-3", "stages.0.eval_every=0",
       "stages.0.eval_samples=32", "progress=false", "checkpoint_every=100000"]
 
@@ -211,6 +212,9 @@ def main() -> None:
     ap.add_argument("--mpo-lr", type=float, nargs="+", default=[MPO_LR], metavar="LR",
                     help="MPO learning rate (default the recipe's); several values train an MPO run (and GSPO from it) "
                          "for each and plot accuracy against the rate (mpo_lr.png)")
+    ap.add_argument("--mpo-weights", type=float, nargs=3, default=list(MPO_WEIGHTS), metavar=("DPO", "BCO", "SFT"),
+                    help="the mpo objective's weights (default the recipe's); 0 0 1 is the SFT term alone: "
+                         "fine-tuning on the chosen replies, the control for what the preference terms add")
     ap.add_argument("--mpo-questions", type=int, default=320,
                     help="training questions whose thinking replies make MPO's pairs (8 replies each)")
     ap.add_argument("--mpo-direct-share", type=float, default=0.0, metavar="P",
@@ -337,6 +341,8 @@ def main() -> None:
                                if any(args.gspo_direct_share) else "")
                             + (f" --mpo {args.mpo} --mpo-lr {' '.join(f'{lr:g}' for lr in args.mpo_lr)} "
                                f"--mpo-questions {args.mpo_questions}"
+                               + (f" --mpo-weights {' '.join(f'{w:g}' for w in args.mpo_weights)}"
+                                  if tuple(args.mpo_weights) != MPO_WEIGHTS else "")
                                + (f" --mpo-direct-share {args.mpo_direct_share:g}" if args.mpo_direct_share else "")
                                if args.mpo else "")
                             if "gspo" in args.parts else ""),
@@ -380,7 +386,9 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
 
     for lr, seed in itertools.product(args.mpo_lr, args.seeds) if args.mpo else ():
         mpo = mpo_thinking(args, work, sft, sft_name, seed, lr, n, log)
-        settings = [f"{args.gspo_reward} pairs", f"{mpo_share:g} direct" if mpo_share else "", rate(lr)]
+        weights = "" if tuple(args.mpo_weights) == MPO_WEIGHTS else "weights " + "/".join(map("{:g}".format,
+                                                                                            args.mpo_weights))
+        settings = [f"{args.gspo_reward} pairs", f"{mpo_share:g} direct" if mpo_share else "", rate(lr), weights]
         label = f"MPO ({', '.join(filter(None, settings))}) seed {seed}"
         both_ways(label, mpo)
         mpo_arms[label] = {"lr": lr, "seed": seed}
@@ -457,21 +465,23 @@ def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, lr: floa
     mode = f"-direct{share:g}" if share else ""
     pairs = work / "data" / "preferences" / (f"think{mode}-{sft_name}-q{args.mpo_questions}-b{args.budget}"
                                              f"-{args.gspo_reward}-s{seed}.jsonl")
-    name = f"{sft_name}+mpo{args.mpo}{mode}{f'-lr{lr:g}' if lr != MPO_LR else ''}-s{seed}"
+    weights = {} if tuple(args.mpo_weights) == MPO_WEIGHTS else dict(zip(("dpo", "bco_pair", "sft"), args.mpo_weights))
+    tag = f"-lr{lr:g}" * (lr != MPO_LR) + ("-w" + ",".join(f"{w:g}" for w in weights.values())) * bool(weights)
+    name = f"{sft_name}+mpo{args.mpo}{mode}{tag}-s{seed}"
     out = work / "runs" / name
     overrides = [f"stages.0.steps={args.mpo}", f"stages.0.lr={lr:g}", f"checkpoint_every={args.mpo}",
                  "max_length=384"]  # room for a thinking turn (the recipe's 320 is sized for direct answers)
-    if not reuse(out, log, name, {"overrides": overrides, "pairs_file": pairs.name}):  # the pairs only to train
+    settings = {"overrides": overrides, "pairs_file": pairs.name, **({"mpo": weights} if weights else {})}
+    if not reuse(out, log, name, settings):  # the pairs only to train
         sh("data", "preferences", str(work / "data" / "world" / "train.json"), "--model", str(sft), "--out",
            str(pairs), "--seed", str(seed), "--limit", str(args.mpo_questions), "--max-new-tokens", str(n), "--think",
            "--thinking-budget", str(args.budget), *(["--strict"] if strict else []),
            *(["--direct-share", f"{share:g}"] if share else []), "--device", "cpu")
         made = json.loads(Path(f"{pairs}.summary.json").read_text())
         t0 = time.time()
-        stage = cascade_stage("mpo", work, {}, sft, seed, overrides + [f"stages.0.data=[{{path: {pairs}}}]"])
+        stage = cascade_stage("mpo", work, weights, sft, seed, overrides + [f"stages.0.data=[{{path: {pairs}}}]"])
         train(stage, out)
-        record(out, log, name, {"recipe": "cascade-rl (mpo stage)", "init": sft_name, "seed": seed,
-                                "overrides": overrides, "pairs_file": pairs.name,
+        record(out, log, name, {"recipe": "cascade-rl (mpo stage)", "init": sft_name, "seed": seed, **settings,
                                 "pairs": {k: made[k] for k in ("questions", "pairs", "skipped")},
                                 "seconds": round(time.time() - t0, 1)})
     return out / "final"
