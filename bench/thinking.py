@@ -65,7 +65,6 @@ from nativevlm.data.vet import VET_PROMPT  # noqa: E402
 from nativevlm.eval.benchmarks import load_benchmark  # noqa: E402
 from nativevlm.eval.harness import evaluate  # noqa: E402
 from nativevlm.eval.local import LocalAnswerer  # noqa: E402
-from nativevlm.eval.matching import bare_answer  # noqa: E402
 from nativevlm.infer.pipelines import ExtractThink, KnownDescriptions  # noqa: E402
 from nativevlm.model.loading import load_pretrained  # noqa: E402
 from nativevlm.quickstart import load_shipped_recipe  # noqa: E402
@@ -121,13 +120,11 @@ def record(out: Path, log: dict, name: str, entry: Optional[dict] = None) -> Non
         log[name] = json.loads(path.read_text())
 
 
-def summary(result, items: dict, thinking_tokens=None) -> dict:
-    """Accuracy as evaluation reads answers, and strict: right and the answer alone (`bare_answer`), which a
-    hedge such as "yes. 1 is greater than" is not."""
+def summary(result, thinking_tokens=None) -> dict:
+    """Accuracy as evaluation reads answers, and strict: right and the answer alone, which a hedge such as
+    "yes. 1 is greater than" is not (the harness's `strict_accuracy`)."""
     s = result.summary()
-    strict = [r["status"] == "correct" and bare_answer(r["prediction"], items[r["id"]].answer, items[r["id"]].options)
-              for r in result.records]
-    out = {"accuracy": s["accuracy"], "strict_accuracy": sum(strict) / max(1, len(strict)),
+    out = {"accuracy": s["accuracy"], "strict_accuracy": s["strict_accuracy"],
            "parse_failure_rate": s["parse_failure_rate"],
            "by_kind": {k: g["accuracy"] for k, g in s["by_kind"].items()},
            "by_family": {k: g["accuracy"] for k, g in s["by_category"].items()}}
@@ -277,7 +274,7 @@ def main() -> None:
     tok = Tokenizer.load(work / "data" / "tokenizer")
     bench = load_benchmark(f"world:{world}")
     bench.items = bench.items[:args.limit]
-    items = {item.id: item for item in bench.items}
+    ids = [item.id for item in bench.items]
     results: dict = {"direct_vs_thinking": {}, "gspo_thinking": {}, "extract_think": {}}
     timings: dict = {}
 
@@ -288,7 +285,7 @@ def main() -> None:
 
     def run(group: str, name: str, answerer, count_thinking: bool = False, model: Optional[Path] = None) -> None:
         """Evaluate one arm; with `model` (the answerer's model folder) through the evaluation cache."""
-        cached = None if model is None else eval_cache(work, model, answerer, world, list(items), version,
+        cached = None if model is None else eval_cache(work, model, answerer, world, ids, version,
                                                        count_thinking)
         if cached is not None and cached[0].exists():
             made = json.loads(cached[0].read_text())
@@ -296,7 +293,7 @@ def main() -> None:
         else:
             t0 = time.time()
             result = evaluate(bench, answerer)
-            results[group][name] = summary(result, items, thinking_tokens(result, tok) if count_thinking else None)
+            results[group][name] = summary(result, thinking_tokens(result, tok) if count_thinking else None)
             timings[f"{group}/{name}"] = round(time.time() - t0, 1)
             if cached is not None:  # written whole, then renamed: a process beside this one reads all or nothing
                 path, partial = cached[0], cached[0].with_suffix(f".{os.getpid()}.tmp")

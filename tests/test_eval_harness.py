@@ -291,7 +291,7 @@ def test_eval_command_against_endpoint_resumes(tmp_path, stub_server, capsys):
     assert main(args) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["benchmarks"]["colors"]["accuracy"] == 1.0
-    assert "| cat0 | 3 | 100.0% | 0.0% |" in (tmp_path / "out" / "report.md").read_text()
+    assert "| cat0 | 3 | 100.0% | 100.0% | 0.0% |" in (tmp_path / "out" / "report.md").read_text()  # strict too
     assert len(Stub.calls) == 18 and Stub.calls[0]["authorization"] == "Bearer sk-test"
     preds = tmp_path / "out" / "colors" / "predictions.jsonl"
     preds.write_text("".join(preds.read_text().splitlines(keepends=True)[:11]))  # interrupted after 11 answers
@@ -432,3 +432,30 @@ def test_answer_priors_known_answer():
     p = answer_priors(items)  # "red" twice of 4 (normalised); "2" three times of 6 (number words as digits)
     assert p["color"] == 0.5 and p["count"] == 0.5 and p["perception"] == 0.5 and p["reasoning"] == 0.5
     assert p["all"] == pytest.approx(5 / 10)
+
+
+def test_strict_accuracy_counts_a_right_answer_only_alone(tmp_path):
+    """`accuracy` reads verbose answers rule-first; `strict_accuracy` counts a right answer only when it is the
+    answer alone, per item, per category and under circular evaluation only if every rotation was."""
+    from nativevlm.eval.harness import BenchResult, evaluate
+
+    items = [Item("n0", "how many?", "1", category="count", kind="reasoning"),
+             Item("n1", "how many?", "1", category="count", kind="reasoning"),
+             Item("y0", "is there a cube?", "yes", category="exist", kind="perception"),
+             Item("y1", "is there a cube?", "yes", category="exist", kind="perception")]
+    replies = {"n0": "1", "n1": "yes. 1 is greater than", "y0": "yes. 1 is greater than", "y1": "no"}
+
+    s = evaluate(Benchmark("hedge", "test", items), lambda reqs: [Reply(replies[i.id]) for i in items]).summary()
+    assert s["accuracy"] == 0.75 and s["strict_accuracy"] == 0.25
+    assert s["by_category"]["count"]["strict_accuracy"] == 0.5 and s["by_category"]["exist"]["strict_accuracy"] == 0
+    # circular: the letter alone in one rotation and a hedge in the other is right but not strict
+    mc = [Item("m", "colour?", "A", options={"A": "red", "B": "blue"}, category="c", kind="perception")]
+    said = iter(["A", "B. red, not blue"])  # rotation 1 swaps the options: red is B there
+    res = run_benchmark(Benchmark("mc", "test", mc), lambda reqs: [Reply(next(said)) for _ in reqs],
+                        tmp_path / "out", circular=True)
+    assert [r["status"] for r in res.records] == ["correct", "correct"] and [r["strict"] for r in res.records] == [
+        True, False]
+    assert res.summary()["accuracy"] == 1 and res.summary()["strict_accuracy"] == 0
+    # records written before strict reading existed: no strict_accuracy, the rest as before
+    old = [{k: v for k, v in r.items() if k != "strict"} for r in res.records]
+    assert "strict_accuracy" not in BenchResult("mc", "test", old, circular=True).summary()

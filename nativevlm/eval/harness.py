@@ -26,7 +26,8 @@ from ..data.formats import DataError
 from ..data.image import ImageError
 from ..infer.types import Answerer, Reply, Request
 from .benchmarks import Benchmark, Item, open_image
-from .matching import CORRECT, PARSE_FAILURE, WRONG, Match, majority_counts, match_choice, match_open
+from .matching import (CORRECT, PARSE_FAILURE, WRONG, Match, bare_answer, majority_counts, match_choice,
+                       match_open)
 
 REQUEST_FAILURE = "request_failure"
 STATUSES = (CORRECT, WRONG, PARSE_FAILURE, REQUEST_FAILURE)
@@ -88,6 +89,8 @@ def item_statuses(records: list[dict], circular: bool) -> dict[str, dict]:
         statuses = {r["status"] for r in rs}
         status = next(s for s in (REQUEST_FAILURE, WRONG, PARSE_FAILURE, CORRECT) if s in statuses)
         out[key] = {"status": status, "category": rs[0]["category"], "kind": rs[0]["kind"]}
+        if all("strict" in r for r in rs):  # records scored before strict reading existed have none
+            out[key]["strict"] = status == CORRECT and all(r["strict"] for r in rs)
     return out
 
 
@@ -95,8 +98,11 @@ def rates(items) -> dict:
     items = list(items)
     n = max(1, len(items))
     counts = {s: sum(i["status"] == s for i in items) for s in STATUSES}
-    return {"accuracy": counts[CORRECT] / n, "parse_failure_rate": counts[PARSE_FAILURE] / n,
-            "request_failure_rate": counts[REQUEST_FAILURE] / n}
+    out = {"accuracy": counts[CORRECT] / n, "parse_failure_rate": counts[PARSE_FAILURE] / n,
+           "request_failure_rate": counts[REQUEST_FAILURE] / n}
+    if items and all("strict" in i for i in items):
+        out["strict_accuracy"] = sum(i["strict"] for i in items) / n
+    return out
 
 
 def grouped(per_item: dict, key: str) -> dict:
@@ -204,7 +210,9 @@ def ask_all(answerer: Answerer, asked: list[tuple[str, int, Item]], path: Option
 
 def scored(asked: list[tuple[str, int, Item]], answers: dict[str, dict]) -> list[dict]:
     """The record of each question asked (the one schema every evaluation writes): what was asked, the
-    reference, the answer, what `matching` read from it and its status."""
+    reference, the answer, what `matching` read from it and its status, and `strict`: right and the answer
+    alone (`matching.bare_answer`: "yes. 1 is greater than" is right for "how many?" when the count is 1, not
+    strict), the reading a policy cannot hedge; summaries report it as `strict_accuracy` beside `accuracy`."""
     records = []
     for key, rotation, item in asked:
         row = answers[key]
@@ -212,6 +220,7 @@ def scored(asked: list[tuple[str, int, Item]], answers: dict[str, dict]) -> list
         records.append({"id": item.id, "rotation": rotation, "category": item.category, "kind": item.kind,
                         "question": item.prompt(), "answer": item.answer, "prediction": row["prediction"],
                         "parsed": match.parsed, "status": match.status, "error": row["error"],
+                        "strict": match.status == CORRECT and bare_answer(row["prediction"], item.answer, item.options),
                         **({"trace": row["trace"]} if "trace" in row else {})})
     return records
 
@@ -269,7 +278,9 @@ def report(run: dict, summaries: list[dict], extra: dict) -> str:
     for s in summaries:
         circ = " (circular: every rotation of the options must be right)" if s.get("circular") else ""
         lines += [f"## {s['name']}", "", f"`{s['source']}`: {s['n']} questions{circ}", "",
-                  f"accuracy **{s['accuracy']:.1%}**, parse failures {s['parse_failure_rate']:.1%}, "
+                  f"accuracy **{s['accuracy']:.1%}**"
+                  + (f" (strict, the answer alone: {s['strict_accuracy']:.1%})" if "strict_accuracy" in s else "")
+                  + f", parse failures {s['parse_failure_rate']:.1%}, "
                   f"request failures {s['request_failure_rate']:.1%}"
                   + (f"; single pass {s['single_pass_accuracy']:.1%}" if s.get("circular") else ""), ""]
         for key in ("category", "kind"):
@@ -277,10 +288,13 @@ def report(run: dict, summaries: list[dict], extra: dict) -> str:
             if key == "kind" and set(groups) == {""}:
                 continue
             rel = s.get("visual_reliance", {}).get(key)
-            head = f"| {key} | n | accuracy | parse failures |" + (" blank image | reliance |" if rel else "")
+            strict = all("strict_accuracy" in g for g in groups.values())
+            head = (f"| {key} | n | accuracy |" + (" strict |" if strict else "") + " parse failures |"
+                    + (" blank image | reliance |" if rel else ""))
             lines += [head, "|" + "---|" * (head.count("|") - 1)]
             for name, g in groups.items():
-                row = f"| {name or '-'} | {g['n']} | {g['accuracy']:.1%} | {g['parse_failure_rate']:.1%} |"
+                row = (f"| {name or '-'} | {g['n']} | {g['accuracy']:.1%} |"
+                       + (f" {g['strict_accuracy']:.1%} |" if strict else "") + f" {g['parse_failure_rate']:.1%} |")
                 if rel:
                     row += f" {rel[name]['blank_accuracy']:.1%} | {rel[name]['reliance']:+.1%} |"
                 lines.append(row)
