@@ -47,7 +47,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -63,6 +62,7 @@ from nativevlm.data.extract_think import EXTRACT_PROMPT  # noqa: E402
 from nativevlm.data.tokenizer import Tokenizer  # noqa: E402
 from nativevlm.data.vet import VET_PROMPT  # noqa: E402
 from nativevlm.eval.benchmarks import load_benchmark  # noqa: E402
+from nativevlm.eval.cache import cached, source_version  # noqa: E402
 from nativevlm.eval.harness import evaluate  # noqa: E402
 from nativevlm.eval.local import LocalAnswerer  # noqa: E402
 from nativevlm.infer.pipelines import ExtractThink, KnownDescriptions  # noqa: E402
@@ -140,33 +140,14 @@ def thinking_tokens(result, tokenizer) -> float:
     return sum(n) / max(1, len(n))
 
 
-def package_version() -> Optional[str]:
-    """The git tree of the package (what an evaluation's numbers depend on beside the weights), None when it has
-    uncommitted changes or is not in git: then nothing is read from or written to the evaluation cache."""
-    try:
-        tree = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD:nativevlm"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "nativevlm"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return None if dirty else tree
-
-
-def eval_cache(work: Path, model: Path, answerer, world: Path, ids: list[str], version: Optional[str],
-               count_thinking: bool):
-    """Where the evaluation of `model` (a model folder) asked through `answerer` (a LocalAnswerer) on the
-    questions `ids` of `world` is cached: `work`/eval/, keyed by the model file and its time, the answerer's
-    settings, the questions and the package's git tree, so a rerun evaluates only what changed (a retrained
-    model, another engine); None (no cache) when the package version is unknown."""
-    if version is None:
-        return None
-    key = {"model": str(model.resolve()), "modified": (model / "model.safetensors").stat().st_mtime_ns,
-           "think": answerer.think, "thinking_budget": answerer.thinking_budget,
-           "max_new_tokens": answerer.max_new_tokens, "world": str(world.resolve()),
-           "questions": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "package": version,
-           "thinking_tokens": count_thinking}
-    return work / "eval" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json", key
+def eval_key(model: Path, answerer, world: Path, ids: list[str], count_thinking: bool) -> dict:
+    """What the evaluation of `model` (a model folder) through `answerer` (a LocalAnswerer) on the questions `ids`
+    of `world` depends on, beside the package's source (`nativevlm.eval.cache`): the model file and its time, the
+    answerer's settings, the questions."""
+    return {"model": str(model.resolve()), "modified": (model / "model.safetensors").stat().st_mtime_ns,
+            "think": answerer.think, "thinking_budget": answerer.thinking_budget,
+            "max_new_tokens": answerer.max_new_tokens, "world": str(world.resolve()),
+            "questions": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "thinking_tokens": count_thinking}
 
 
 def main() -> None:
@@ -278,29 +259,22 @@ def main() -> None:
     results: dict = {"direct_vs_thinking": {}, "gspo_thinking": {}, "extract_think": {}}
     timings: dict = {}
 
-    version = package_version()
+    version = source_version()
     if version is None:
         print("the package has uncommitted changes (or is not in git): every model is evaluated afresh, "
               "nothing cached", flush=True)
 
     def run(group: str, name: str, answerer, count_thinking: bool = False, model: Optional[Path] = None) -> None:
         """Evaluate one arm; with `model` (the answerer's model folder) through the evaluation cache."""
-        cached = None if model is None else eval_cache(work, model, answerer, world, ids, version,
-                                                       count_thinking)
-        if cached is not None and cached[0].exists():
-            made = json.loads(cached[0].read_text())
-            results[group][name], timings[f"{group}/{name}"] = made["result"], made["seconds"]
-        else:
+        def measure() -> dict:
             t0 = time.time()
             result = evaluate(bench, answerer)
-            results[group][name] = summary(result, thinking_tokens(result, tok) if count_thinking else None)
-            timings[f"{group}/{name}"] = round(time.time() - t0, 1)
-            if cached is not None:  # written whole, then renamed: a process beside this one reads all or nothing
-                path, partial = cached[0], cached[0].with_suffix(f".{os.getpid()}.tmp")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(json.dumps({**cached[1], "result": results[group][name],
-                                               "seconds": timings[f"{group}/{name}"]}, indent=1) + "\n")
-                partial.replace(path)
+            return {"result": summary(result, thinking_tokens(result, tok) if count_thinking else None),
+                    "seconds": round(time.time() - t0, 1)}
+
+        made = measure() if model is None or version is None else cached(
+            work / "eval", eval_key(model, answerer, world, ids, count_thinking), measure, version)
+        results[group][name], timings[f"{group}/{name}"] = made["result"], made["seconds"]
         print(f"{group:18s} {name:40s} {results[group][name]['accuracy']:.1%} (strict "
               f"{results[group][name]['strict_accuracy']:.1%})", flush=True)
 

@@ -33,7 +33,6 @@ folder (train.json, test.json), the cascade's training data; the tokenizer is th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -57,26 +56,26 @@ LABELS = {"sft": "SFT", "mpo": "+MPO", "mpo+gspo": "+MPO +GSPO", "gspo": "GSPO a
 
 
 def evaluate_model(path: Path, world: Path, cache_dir: Path) -> dict:
-    """Accuracy overall, per family and per kind on the world's test split, cached in `cache_dir` (the study's
-    work folder, never the model's) under the model folder and world, so a rerun, or a run of other seeds,
-    evaluates each model once; a cache whose model file has changed since (retrained) is evaluated again."""
-    weights = path / "model.safetensors"
-    key = {"model": str(path.resolve()), "world": str(world.resolve()), "modified": weights.stat().st_mtime_ns}
-    cache = cache_dir / "eval" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())["result"]
-    from nativevlm.eval.benchmarks import load_benchmark
-    from nativevlm.eval.harness import evaluate
-    from nativevlm.eval.local import LocalAnswerer
-    from nativevlm.infer.chat import load_model_and_tokenizer
+    """Accuracy overall, per family and per kind on the world's test split, cached in `cache_dir`/eval (the
+    study's work folder, never the model's; `nativevlm.eval.cache`) under the model file and its time, the world
+    and the package's source, so a rerun, or a run of other seeds, evaluates each model once, and a retrained
+    model or a changed engine is evaluated again."""
+    from nativevlm.eval.cache import cached
 
-    model, tok = load_model_and_tokenizer(path)
-    s = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 64, max_new_tokens=8)).summary()
-    result = {"overall": s["accuracy"], "n": s["n"], **{k: v["accuracy"] for k, v in s["by_category"].items()},
-              **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()}}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({**key, "result": result}, indent=1) + "\n")
-    return result
+    def measure() -> dict:
+        from nativevlm.eval.benchmarks import load_benchmark
+        from nativevlm.eval.harness import evaluate
+        from nativevlm.eval.local import LocalAnswerer
+        from nativevlm.infer.chat import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(path)
+        s = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 64, max_new_tokens=8)).summary()
+        return {"overall": s["accuracy"], "n": s["n"], **{k: v["accuracy"] for k, v in s["by_category"].items()},
+                **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()}}
+
+    key = {"model": str(path.resolve()), "world": str(world.resolve()),
+           "modified": (path / "model.safetensors").stat().st_mtime_ns}
+    return cached(cache_dir / "eval", key, measure)
 
 
 @dataclass(frozen=True)
