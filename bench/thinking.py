@@ -36,7 +36,9 @@ What it measures (greedy, `--limit` test questions, accuracy per family):
 - Extract+Think with perceivers {caption (asked "Describe the image."), vet (asked the VET prompt with the
   question), truth (the ground-truth captions)} x reasoner {direct, thinking}.
 Writes `<out>/thinking.json` (accuracies as evaluation reads answers and strict, parse failures, mean
-thinking tokens, seconds, what trained each model with paths in the work folder as `WORK/...`, the command)
+thinking tokens, which questions each got right, part gspo's arms against the SFT model question by question
+(`paired_vs_sft`: difference, paired 95% interval, McNemar's p), seconds, what trained each model with paths in
+the work folder as `WORK/...`, the command)
 and `<out>/thinking.png`. Each model's evaluations are cached in the work folder (`eval/`, keyed by the model
 file, the answerer's settings, the questions and the package's git tree), so a rerun that reuses the trained
 runs evaluates only what changed; with uncommitted changes to the package nothing is cached.
@@ -125,11 +127,31 @@ def summary(result, thinking_tokens=None) -> dict:
     "yes. 1 is greater than" is not (the harness's `strict_accuracy`)."""
     s = result.summary()
     out = {"accuracy": s["accuracy"], "strict_accuracy": s["strict_accuracy"],
+           "right": "".join("1" if r["status"] == "correct" else "0" for r in result.records),  # per question
            "parse_failure_rate": s["parse_failure_rate"],
            "by_kind": {k: g["accuracy"] for k, g in s["by_kind"].items()},
            "by_family": {k: g["accuracy"] for k, g in s["by_category"].items()}}
     if thinking_tokens is not None:
         out["mean_thinking_tokens"] = thinking_tokens
+    return out
+
+
+def against_sft(arms: dict, ids: list[str]) -> dict:
+    """Each arm against the SFT model asked the same way, question by question (`nativevlm.eval.compare.paired`:
+    the difference, its paired 95% interval, the questions only one gets right, McNemar's p)."""
+    from nativevlm.eval.compare import paired
+
+    out = {}
+    for mode in ("think=True", "think=False"):
+        base = next((v for k, v in arms.items() if k.startswith("SFT") and k.endswith(f", {mode}")), None)
+        if base is None or "right" not in base:  # an SFT arm evaluated before right answers were kept
+            continue
+        for name, arm in arms.items():
+            if arm is base or not name.endswith(f", {mode}") or "right" not in arm:
+                continue
+            r = paired(dict(zip(ids, map("1".__eq__, base["right"]))), dict(zip(ids, map("1".__eq__, arm["right"]))))
+            out[name] = r.to_dict()
+            print(f"{name:60s} vs SFT {r.line()}", flush=True)
     return out
 
 
@@ -295,6 +317,8 @@ def main() -> None:
     if "extract_think" in args.parts:
         extract_think(args, qs, work, world, tok, log, steps, run, n)
 
+    if results["gspo_thinking"]:
+        results["paired_vs_sft"] = against_sft(results["gspo_thinking"], ids)
     record = {"questions": len(bench.items), "budget": args.budget, "trained": log, "eval_seconds": timings,
               "total_seconds": round(time.time() - t_start, 1),
               "command": f"python bench/thinking.py "

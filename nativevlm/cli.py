@@ -12,7 +12,7 @@ import sys
 from .errors import UserError, one_line
 
 SUBCOMMANDS = ("info", "data", "tokenizer", "train", "ask", "chat", "serve", "ui", "quickstart", "eval",
-               "study", "export")
+               "compare", "study", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
