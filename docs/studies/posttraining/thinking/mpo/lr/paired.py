@@ -27,7 +27,8 @@ for seed in (0, 1):
         for folder, pairs in (("thinking", ""), ("both", "0.5 direct, ")):
             mpo = f"MPO (strict pairs, {pairs}lr 3e-05) seed {seed}, {mode}"
             COMPARISONS += [
-                (f"MPO 3e-5 against its SFT term alone ({folder} pairs)", f"sft-only{'' if folder == 'thinking' else '-both'}",
+                (f"MPO 3e-5 against its SFT term alone ({folder} pairs)",
+                 "sft-only" if folder == "thinking" else "sft-only-both",
                  f"MPO (strict pairs, {pairs}lr 3e-05, weights 0/0/1) seed {seed}, {mode}", folder, mpo),
                 (f"MPO 3e-5 against MPO 1e-4 ({folder} pairs)", folder,
                  f"MPO (strict pairs{', 0.5 direct' if pairs else ''}) seed {seed}, {mode}", folder, mpo)]
