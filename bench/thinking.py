@@ -381,9 +381,9 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
 
     for lr, seed in itertools.product(args.mpo_lr, args.seeds) if args.mpo else ():
         mpo = mpo_thinking(args, work, sft, sft_name, seed, lr, n, log)
-        weights = "" if tuple(args.mpo_weights) == MPO_WEIGHTS else "weights " + "/".join(map("{:g}".format,
-                                                                                            args.mpo_weights))
-        settings = [f"{args.gspo_reward} pairs", f"{mpo_share:g} direct" if mpo_share else "", rate(lr), weights]
+        weights = "/".join(f"{w:g}" for w in mpo_weights(args).values())
+        settings = [f"{args.gspo_reward} pairs", f"{mpo_share:g} direct" if mpo_share else "", rate(lr),
+                    f"weights {weights}" if weights else ""]
         label = f"MPO ({', '.join(filter(None, settings))}) seed {seed}"
         both_ways(label, mpo)
         mpo_arms[label] = {"lr": lr, "seed": seed}
@@ -450,6 +450,11 @@ def cascade_stage(stage: str, work: Path, options: dict, init: Path, seed: int, 
     return recipe_from_dict(data, overrides)
 
 
+def mpo_weights(args) -> dict:
+    """`--mpo-weights` as the mpo objective's options where they differ from the recipe's; {} at the recipe's."""
+    return {} if tuple(args.mpo_weights) == MPO_WEIGHTS else dict(zip(("dpo", "bco_pair", "sft"), args.mpo_weights))
+
+
 def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, lr: float, n: int, log: dict) -> Path:
     """Thinking-mode MPO from the SFT model: 8 thinking replies (seed `seed`, up to `n` tokens, `--budget` of them
     thinking) to each of the first `--mpo-questions` training questions, a pair per question with a right and
@@ -460,7 +465,7 @@ def mpo_thinking(args, work: Path, sft: Path, sft_name: str, seed: int, lr: floa
     mode = f"-direct{share:g}" if share else ""
     pairs = work / "data" / "preferences" / (f"think{mode}-{sft_name}-q{args.mpo_questions}-b{args.budget}"
                                              f"-{args.gspo_reward}-s{seed}.jsonl")
-    weights = {} if tuple(args.mpo_weights) == MPO_WEIGHTS else dict(zip(("dpo", "bco_pair", "sft"), args.mpo_weights))
+    weights = mpo_weights(args)
     tag = f"-lr{lr:g}" * (lr != MPO_LR) + ("-w" + ",".join(f"{w:g}" for w in weights.values())) * bool(weights)
     name = f"{sft_name}+mpo{args.mpo}{mode}{tag}-s{seed}"
     out = work / "runs" / name
@@ -564,6 +569,7 @@ def plot_mpo_lr(record: dict, path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(results: dict, path: Path) -> None:
