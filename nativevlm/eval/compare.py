@@ -104,9 +104,8 @@ def compare_folders(a: Path, b: Path, strict: bool = False) -> dict[str, dict[st
         by_category = defaultdict(list)
         for k, (category, _) in ra.items():
             by_category[category].append(k)
-        if len(by_category) > 1:
+        if len(by_category) > 1:  # the same questions in both (checked overall above)
             for category, ids in sorted(by_category.items()):
-                if all(k in rb for k in ids):
-                    rows[category] = paired({k: ra[k][1] for k in ids}, {k: rb[k][1] for k in ids})
+                rows[category] = paired({k: ra[k][1] for k in ids}, {k: rb[k][1] for k in ids})
         out[name] = rows
     return out
