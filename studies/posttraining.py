@@ -12,9 +12,11 @@ seed the study then runs the shipped `recipes/cascade-rl.yaml`, stage by stage s
 2. SFT -> +MPO (the recipe's mpo stage), 3. +MPO -> +GSPO (its gspo stage), 4. SFT -> GSPO alone;
 
 and evaluates every model on the held-out test split (greedy, through the engine, as the quickstart does).
-`--out` gets study.json (accuracy per family of each model and seed, and each GSPO run's reward, accuracy,
-kept fraction and clip fraction per step) and study.png. The step counts are the recipe's unless overridden
-(`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core CPU. `--gspo-only` runs SFT ->
+`--out` gets study.json (accuracy per family of each model and seed, each model against the SFT model question by
+question (`paired_vs_sft`: the difference, its paired 95% interval, McNemar's p), which questions each got right,
+and each GSPO run's reward, accuracy, kept fraction and clip fraction per step) and study.png. The step counts
+are the recipe's unless overridden (`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core
+CPU. `--gspo-only` runs SFT ->
 GSPO alone (no pairs, no MPO), `--mpo-only` SFT -> +MPO alone, `--sft-control` adds the control (model `sft+`:
 the SFT run's own last stage continued for as many steps as GSPO takes, at GSPO's learning rate), and
 `--mpo-set` / `--gspo-set KEY=VALUE` change the MPO / GSPO stage after those cuts, e.g. a longer run:
@@ -52,6 +54,7 @@ CONTROL = "sft+"  # --sft-control: the SFT model's last stage continued for as m
 # The recipe's stages cut to fit a shared 2-core CPU (the only place the study departs from the recipe):
 # GSPO on 8 questions x 8 replies per rollout, 2 optimizer steps per rollout, 16 steps (8 rollouts).
 SCALE = {"mpo": [], "gspo": ["stages.0.batch_size=8", "stages.0.steps=16", "stages.0.objectives.0.steps_per_rollout=2"]}
+RIGHT = "right"  # an evaluation's question id -> right or not, kept apart from the accuracies in study.json
 LABELS = {"sft": "SFT", "mpo": "+MPO", "mpo+gspo": "+MPO +GSPO", "gspo": "GSPO alone", CONTROL: "continued SFT"}
 
 
@@ -69,13 +72,33 @@ def evaluate_model(path: Path, world: Path, cache_dir: Path) -> dict:
         from nativevlm.infer.chat import load_model_and_tokenizer
 
         model, tok = load_model_and_tokenizer(path)
-        s = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 64, max_new_tokens=8)).summary()
+        result = evaluate(load_benchmark(f"world:{world}"), LocalAnswerer(model, tok, 64, max_new_tokens=8))
+        s = result.summary()
         return {"overall": s["accuracy"], "n": s["n"], **{k: v["accuracy"] for k, v in s["by_category"].items()},
-                **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()}}
+                **{f"all {k}": v["accuracy"] for k, v in s["by_kind"].items()},
+                RIGHT: {r["id"]: r["status"] == "correct" for r in result.records}}
 
     key = {"model": str(path.resolve()), "world": str(world.resolve()),
-           "modified": (path / "model.safetensors").stat().st_mtime_ns}
+           "modified": (path / "model.safetensors").stat().st_mtime_ns, "keeps": RIGHT}
     return cached(cache_dir / "eval", key, measure)
+
+
+def against_sft(right: dict[str, dict[str, dict[str, bool]]]) -> dict:
+    """Each model of each seed against the SFT model, question by question on the same test questions
+    (`nativevlm.eval.compare.paired`: the difference, its paired 95% interval, the questions only one gets right,
+    McNemar's exact p). Two models asked the same questions mostly agree, so this says whether a difference of a
+    point or two is a change or noise, which one accuracy's standard error cannot."""
+    from nativevlm.eval.compare import paired
+
+    out: dict[str, dict[str, dict]] = {}
+    for name, seeds in right.items():
+        if name == "sft":
+            continue
+        for seed, answers in seeds.items():
+            r = paired(right["sft"][seed], answers)
+            out.setdefault(name, {})[seed] = r.to_dict()
+            print(f"{LABELS[name]:>16s}, seed {seed} vs SFT: {r.line()}", flush=True)
+    return out
 
 
 @dataclass(frozen=True)
@@ -314,8 +337,12 @@ def main(argv=None) -> None:
               flush=True)
     t = time.time()
     sft_acc = evaluate_model(sft, world, work)  # greedy evaluation of one model: the same for every seed
-    study["accuracy"]["sft"] = {str(seed): sft_acc for seed in args.seeds}
+    study["accuracy"]["sft"] = {str(seed): dict(sft_acc) for seed in args.seeds}
     timings["evaluate sft"] = round(time.time() - t)
+    right = {m: {s: acc.pop(RIGHT) for s, acc in seeds.items()} for m, seeds in study["accuracy"].items()}
+    study["paired_vs_sft"] = against_sft(right)
+    study[RIGHT] = {m: {s: "".join("1" if r else "0" for r in answers.values()) for s, answers in seeds.items()}
+                    for m, seeds in right.items()}  # per question, in the test split's order
     timings["total"] = round(time.time() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
