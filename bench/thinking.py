@@ -444,6 +444,7 @@ def cascade_stage(stage: str, work: Path, options: dict, init: Path, seed: int, 
     from nativevlm.train.recipe import recipe_from_dict, relocate_paths
 
     data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), work)
+    data.pop("curves", None)  # the recipe's learning curves on val: this script evaluates on test itself
     data["stages"] = [s for s in data["stages"] if s["name"] == stage]
     data["stages"][0]["objectives"][0].update(options)
     data.update(init={"path": str(init)}, seed=seed, device="cpu")

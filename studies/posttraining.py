@@ -116,6 +116,7 @@ def cascade_stage(base: Base, stage: str, init: Path, seed: int, overrides: list
     """One stage of the shipped cascade recipe, relocated into the base folder, from `init`; GSPO trains on the
     base's world."""
     data = relocate_paths(read_yaml(RECIPES / "cascade-rl.yaml", "recipe"), base.root)
+    data.pop("curves", None)  # the recipe's learning curves on val: this script evaluates on test itself
     data["stages"] = [s for s in data["stages"] if s["name"] == stage]
     data.update(init={"path": str(init)}, seed=seed, device="cpu", progress=False)
     if base.tokenizer is not None:

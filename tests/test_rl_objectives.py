@@ -295,6 +295,7 @@ def test_clip_acts_only_with_several_steps_per_rollout(tiny_world, tmp_path, mon
         assert clipped == [0.0] * 6
     else:
         assert all(r["gspo/clip_fraction"] == 0 for r in rollout_steps) and max(clipped) > 0
+    assert (tmp_path / "run" / "objectives.png").is_file()  # the run's reward and clip-fraction curves
 
 
 def start(recipe_path: Path, out: Path, kill_at: str, *extra: str) -> subprocess.Popen:

@@ -36,6 +36,7 @@ def test_stage_contract_frozen_unchanged_trainable_changed(train_world, tmp_path
     cfg = load_recipe(write_recipe(tmp_path / "r.yaml", recipe))
     before = initial_state(cfg)
     train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "objectives.png").exists()  # SFT's loss draws no objectives plot
     after_s1 = load_file(tmp_path / "run/checkpoints/step-00000003/model.safetensors")
     after_s2 = load_file(tmp_path / "run/checkpoints/step-00000006/model.safetensors")
 

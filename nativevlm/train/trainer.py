@@ -27,6 +27,7 @@ from .lora import add_lora, merge_lora
 from .metrics import MetricsLog, flop_params, throughput
 from .objectives import StageContext, Weighted, build as build_objectives
 from .optim import build_optimizer, set_lr
+from .plots import plot_objectives
 from .recipe import stage_steps
 from .schedule import stage_lr
 from .step import evaluate, keep_graph, module_groups, train_step
@@ -123,6 +124,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 _restore(loaded, model, optimizer, data, objs)
                 step, loaded = state["step"], None
             bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (ctx.is_main and cfg.progress))
+            shown = {f"{o.objective.name}/{m}": None for o in objs for m in o.objective.progress}
             while step < total and (max_steps is None or gs < max_steps):
                 lr = stage_lr(stage, step, total)
                 set_lr(optimizer, lr)
@@ -142,7 +144,9 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                 if gs % cfg.log_every == 0 or "val_loss" in row or "samples" in row or step == total:
                     metrics.log(row)
                 bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                shown.update({k: row[k] for k in shown if k in row})  # a rollout's reward: shown until the next
+                bar.set_postfix({"loss": f"{row['loss']:.4f}", **{k.split("/", 1)[1]: f"{v:.3f}" for k, v in shown.items()
+                                 if v is not None}, "tok_s": f"{row['tokens_per_s']:.0f}"})
                 if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
                     trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict(),
                                      "train_seconds": train_seconds}
@@ -164,6 +168,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             save_model(model, final_state, out_dir / "final", tokenizer)
         distributed.barrier()
         metrics.close()
+        if ctx.is_main and plot_objectives(out_dir / "metrics.jsonl", out_dir / "objectives.png"):
+            log(f"the objectives' curves (reward, clip fraction, ...): {out_dir / 'objectives.png'}")
         for hook in hooks:
             if ctx.is_main:
                 hook.on_end(out_dir)

@@ -82,12 +82,17 @@ class StageContext:
 class Objective:
     """A training objective; see the package docstring. Subclasses set `name` (by `@register`), may set
     `Options` (a dataclass of their recipe options), `choices` (option -> its allowed values) and
-    `metrics` (the names `loss` may report), and implement `loss`."""
+    `metrics` (the names `loss` may report) and `panels` (what the run's `objectives.png` draws of them), and
+    implement `loss`."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     choices: ClassVar[dict[str, tuple]] = {}
     metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    # (panel title, metrics drawn in it) for the plot of a run's objectives against optimizer steps
+    # (`train.plots.plot_objectives`, `<run>/objectives.png`); none: this objective is not drawn there
+    panels: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
+    progress: ClassVar[tuple[str, ...]] = ()  # metrics shown beside the loss in the training progress bar
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()

@@ -96,6 +96,11 @@ class GSPO(Objective):
     Options = GSPOOptions
     metrics = ("loss", "clip_fraction", "ratio", "reward", "accuracy", "response_length", "kept", "think_accuracy",
                "direct_accuracy")
+    panels = (("GSPO: each rollout's reward, accuracy and questions kept",
+               ("reward", "accuracy", "kept", "think_accuracy", "direct_accuracy")),
+              ("GSPO: share of replies clipped (0 on a rollout's on-policy step)", ("clip_fraction",)),
+              ("GSPO: reply length (tokens)", ("response_length",)))
+    progress = ("reward", "accuracy", "clip_fraction")
 
     def __init__(self, options=None):
         super().__init__(options)

@@ -61,6 +61,9 @@ class MPO(Objective):
     Options = MPOOptions
     metrics = ("loss", "dpo", "bco_pair", "sft", "delta", "reward_chosen", "reward_rejected", "reward_accuracy",
                "reward_margin")
+    panels = (("MPO: the loss's terms", ("dpo", "bco_pair", "sft")),
+              ("MPO: implicit reward beta * log(pi / pi_ref)", ("reward_accuracy", "reward_margin", "delta")))
+    progress = ("reward_accuracy",)
 
     def __init__(self, options=None):
         super().__init__(options)

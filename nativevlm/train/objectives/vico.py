@@ -203,6 +203,8 @@ def keep_labels(r: torch.Tensor, window: deque, percentile: float) -> torch.Tens
 class RouterLoss(Objective):
     Options = RouterOptions
     metrics = ("loss", "keep", "ratio", "accuracy")
+    panels = (("ViR router: loss and accuracy on the keep / compress labels", ("loss", "accuracy")),
+              ("ViR router: share of regions labelled keep (fine rate)", ("keep",)))
 
     def setup(self, ctx: StageContext) -> None:
         check_vlm_with_coarse_path(ctx, "vico_router", router=True)
