@@ -30,6 +30,8 @@ new one registers when its module is imported, before the recipe is loaded) with
   chosen and rejected answers, say), and `info` (`StepInfo`) gives the step counters, the ranks and the
   global target weight for normalising over the whole batch. Shares are summed over micro-batches and
   averaged over ranks, exactly as the gradients are;
+- `metrics`: the names its `Output.metrics` may carry; `panels` (title, metrics) draws some of them into the
+  run's `objectives.png` against optimizer steps and `progress` shows some in the progress bar;
 - `setup(ctx)`: once at the start of each stage that runs it (`StageContext`: the bare model, tokenizer,
   stage, its data and the image processor), e.g. to check the data or freeze a reference copy;
 - `module(model)`: parameters it owns (a head), registered on the model for the run as
