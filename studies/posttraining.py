@@ -14,11 +14,11 @@ seed the study then runs the shipped `recipes/cascade-rl.yaml`, stage by stage s
 and evaluates every model on the held-out test split (greedy, through the engine, as the quickstart does).
 `--out` gets study.json (accuracy per family of each model and seed, each model against the SFT model question by
 question (`paired_vs_sft`: the difference, its paired 95% interval, McNemar's p), which questions each got right,
-and each GSPO run's reward, accuracy, kept fraction and clip fraction per step) and study.png. The step counts
-are the recipe's unless overridden (`--mpo-steps`, `--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core
-CPU. `--gspo-only` runs SFT ->
-GSPO alone (no pairs, no MPO), `--mpo-only` SFT -> +MPO alone, `--sft-control` adds the control (model `sft+`:
-the SFT run's own last stage continued for as many steps as GSPO takes, at GSPO's learning rate), and
+each GSPO run's reward, accuracy, kept fraction and clip fraction per step, and each MPO run's loss terms and
+implicit reward per step) and study.png. The step counts are the recipe's unless overridden (`--mpo-steps`,
+`--gspo-steps`) or cut by `SCALE` below to fit a shared 2-core CPU. `--gspo-only` runs SFT -> GSPO alone (no
+pairs, no MPO), `--mpo-only` SFT -> +MPO alone, `--sft-control` adds the control (model `sft+`: the SFT run's own
+last stage continued for as many steps as GSPO takes, at GSPO's learning rate), and
 `--mpo-set` / `--gspo-set KEY=VALUE` change the MPO / GSPO stage after those cuts, e.g. a longer run:
 
     python studies/posttraining.py --quickstart runs/quickstart --out docs/studies/posttraining/gspo-long \
@@ -187,11 +187,14 @@ def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> 
     return result | {"n": len(right), f"pass@{n}": sum(k > 0 for k in right.values()) / len(right)}
 
 
-def curves(run: Path) -> dict:
+def curves(run: Path, objective: str = "gspo") -> dict:
+    """A run's per-step metrics of `objective` (GSPO: rollout reward, accuracy, kept, clip fraction, reply length;
+    MPO: its loss terms and implicit reward), as [step, value] lists."""
     rows = [json.loads(line) for line in (run.parent / "metrics.jsonl").read_text().splitlines()]
     pick = lambda key: [[r["step"], r[key]] for r in rows if key in r]  # noqa: E731
-    return {"reward": pick("gspo/reward"), "accuracy": pick("gspo/accuracy"), "kept": pick("gspo/kept"),
-            "clip_fraction": pick("gspo/clip_fraction"), "response_length": pick("gspo/response_length")}
+    keys = (("reward", "accuracy", "kept", "clip_fraction", "response_length") if objective == "gspo" else
+            ("dpo", "bco_pair", "sft", "reward_accuracy", "reward_margin"))
+    return {k: pick(f"{objective}/{k}") for k in keys}
 
 
 def plot(study: dict, path: Path) -> None:
@@ -328,6 +331,8 @@ def main(argv=None) -> None:
             study["accuracy"][CONTROL][s] = evaluate_model(runs[CONTROL], world, work)
             timings[f"{CONTROL} {s} (train + evaluate)"] = round(time.time() - t)
         study["curves"][s] = {name: curves(runs[name]) for name in ("mpo+gspo", "gspo") if name in runs}
+        if "mpo" in runs:
+            study.setdefault("mpo_curves", {})[s] = curves(runs["mpo"], "mpo")
         if args.sampled:
             t = time.time()
             for name, path in {"sft": sft, **runs}.items():
