@@ -25,6 +25,7 @@ def right(folder: str, seed: int) -> dict:
 
 COMPARISONS = [(f"MPO {lr} against its SFT term alone", f"sft-only-lr{lr}", f"lr{lr}") for lr in ("1e-4", "3e-5")]
 COMPARISONS += [("MPO 3e-5 against MPO 1e-4", "lr1e-4", "lr3e-5"), ("MPO 1e-5 against MPO 1e-4", "lr1e-4", "lr1e-5")]
+COMPARISONS += [(f"SFT weight {w} against 1.0 (lr 1e-4)", "lr1e-4", f"sft{w}-lr1e-4") for w in ("0.1", "0")]
 
 out = []
 for what, a, b in COMPARISONS:
@@ -56,12 +57,17 @@ def plot(path: Path) -> None:
             ax.plot([lr] * 2, acc, "o", color=colour, alpha=0.6)
             xs.append(lr), means.append(sum(acc) / 2)
         ax.plot(xs, means, "-", color=colour, label=f"{label}, mean of 2 seeds")
+    for w, marker in (("0.1", "s"), ("0", "^")):  # the SFT weight lowered, at the recipe's rate
+        acc = [study(f"sft{w}-lr1e-4")["accuracy"]["mpo"][s]["overall"] * 100 for s in ("0", "1")]
+        ax.plot([1e-4] * 2, acc, marker, color="tab:blue", alpha=0.35 + 0.5 * (w == "0"),
+                label=f"MPO with SFT weight {w}" + (" (DPO + BCO-pair alone)" if w == "0" else ""))
     ax.set(xscale="log", xlabel="MPO learning rate (40 steps of 16 pairs)", ylabel="held-out test accuracy (%)",
            title="greedy accuracy on 1,200 test questions", ylim=(45, 55))
     ax.legend(fontsize=7)
     for ax, key, title in ((axes[1], "dpo", "DPO term per step (0.693 = no preference)"),
                            (axes[2], "reward_accuracy", "pairs whose chosen reply the implicit reward ranks first")):
-        for prefix, colour, label in (("lr", "tab:orange", "MPO"), ("sft-only-lr", "tab:green", "SFT term alone")):
+        for prefix, colour, label in (("lr", "tab:orange", "MPO"), ("sft-only-lr", "tab:green", "SFT term alone"),
+                                      ("sft0-lr", "tab:blue", "DPO + BCO-pair alone")):
             for seed, style in (("0", "-"), ("1", "--")):
                 x, y = zip(*study(f"{prefix}1e-4")["mpo_curves"][seed][key])
                 ax.plot(x, y, style, color=colour, lw=1.2, label=f"{label}, lr 1e-4, seed {seed}")
