@@ -125,3 +125,35 @@ def test_the_readme_smollm2_overrides_point_every_stage_at_your_files(tmp_path, 
         "stages.1.data.2.path=data/custom/text.txt", "stages.1.val_data=data/custom/val.json",
         "curves.data=data/custom/val.json", "curves.every=200"])
     assert "data/world" not in json.dumps(to_dict(cfg))
+
+
+def readme_command(start: str) -> list[str]:
+    """The README command that begins with `start`, continuation lines joined, as arguments."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith(start))
+    return shlex.split(line.split("#", 1)[0])
+
+
+def test_the_readme_cascade_overrides_point_every_stage_at_your_files(tmp_path, monkeypatch):
+    """The README's post-training command for your own data resolves (every field it sets exists, every file it
+    names is there) and leaves no world path and no world model behind."""
+    from nativevlm.config import to_dict
+    from nativevlm.train.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    data = Path("data/custom")
+    write_split(data, "train", 4, seed=1)
+    write_split(data, "val", 4, seed=2)
+    (data / "pairs.jsonl").write_text("")
+    Path("runs/custom-vlm/final").mkdir(parents=True)  # the model, its tokenizer beside it
+    args = readme_command("nativevlm train recipes/cascade-rl.yaml --out runs/custom-rl")
+    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert {o.split("=", 1)[0] for o in overrides} >= {"init.path", "tokenizer", "stages.0.data.0.path",
+                                                      "stages.1.data.0.path", "curves.data"}
+    cfg = load_recipe(RECIPES / "cascade-rl.yaml", overrides)
+    resolved = json.dumps(to_dict(cfg))
+    assert "data/world" not in resolved and "runs/native" not in resolved and "data/tokenizer" not in resolved
+    pairs = readme_command("nativevlm data preferences data/custom/train.json")
+    assert pairs[pairs.index("--out") + 1] == cfg.stages[0].data[0].path  # the pairs are where the stage reads them
