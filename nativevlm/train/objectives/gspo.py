@@ -100,7 +100,7 @@ class GSPO(Objective):
                ("reward", "accuracy", "kept", "think_accuracy", "direct_accuracy")),
               ("GSPO: share of replies clipped (0 on a rollout's on-policy step)", ("clip_fraction",)),
               ("GSPO: reply length (tokens)", ("response_length",)))
-    progress = ("reward", "accuracy", "clip_fraction")
+    progress = ("reward", "accuracy", "kept", "clip_fraction")
 
     def __init__(self, options=None):
         super().__init__(options)
