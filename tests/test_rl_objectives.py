@@ -343,3 +343,10 @@ def test_rl_stage_killed_midway_resumes_bit_identically(cascade, tmp_path, kill_
     keys = ["mpo/delta", "gspo/clip_fraction", "gspo/reward"]
     assert [[r.get(k) for k in keys] for r in rows(out)[-4:]] == [[r.get(k) for k in keys] for r in reference_rows[-4:]]
     assert max(r.get("gspo/clip_fraction", 0) for r in reference_rows) > 0
+
+
+def test_a_run_stopped_by_max_steps_draws_its_objectives_so_far(tiny_world, tmp_path, monkeypatch):
+    use_parity_reward(monkeypatch)
+    cfg = recipe_from_dict(recipe(tiny_world, [gspo_stage(tiny_world, 3)]))
+    result = train(cfg, tmp_path / "run", max_steps=2, **QUIET)
+    assert result.final is None and (tmp_path / "run" / "objectives.png").is_file()

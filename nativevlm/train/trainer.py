@@ -159,6 +159,7 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             if step < total:
                 log(f"stopped at step {gs} (--max-steps); continue with --resume")
                 metrics.close()
+                draw_objectives(out_dir, ctx.is_main, log)
                 return TrainResult(out_dir, detach_objective_modules(model), gs, None)
             if stage.lora.rank:
                 merge_lora(model)
@@ -168,13 +169,18 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
             save_model(model, final_state, out_dir / "final", tokenizer)
         distributed.barrier()
         metrics.close()
-        if ctx.is_main and plot_objectives(out_dir / "metrics.jsonl", out_dir / "objectives.png"):
-            log(f"the objectives' curves (reward, clip fraction, ...): {out_dir / 'objectives.png'}")
+        draw_objectives(out_dir, ctx.is_main, log)
         for hook in hooks:
             if ctx.is_main:
                 hook.on_end(out_dir)
         log(f"final model: {out_dir / 'final'} (load with nativevlm.model.loading.load_pretrained)")
         return TrainResult(out_dir, detach_objective_modules(model), gs, out_dir / "final")
+
+
+def draw_objectives(out_dir: Path, is_main: bool, log) -> None:
+    """`objectives.png` from the run's metrics so far (at the end, and where --max-steps stops a run)."""
+    if is_main and plot_objectives(out_dir / "metrics.jsonl", out_dir / "objectives.png"):
+        log(f"the objectives' curves (reward, clip fraction, ...): {out_dir / 'objectives.png'}")
 
 
 class TrainHook(Protocol):
