@@ -144,13 +144,14 @@ def stage_run(base: Base, stage: str, init: Path, out: Path, seed: int, override
 def sft_control(base: Base, out: Path, seed: int, gspo_overrides: list[str]) -> Path:
     """The control for GSPO: the SFT run's own last stage (its data mixture and objectives, from the run's
     config.yaml) continued from the SFT model for as many optimizer steps as the GSPO stage takes, with its
-    batch size (here in conversations) and learning rate, constant. What GSPO gains beyond this, the reward
+    batch size (here in conversations), learning rate (constant) and trainable parameters. What GSPO gains beyond this, the reward
     gave."""
     def make_cfg():
         g = cascade_stage(base, "gspo", base.sft, seed, gspo_overrides).stages[0]
         run = read_yaml(base.sft.parent / "config.yaml", "config")
         stage = run["stages"][-1]
-        stage.update(steps=g.steps, batch_size=g.batch_size, lr=g.lr, schedule="constant", warmup_steps=0)
+        stage.update(steps=g.steps, batch_size=g.batch_size, lr=g.lr, schedule="constant", warmup_steps=0,
+                     trainable=list(g.trainable))  # what GSPO trains (all of it unless --gspo-set says otherwise)
         as_run = {k: run[k] for k in ("question_loss", "square_average", "pack") if k in run}  # as the run had them
         return recipe_from_dict({"kind": "vlm", "tokenizer": run["tokenizer"], "init": {"path": str(base.sft)},
                                  "max_length": run["max_length"], "seed": seed, "device": "cpu", "progress": False,
