@@ -144,8 +144,8 @@ def stage_run(base: Base, stage: str, init: Path, out: Path, seed: int, override
 def sft_control(base: Base, out: Path, seed: int, gspo_overrides: list[str]) -> Path:
     """The control for GSPO: the SFT run's own last stage (its data mixture and objectives, from the run's
     config.yaml) continued from the SFT model for as many optimizer steps as the GSPO stage takes, with its
-    batch size (here in conversations), learning rate (constant) and trainable parameters. What GSPO gains beyond this, the reward
-    gave."""
+    batch size (here in conversations), learning rate (constant) and trainable parameters. What GSPO gains
+    beyond this, the reward gave."""
     def make_cfg():
         g = cascade_stage(base, "gspo", base.sft, seed, gspo_overrides).stages[0]
         run = read_yaml(base.sft.parent / "config.yaml", "config")

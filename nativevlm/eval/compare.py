@@ -75,9 +75,9 @@ def paired(a: Mapping[str, bool], b: Mapping[str, bool]) -> Paired:
 def read_right(folder: Path, strict: bool = False) -> dict[str, dict[str, tuple[str, bool]]]:
     """Per benchmark of a `nativevlm eval` folder: question id -> (category, right), as its summary counts it
     (circular: right only if every rotation is; `strict`: right and the answer alone)."""
-    run = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else None
-    if run is None:
+    if not (folder / "results.json").is_file():
         raise DataError(f"{folder}: no results.json; give a folder written by `nativevlm eval --out`")
+    run = json.loads((folder / "results.json").read_text())
     out = {}
     for name, summary in run["benchmarks"].items():
         path = folder / name / "records.jsonl"

@@ -113,9 +113,16 @@ def _scenes_beside(qa_path: str) -> dict[str, dict]:
     return {r["id"]: r for r in rows}
 
 
+def read_metrics(metrics_path: Path) -> list[dict]:
+    """The rows a run logged to its `metrics.jsonl` (`train.metrics.MetricsLog`); none when there is no file."""
+    path = Path(metrics_path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_curve_points(metrics_path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    return [r for r in rows if "samples" in r and "acc/all" in r]
+    return [r for r in read_metrics(metrics_path) if "samples" in r and "acc/all" in r]
 
 
 def plot_curves(metrics_path: Path, png: Path, priors: dict[str, float], kinds: dict[str, str],

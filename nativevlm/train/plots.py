@@ -10,18 +10,10 @@ mean over 20 points over it.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 SMOOTH = 20  # running mean over this many points once a series is longer than 50
-
-
-def read_rows(metrics_path: Path) -> list[dict]:
-    path = Path(metrics_path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def objective_panels(rows: list[dict]) -> list[tuple[str, list[tuple[str, list[int], list[float]]]]]:
@@ -53,7 +45,9 @@ def objective_panels(rows: list[dict]) -> list[tuple[str, list[tuple[str, list[i
 
 def plot_objectives(metrics_path: Path, png: Path, title: Optional[str] = None) -> list[str]:
     """Draw the run's objective panels into `png`; returns the panel titles drawn (none: no file written)."""
-    panels = objective_panels(read_rows(metrics_path))
+    from ..eval.curves import read_metrics  # here, not at the top: the trainer imports this module
+
+    panels = objective_panels(read_metrics(metrics_path))
     if not panels:
         return []
     import matplotlib

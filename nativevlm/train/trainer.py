@@ -145,8 +145,8 @@ def train(cfg, out_dir, resume: bool = False, max_steps: Optional[int] = None, l
                     metrics.log(row)
                 bar.update(1)
                 shown.update({k: row[k] for k in shown if k in row})  # a rollout's reward: shown until the next
-                bar.set_postfix({"loss": f"{row['loss']:.4f}", **{k.split("/", 1)[1]: f"{v:.3f}" for k, v in shown.items()
-                                 if v is not None}, "tok_s": f"{row['tokens_per_s']:.0f}"})
+                extra = {k.split("/", 1)[1]: f"{v:.3f}" for k, v in shown.items() if v is not None}
+                bar.set_postfix({"loss": f"{row['loss']:.4f}", **extra, "tok_s": f"{row['tokens_per_s']:.0f}"})
                 if gs % cfg.checkpoint_every == 0 or step == total or gs == max_steps:
                     trainer_state = {"stage": si, "step": step, "global_step": gs, "sampler": data.sampler.state_dict(),
                                      "train_seconds": train_seconds}
