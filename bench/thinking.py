@@ -65,6 +65,7 @@ from nativevlm.data.tokenizer import Tokenizer  # noqa: E402
 from nativevlm.data.vet import VET_PROMPT  # noqa: E402
 from nativevlm.eval.benchmarks import load_benchmark  # noqa: E402
 from nativevlm.eval.cache import cached, source_version  # noqa: E402
+from nativevlm.eval.curves import read_metrics  # noqa: E402
 from nativevlm.eval.harness import evaluate  # noqa: E402
 from nativevlm.eval.local import LocalAnswerer  # noqa: E402
 from nativevlm.infer.pipelines import ExtractThink, KnownDescriptions  # noqa: E402
@@ -410,7 +411,7 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
             train(cascade_stage("gspo", work, options, init, seed, overrides), out)
             record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": init_name, "seed": seed,
                                     "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(out / "metrics.jsonl")
         curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
                         for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
                                   "think_accuracy", "direct_accuracy")}
