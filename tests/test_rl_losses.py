@@ -197,6 +197,47 @@ def test_accuracy_filter():
     assert accuracy_filter(acc, low=0.0, high=0.5).tolist()[:4] == [True, True, True, True]
 
 
+@pytest.mark.parametrize("p_right,G", [(0.15, 6), (0.4, 8), (0.7, 8), (0.5, 5)])
+def test_gspo_expected_step_is_the_sft_step_scaled(p_right, G):
+    """A one-token policy over three replies (one right, two wrong): every group of G replies enumerated with its
+    probability, scored, normalised and filtered as the objective does, the on-policy GSPO loss averaged over
+    them has the gradient -c(p) grad log pi(right), c = `expected_gspo_weight`; a constant format term changes
+    nothing. c grows with p and tends to sqrt(p / (1 - p)) for large groups without the filter."""
+    import itertools
+
+    from nativevlm.rl.losses import expected_gspo_weight
+    rest = (1 - p_right) / 3
+    logits = torch.tensor([p_right, rest, 2 * rest], dtype=torch.float64).log().requires_grad_(True)
+    groups = torch.tensor(list(itertools.product(range(3), repeat=G)))  # [3^G, G]
+    for format_term in (0.0, 0.5):
+        logp = torch.log_softmax(logits, 0)
+        prob = logp.detach()[groups].sum(1).exp()  # each group's probability
+        correct = (groups == 0).float()
+        keep = accuracy_filter(correct.mean(1))
+        adv = group_advantages(correct + format_term) * keep[:, None] * prob[:, None] * len(groups)
+        rows = logp[groups].reshape(-1, 1)
+        loss, m = gspo_loss(rows, rows.detach(), torch.ones_like(rows, dtype=torch.bool), adv.flatten())
+        assert m["clip_fraction"] == 0
+        (grad,) = torch.autograd.grad(loss, logits)
+        pi = logp.detach().exp()
+        score = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) - pi  # grad log pi(right) wrt the logits
+        c = expected_gspo_weight(p_right, G)
+        assert c > 0
+        assert grad.tolist() == pytest.approx((-c * score).tolist(), abs=1e-6)
+
+
+def test_expected_gspo_weight_grows_with_p_and_has_its_limit():
+    from nativevlm.rl.losses import expected_gspo_weight
+    weights = [expected_gspo_weight(q, 8) for q in (0.25, 0.4, 0.55, 0.7)]
+    assert weights == sorted(weights)
+    assert expected_gspo_weight(0.3, 4096, 0, 1) == pytest.approx(math.sqrt(0.3 / 0.7), rel=2e-3)
+    assert expected_gspo_weight(0.0, 8) == 0
+    # at p 0.01 nearly every group has one right reply of 8 (1/8 < 0.2): the filter drops most of the weight
+    assert expected_gspo_weight(0.01, 8) < 0.1 * expected_gspo_weight(0.01, 8, 0, 1)
+    with pytest.raises(ValueError, match="0 <= p < 1"):
+        expected_gspo_weight(1.0, 8)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parity with TRL
 

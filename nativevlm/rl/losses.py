@@ -32,6 +32,7 @@ clipped, so GSPO takes several optimizer steps on each batch of rollouts.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -199,6 +200,37 @@ def gspo_loss(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor, 
     metrics = {"clip_fraction": cut.float().mean().item(), "ratio_mean": r.mean().item(),
                "ratio_min": r.min().item(), "ratio_max": r.max().item()}
     return loss, metrics
+
+
+def expected_gspo_weight(p: float, group_size: int, low: float = 0.2, high: float = 0.8) -> float:
+    """c(p): on a question whose one right reply y* the policy samples with probability p (every reply of one
+    length L), the expected gradient of GSPO's on-policy loss over a group of `group_size` replies, with the
+    accuracy filter [low, high], is -c(p) / L * grad log pi(y*): the SFT gradient on the right answer, scaled.
+
+    Given k right replies of G, the wrong ones are drawn from pi restricted to wrong replies, whose mean score
+    is -p / (1 - p) grad log pi(y*) (the scores' mean under pi is 0), so the group's gradient has expectation
+    (k (G - k) / G) / ((s_k + 1e-4) (1 - p)) / G times the right reply's, s_k the Bessel std of k ones and
+    G - k zeros; c(p) sums that over k ~ Binomial(G, p) with k / G kept by the filter. With no filter and G
+    large, c(p) -> sqrt(p / (1 - p)); with G = 8 and the filter [0.2, 0.8] it is under 0.2 below p = 0.15, about
+    1.1 at p = 0.75 and 0.1 at p = 0.99. So on one-reply answers GSPO's expected step is SFT's with a
+    per-question weight that favours questions the policy already answers right more often than not and
+    leaves out those it seldom does (where SFT pulls hardest), estimated from G samples: it carries nothing
+    about the answers that their labels do not (docs/posttraining.md). A constant term in the reward (the
+    format term of replies that all meet it) leaves every advantage, and c, as they are."""
+    G = group_size
+    if not 0 <= p < 1 or G < 2:
+        raise ValueError(f"expected_gspo_weight needs 0 <= p < 1 and group_size >= 2, got p={p}, G={G}")
+    total = 0.0
+    for k in range(1, G):
+        if not low - 1e-9 <= k / G <= high + 1e-9:
+            continue
+        std = math.sqrt(k * (G - k) / (G * (G - 1)))
+        if p == 0:
+            continue
+        log_pmf = (math.lgamma(G + 1) - math.lgamma(k + 1) - math.lgamma(G - k + 1) + k * math.log(p)
+                   + (G - k) * math.log1p(-p))
+        total += math.exp(log_pmf) * (k * (G - k) / G) / ((std + ADVANTAGE_EPS) * (1 - p)) / G
+    return total
 
 
 def accuracy_filter(accuracy: torch.Tensor, low: float = 0.2, high: float = 0.8) -> torch.Tensor:
