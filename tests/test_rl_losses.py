@@ -2,6 +2,7 @@
 unequal lengths, a mean over sequences), the clip acting only off-policy, and parity with TRL 0.28.0 (the last
 release with BCO-pair's delta and `rpo_alpha`; InternVL pins 0.21.0, which cannot import beside transformers
 5) on the same log-probabilities."""
+import itertools
 import math
 from collections import defaultdict
 from types import SimpleNamespace
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from nativevlm.rl.losses import (IGNORE, MPOWeights, RunningRewardMean, SequenceLogProbs, accuracy_filter,
-                                 bco_pair_loss, dpo_sigmoid_loss, group_advantages, gspo_loss, mpo_loss,
-                                 sequence_log_ratio, sequence_logprobs, token_logprobs)
+                                 bco_pair_loss, dpo_sigmoid_loss, expected_gspo_weight, group_advantages,
+                                 gspo_loss, mpo_loss, sequence_log_ratio, sequence_logprobs, token_logprobs)
 
 
 def softplus(x: float) -> float:
@@ -202,10 +203,7 @@ def test_gspo_expected_step_is_the_sft_step_scaled(p_right, G):
     """A one-token policy over three replies (one right, two wrong): every group of G replies enumerated with its
     probability, scored, normalised and filtered as the objective does, the on-policy GSPO loss averaged over
     them has the gradient -c(p) grad log pi(right), c = `expected_gspo_weight`; a constant format term changes
-    nothing. c grows with p and tends to sqrt(p / (1 - p)) for large groups without the filter."""
-    import itertools
-
-    from nativevlm.rl.losses import expected_gspo_weight
+    nothing."""
     rest = (1 - p_right) / 3
     logits = torch.tensor([p_right, rest, 2 * rest], dtype=torch.float64).log().requires_grad_(True)
     groups = torch.tensor(list(itertools.product(range(3), repeat=G)))  # [3^G, G]
@@ -227,7 +225,7 @@ def test_gspo_expected_step_is_the_sft_step_scaled(p_right, G):
 
 
 def test_expected_gspo_weight_grows_with_p_and_has_its_limit():
-    from nativevlm.rl.losses import expected_gspo_weight
+    """c grows with p through the filter's range and tends to sqrt(p / (1 - p)) for large groups without it."""
     weights = [expected_gspo_weight(q, 8) for q in (0.25, 0.4, 0.55, 0.7)]
     assert weights == sorted(weights)
     assert expected_gspo_weight(0.3, 4096, 0, 1) == pytest.approx(math.sqrt(0.3 / 0.7), rel=2e-3)

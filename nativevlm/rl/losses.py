@@ -220,13 +220,13 @@ def expected_gspo_weight(p: float, group_size: int, low: float = 0.2, high: floa
     G = group_size
     if not 0 <= p < 1 or G < 2:
         raise ValueError(f"expected_gspo_weight needs 0 <= p < 1 and group_size >= 2, got p={p}, G={G}")
+    if p == 0:
+        return 0.0  # no group holds a right reply: every advantage is 0
     total = 0.0
-    for k in range(1, G):
+    for k in range(1, G):  # k = 0 or G: all rewards equal, advantages 0
         if not low - 1e-9 <= k / G <= high + 1e-9:
             continue
         std = math.sqrt(k * (G - k) / (G * (G - 1)))
-        if p == 0:
-            continue
         log_pmf = (math.lgamma(G + 1) - math.lgamma(k + 1) - math.lgamma(G - k + 1) + k * math.log(p)
                    + (G - k) * math.log1p(-p))
         total += math.exp(log_pmf) * (k * (G - k) / G) / ((std + ADVANTAGE_EPS) * (1 - p)) / G
