@@ -186,6 +186,29 @@ def test_gspo_rollout_loss_is_the_mean_of_its_sequences_alone(tiny_world, monkey
     assert out.metrics["clip_fraction"][0] == 0  # the rollout step itself is on-policy
 
 
+def test_a_step_where_the_filter_keeps_no_question_leaves_the_weights(tiny_world, monkeypatch):
+    """A GSPO step with nothing kept has a zero gradient; an optimizer step would still move the weights through
+    Adam's momentum from the step before. The training step skips it: weights and optimizer state unchanged."""
+    from nativevlm.train.objectives import Weighted
+    from nativevlm.train.step import train_step
+    use_parity_reward(monkeypatch)
+    model, objective, data = setup_objective(tiny_world, gspo_stage(tiny_world, 1))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+    step = lambda k: train_step(model, [data.collator(data.sources[0][:4])], optimizer, params, 1.0, 1,  # noqa: E731
+                                torch.device("cpu"), False, [Weighted(objective, 1.0)], step=k, stage_step=k)
+    first = step(0)
+    assert first["gspo/kept"] > 0 and first["grad_norm"] > 0  # a step that trains: Adam has momentum now
+    before = [p.detach().clone() for p in params]
+    moments = [optimizer.state[p]["exp_avg"].clone() for p in params]
+    monkeypatch.setattr(objective, "rollout", lambda ids, info, device: (None, {"kept": (0, len(ids))}))
+    second = step(1)
+    assert second["gspo/kept"] == 0 and second["grad_norm"] == 0
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    assert all(torch.equal(m, optimizer.state[p]["exp_avg"]) for m, p in zip(moments, params))
+    assert step(2)["gspo/kept"] == 0 and all(torch.equal(a, p) for a, p in zip(before, params))
+
+
 def test_gspo_thinking_rollouts_open_think_and_are_rewarded_whole(tiny_world, monkeypatch):
     """think: true asks every reply with the engine's `<think>` opening and budget, trains on prompt + opening +
     reply with the loss on the reply alone, and hands the reward the whole reply in thinking mode."""

@@ -78,7 +78,8 @@ def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, 
     parameter to the loss: DDP reduces only once a parameter's gradient is ready, and a micro-batch that
     reaches no trainable parameter on one rank would otherwise leave the other rank waiting; it also spares
     DDP the unused-parameter search. A micro-batch that no objective has a loss for gets the same, so every
-    rank still runs a backward.
+    rank still runs a backward; a step in which no rank has any loss leaves the weights and the optimizer's
+    state as they are (no optimizer step).
     With `groups` (see `module_groups`) the result adds each group's gradient norm before clipping."""
     w_local = sum(b.loss_weights.sum() if b.loss_weights is not None else 0 for b in batches)
     info = StepInfo(step=step, stage_step=stage_step, micro_batches=len(batches), world=world, rank=rank,
@@ -86,6 +87,7 @@ def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, 
     names = [(o.objective.name, m) for o in objectives for m in o.objective.metrics]
     slot = {name: k for k, name in enumerate(names)}
     stats = torch.zeros(len(names), 2, device=device)  # (total, count) of each metric
+    losses = 0  # this rank's objective losses (None from an objective: nothing to train on)
     for i, b in enumerate(batches):
         mb = MicroBatch(model, b.to(device), i)
         loss = torch.zeros((), device=device)
@@ -94,6 +96,7 @@ def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, 
                 out = o.objective.loss(model, mb, info)
             if out.loss is not None:
                 loss = loss + o.weight * out.loss
+                losses += 1
             for metric, (total, count) in out.metrics.items():
                 k = slot.get((o.objective.name, metric))
                 if k is None:
@@ -108,7 +111,10 @@ def train_step(model: nn.Module, batches: list[Batch], optimizer, params: list, 
     grad_norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
         grad_norm = grad_norm.full_tensor()
-    optimizer.step()
+    # No objective had a loss on any rank (GSPO's filter kept no question): the gradient is zero, and a step
+    # would still move the weights (Adam's momentum, weight decay), so the weights and the optimizer's state stay.
+    if all_reduce_sum(torch.tensor(float(losses), device=device)) > 0:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = all_reduce_sum(torch.tensor(sum(int(b.attention_mask.sum()) for b in batches), device=device))
     stats = all_reduce_sum(stats)
