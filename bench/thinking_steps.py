@@ -150,9 +150,10 @@ def main(argv=None) -> None:
         name, _, path = spec.partition("=")
         if not path:
             ap.error(f"--model {spec!r}: give NAME=PATH")
-        think = evaluate(Path(path).resolve(), reasoning, args.work / name / "think", "--think", "--thinking-budget",
-                         str(args.budget), "--max-new-tokens", str(args.budget + 16))
-        plain = evaluate(Path(path).resolve(), direct, args.work / name / "direct", "--no-think", "--max-new-tokens", "8")
+        model = Path(path).resolve()
+        think = evaluate(model, reasoning, args.work / name / "think", "--think", "--thinking-budget", str(args.budget),
+                         "--max-new-tokens", str(args.budget + 16))
+        plain = evaluate(model, direct, args.work / name / "direct", "--no-think", "--max-new-tokens", "8")
         records = [json.loads(line) for line in think.read_text().splitlines()]
         open_ended = [r for r in records if "\nA. " not in r["question"]]
         chains = [read_chain(r, rationales[r["id"]]) for r in open_ended]
