@@ -65,7 +65,7 @@ from nativevlm.data.tokenizer import Tokenizer  # noqa: E402
 from nativevlm.data.vet import VET_PROMPT  # noqa: E402
 from nativevlm.eval.benchmarks import load_benchmark  # noqa: E402
 from nativevlm.eval.cache import cached, source_version  # noqa: E402
-from nativevlm.eval.curves import read_metrics  # noqa: E402
+from nativevlm.eval.curves import metric_series  # noqa: E402
 from nativevlm.eval.harness import evaluate  # noqa: E402
 from nativevlm.eval.local import LocalAnswerer  # noqa: E402
 from nativevlm.infer.pipelines import ExtractThink, KnownDescriptions  # noqa: E402
@@ -411,10 +411,9 @@ def gspo_thinking(args, work: Path, fused: Path, fusion: list[str], tok, log: di
             train(cascade_stage("gspo", work, options, init, seed, overrides), out)
             record(out, log, name, {"recipe": "cascade-rl (gspo stage)", "init": init_name, "seed": seed,
                                     "gspo": options, "overrides": overrides, "seconds": round(time.time() - t0, 1)})
-        rows = read_metrics(out / "metrics.jsonl")
-        curves[name] = {k: [[r["step"], r[f"gspo/{k}"]] for r in rows if f"gspo/{k}" in r]
-                        for k in ("reward", "accuracy", "response_length", "kept", "clip_fraction",
-                                  "think_accuracy", "direct_accuracy")}
+        curves[name] = metric_series(out / "metrics.jsonl", "gspo",
+                                     ("reward", "accuracy", "response_length", "kept", "clip_fraction",
+                                      "think_accuracy", "direct_accuracy"))
         arm = "GSPO" if start == 0 else "MPO + GSPO"
         gspo_lr = f", lr {args.gspo_lr:g}" if lr_tag else ""
         both_ways(f"{arm} ({args.gspo_reward} reward{f', {share:g} direct' if share else ''}{gspo_lr}"

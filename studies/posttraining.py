@@ -191,13 +191,11 @@ def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> 
 def curves(run: Path, objective: str = "gspo") -> dict:
     """A run's per-step metrics of `objective` (GSPO: rollout reward, accuracy, kept, clip fraction, reply length;
     MPO: its loss terms and implicit reward), as [step, value] lists."""
-    from nativevlm.eval.curves import read_metrics
+    from nativevlm.eval.curves import metric_series
 
-    rows = read_metrics(run.parent / "metrics.jsonl")
-    pick = lambda key: [[r["step"], r[key]] for r in rows if key in r]  # noqa: E731
     keys = (("reward", "accuracy", "kept", "clip_fraction", "response_length") if objective == "gspo" else
             ("dpo", "bco_pair", "sft", "reward_accuracy", "reward_margin"))
-    return {k: pick(f"{objective}/{k}") for k in keys}
+    return metric_series(run.parent / "metrics.jsonl", objective, keys)
 
 
 def plot(study: dict, path: Path) -> None:

@@ -44,3 +44,16 @@ def test_plot_written_only_for_objectives_that_draw(tmp_path):
     metrics.write_text("".join(json.dumps(r) + "\n" for r in cascade_rows()[:2]))  # SFT alone
     assert plot_objectives(metrics, tmp_path / "sft.png") == [] and not (tmp_path / "sft.png").exists()
     assert plot_objectives(tmp_path / "missing.jsonl", tmp_path / "none.png") == []
+
+
+def test_metric_series_reads_each_metric_on_the_steps_it_was_logged(tmp_path):
+    """`eval.curves.metric_series`, the per-step series the post-training studies store: [step, value] pairs of
+    `<prefix>/<name>`, a metric never logged an empty list, a missing file nothing."""
+    from nativevlm.eval.curves import metric_series
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in cascade_rows()) + "\n")
+    got = metric_series(metrics, "gspo", ("reward", "clip_fraction", "think_accuracy"))
+    assert got == {"reward": [[5, 5 / 8], [7, 7 / 8]], "clip_fraction": [[5, 0.0], [6, 0.5], [7, 0.0], [8, 0.5]],
+                   "think_accuracy": []}
+    assert metric_series(metrics, "mpo", ("dpo",)) == {"dpo": [[3, 1 / 3], [4, 1 / 4]]}
+    assert metric_series(tmp_path / "missing.jsonl", "gspo", ("reward",)) == {"reward": []}

@@ -121,6 +121,13 @@ def read_metrics(metrics_path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def metric_series(metrics_path: Path, prefix: str, names: tuple[str, ...]) -> dict[str, list[list]]:
+    """Each of a run's `<prefix>/<name>` metrics as [step, value] pairs, on the steps that logged it (a GSPO
+    rollout's reward only on rollout steps)."""
+    rows = read_metrics(metrics_path)
+    return {n: [[r["step"], r[f"{prefix}/{n}"]] for r in rows if f"{prefix}/{n}" in r] for n in names}
+
+
 def read_curve_points(metrics_path: Path) -> list[dict]:
     return [r for r in read_metrics(metrics_path) if "samples" in r and "acc/all" in r]
 
