@@ -129,6 +129,7 @@ def main(argv=None) -> None:
 
     # the prediction and SFT's gradient, from the answers' own log-probs
     answers = answer_replies(objective, samples)
+    answer_of = dict(zip(ids, answers))
     batch = objective.sequences(ids, answers)
     logps, mask = answer_logprobs(model, batch)
     lengths = mask.sum(1)
@@ -156,7 +157,7 @@ def main(argv=None) -> None:
         grads.append(rollout_gradient(objective, model, rollout, G, args.chunk))
         for i, reply, a in zip(rollout.ids, rollout.replies, rollout.advantages.tolist()):
             if a > 0:
-                canonical[0] += reply == answers[ids.index(i)]
+                canonical[0] += reply == answer_of[i]
                 canonical[1] += 1
 
     stack = torch.stack(grads)
