@@ -273,13 +273,16 @@ def main() -> None:
     ap.add_argument("--vlm-steps", type=int, default=0, help="native-VLM steps (0: the recipe's own)")
     ap.add_argument("--train", type=int, default=16000, help="training questions per generated set")
     ap.add_argument("--seed", type=int, default=0, help="the native VLM's and the peer's seed (data stay the same)")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="train and evaluate the arms only (a model to start from elsewhere); nothing goes to --out")
     ap.add_argument("--replot", action="store_true",
                     help="train nothing: add what older results lack (curve_priors) to --out's JSON, redraw its plots")
     a = ap.parse_args()
     out, work = Path(a.out), Path(a.work)
     if a.replot:
         return replot(out, work, a.train)
-    out.mkdir(parents=True, exist_ok=True)
+    if not a.no_peer:
+        out.mkdir(parents=True, exist_ok=True)
     result_path = out / "learnability.json"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}
     for name in a.sets:
@@ -290,6 +293,10 @@ def main() -> None:
             print(f"[{name}] {arm}: the README's commands", flush=True)
             entry["arms"][arm] = run_arm(arm, data, work / name / (f"{arm}-seed{a.seed}" if a.seed else arm),
                                          a.vlm_steps, a.seed)
+        if a.no_peer:
+            for arm, r in entry["arms"].items():
+                print(f"[{name}] test  {arm}: " + ", ".join(f"{k[4:]} {v:.1%}" for k, v in sorted(r["test"].items())))
+            continue
         minutes = max(r["curve"][-1]["train_seconds"] for r in entry["arms"].values()) / 60
         image_size = 96 if name in ("multi", "world") else 64
         print(f"[{name}] peer: {minutes:.1f} training minutes", flush=True)

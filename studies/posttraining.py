@@ -27,15 +27,18 @@ last stage continued for as many steps as GSPO takes, at GSPO's learning rate), 
         --gspo-set stages.0.objectives.0.eps_low=0.2 --gspo-set stages.0.objectives.0.eps_high=0.28
 
 `--sampled N` also scores every model on N replies per test question sampled at temperature 1 (what GSPO's
-reward averages; avg@N and pass@N per family). `--sft MODEL --world DIR` starts from any SFT model of the world
-instead (e.g. the bring-your-own-data recipe trained on the world's QA, `bench/world_long.py`): DIR is a world
-folder (train.json, test.json), the cascade's training data; the tokenizer is the model folder's own
-(`--tokenizer` to name another), and `--work` is needed.
+reward averages; avg@N and pass@N per family) and groups the test questions by how many of the SFT model's N
+replies are right, each model's greedy accuracy per group (`by_sft_sampled`, a fifth panel).
+
+`--sft MODEL --world DIR` starts from any SFT model of the world instead (e.g. the bring-your-own-data recipe
+trained on the world's QA, `bench/world_long.py`): DIR is a world folder (train.json, test.json), the cascade's
+training data; the tokenizer is the model folder's own (`--tokenizer` to name another), and `--work` is needed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -169,23 +172,52 @@ def sample_replies(qa: Path, model: Path, out: Path, seed: int, *extra: str) -> 
                    stdout=subprocess.DEVNULL)
 
 
-def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> dict:
-    """What GSPO's reward averages: `n` replies to each test question sampled at temperature 1 (`nativevlm data
+def sampled_counts(qa: Path, model: Path, out: Path, n: int, seed: int) -> dict[str, int]:
+    """How many of `n` replies of `model` to each question of `qa`, sampled at temperature 1 (`nativevlm data
     preferences`, whose pair and skipped files keep each question's count of right replies, so a rerun samples
-    nothing), scored as the reward reads them. Mean accuracy over replies (avg@n) overall and per family, and
-    pass@n (the share of questions with at least one right reply)."""
+    nothing), are right as the reward reads them: question id -> count."""
     from nativevlm.rl.preferences import read_jsonl
 
-    sample_replies(world / "test.json", model, out, seed, "--n", str(n))
-    family = {r["id"]: r.get("meta", {}).get("family", "all") for r in json.loads((world / "test.json").read_text())}
+    sample_replies(qa, model, out, seed, "--n", str(n))
     right = {r["id"]: r["meta"]["n_right"] for r in read_jsonl(out)}
-    right |= {r["id"]: r["n_right"] for r in read_jsonl(Path(f"{out}.skipped.jsonl"))}
+    return right | {r["id"]: r["n_right"] for r in read_jsonl(Path(f"{out}.skipped.jsonl"))}
+
+
+def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> dict:
+    """What GSPO's reward averages: `n` replies to each test question sampled at temperature 1
+    (`sampled_counts`). Mean accuracy over replies (avg@n) overall and per family, and pass@n (the share of
+    questions with at least one right reply)."""
+    family = {r["id"]: r.get("meta", {}).get("family", "all") for r in json.loads((world / "test.json").read_text())}
+    right = sampled_counts(world / "test.json", model, out, n, seed)
     by: dict[str, list[int]] = {}
     for qid, k in right.items():
         by.setdefault("overall", []).append(k)
         by.setdefault(family[qid], []).append(k)
     result = {f: sum(ks) / (n * len(ks)) for f, ks in sorted(by.items(), key=lambda kv: (kv[0] != "overall", kv[0]))}
     return result | {"n": len(right), f"pass@{n}": sum(k > 0 for k in right.values()) / len(right)}
+
+
+def sampled_groups(n: int, low: float = 0.2, high: float = 0.8) -> list[tuple[str, range]]:
+    """Groups of questions by how many of `n` sampled replies are right: none, too few for GSPO's accuracy
+    filter [`low`, `high`] (its default), within it, too many, all."""
+    lo, hi = math.ceil(low * n - 1e-9), math.floor(high * n + 1e-9)  # the counts the filter keeps: lo..hi
+    groups = [range(0, 1), range(1, lo), range(lo, hi + 1), range(hi + 1, n), range(n, n + 1)]
+    return [(f"{ks[0]}/{n}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}/{n}", ks) for ks in groups if len(ks)]
+
+
+def by_sft_sampled(counts: dict[str, int], right: dict[str, dict[str, bool]], n: int) -> dict:
+    """Each model's greedy accuracy on the test questions grouped by how many of the SFT model's `n` sampled
+    replies to them are right (`sampled_groups`; its sampled replies of that seed). Read the groups with churn
+    in mind: where SFT's samples are never right its greedy answer is nearly always wrong, so any model that
+    answers those questions differently gains there, and where they are always right any change loses; the
+    middle group, the questions GSPO's accuracy filter would keep (most of them), is where a model that learns
+    and one that only changes its answers differ."""
+    out = {}
+    for name, counts_in in sampled_groups(n):
+        ids = [q for q, k in counts.items() if k in counts_in]
+        out[name] = {"n": len(ids), **{m: (sum(answers[q] for q in ids) / len(ids) if ids else None)
+                                       for m, answers in right.items()}}
+    return out
 
 
 def curves(run: Path, objective: str = "gspo") -> dict:
@@ -206,8 +238,12 @@ def plot(study: dict, path: Path) -> None:
     import numpy as np
 
     wide = "sampled" in study  # a fourth panel: the same bars for replies sampled at temperature 1
-    fig, axes = plt.subplots(2, 2, figsize=(17, 9.2)) if wide else plt.subplots(1, 3, figsize=(17, 4.6))
+    grouped = "by_sft_sampled" in study  # a fifth: greedy accuracy by how often SFT's samples were right
+    fig, axes = (plt.subplots(2, 3, figsize=(22, 9.2)) if grouped else plt.subplots(2, 2, figsize=(17, 9.2)) if wide
+                 else plt.subplots(1, 3, figsize=(17, 4.6)))
     axes = list(np.ravel(axes))
+    if grouped:
+        axes[-1].remove()
     colours = {"sft": "tab:gray", "mpo": "tab:orange", "mpo+gspo": "tab:red", "gspo": "tab:blue",
                CONTROL: "tab:green"}
     for seed, runs in study["curves"].items():
@@ -250,6 +286,23 @@ def plot(study: dict, path: Path) -> None:
                    color=colours[m], label=LABELS[m])
         ax.set_xticks(np.arange(len(families)), families, rotation=45, ha="right", fontsize=8)
         ax.set(title=title, ylim=(0, 100))
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    if grouped:  # per group of questions: each model's greedy accuracy, mean and range over seeds
+        ax, seeds = axes[4], list(study["by_sft_sampled"])
+        groups = [g for g, row in study["by_sft_sampled"][seeds[0]].items() if row["n"]]
+        models = list(study["accuracy"])
+        width = 0.8 / len(models)
+        for j, m in enumerate(models):
+            vals = np.array([[study["by_sft_sampled"][s][g][m] for g in groups] for s in seeds]) * 100
+            mean = vals.mean(0)
+            ax.bar(np.arange(len(groups)) + (j - (len(models) - 1) / 2) * width, mean, width, capsize=2,
+                   yerr=np.stack([mean - vals.min(0), vals.max(0) - mean]), color=colours[m], label=LABELS[m])
+        names = [f"{g}\n({study['by_sft_sampled'][seeds[0]][g]['n']} q.)" for g in groups]  # seed 0's samples
+        ax.set_xticks(np.arange(len(groups)), names, fontsize=8)
+        ax.set(title="greedy test accuracy (%) by how many of SFT's sampled replies were right\n(the middle "
+                     "group: what GSPO's accuracy filter keeps), mean and range over seeds", ylim=(0, 100),
+               xlabel=f"SFT's right replies of those sampled, per question (questions: seed {seeds[0]}'s samples)")
         ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -348,6 +401,16 @@ def main(argv=None) -> None:
     timings["evaluate sft"] = round(time.time() - t)
     right = {m: {s: acc.pop(RIGHT) for s, acc in seeds.items()} for m, seeds in study["accuracy"].items()}
     study["paired_vs_sft"] = against_sft(right)
+    if args.sampled:  # by how often the SFT model's samples were right (its sampled replies of each seed)
+        study["by_sft_sampled"] = {}
+        for seed in args.seeds:
+            s = str(seed)
+            counts = sampled_counts(world / "test.json", sft, work / f"seed{seed}" / "sampled" / "sft.jsonl",
+                                    args.sampled, seed)
+            study["by_sft_sampled"][s] = by_sft_sampled(counts, {m: r[s] for m, r in right.items()}, args.sampled)
+            for group, row in study["by_sft_sampled"][s].items():
+                print(f"seed {s}, SFT right on {group:>6s} of its samples ({row['n']:4d} questions): " + ", ".join(
+                    f"{LABELS[m]} {row[m]:.1%}" for m in right if row[m] is not None), flush=True)
     study[RIGHT] = {m: {s: "".join("1" if r else "0" for r in answers.values()) for s, answers in seeds.items()}
                     for m, seeds in right.items()}  # per question, in the test split's order
     timings["total"] = round(time.time() - t0)
