@@ -285,6 +285,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
     result_path = out / "learnability.json"
     results = json.loads(result_path.read_text()) if result_path.exists() else {}
+    line = lambda acc: ", ".join(f"{k[4:]} {v:.1%}" for k, v in sorted(acc.items()))  # noqa: E731
     for name in a.sets:
         data = world_set(work / "data") if name == "world" else write_set(
             name, work / "data", {"train": a.train, "val": 400, "test": 1500})
@@ -295,7 +296,7 @@ def main() -> None:
                                          a.vlm_steps, a.seed)
         if a.no_peer:
             for arm, r in entry["arms"].items():
-                print(f"[{name}] test  {arm}: " + ", ".join(f"{k[4:]} {v:.1%}" for k, v in sorted(r["test"].items())))
+                print(f"[{name}] test  {arm}: {line(r['test'])}")
             continue
         minutes = max(r["curve"][-1]["train_seconds"] for r in entry["arms"].values()) / 60
         image_size = 96 if name in ("multi", "world") else 64
@@ -308,7 +309,6 @@ def main() -> None:
         entry["test_questions"] = peer["test_questions"]
         result_path.write_text(json.dumps(results, indent=1) + "\n")
         plot(name, entry, out / f"{name}.png")
-        line = lambda acc: ", ".join(f"{k[4:]} {v:.1%}" for k, v in sorted(acc.items()))  # noqa: E731
         print(f"[{name}] test  peer: {line(peer['test'])}")
         for arm, r in entry["arms"].items():
             print(f"[{name}] test  {arm}: {line(r['test'])}")

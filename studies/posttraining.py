@@ -183,18 +183,16 @@ def sampled_counts(qa: Path, model: Path, out: Path, n: int, seed: int) -> dict[
     return right | {r["id"]: r["n_right"] for r in read_jsonl(Path(f"{out}.skipped.jsonl"))}
 
 
-def sampled_accuracy(model: Path, world: Path, out: Path, n: int, seed: int) -> dict:
-    """What GSPO's reward averages: `n` replies to each test question sampled at temperature 1
-    (`sampled_counts`). Mean accuracy over replies (avg@n) overall and per family, and pass@n (the share of
+def sampled_accuracy(counts: dict[str, int], family: dict[str, str], n: int) -> dict:
+    """What GSPO's reward averages, from `sampled_counts` of `n` replies per test question (`family`: question
+    id -> its family): mean accuracy over replies (avg@n) overall and per family, and pass@n (the share of
     questions with at least one right reply)."""
-    family = {r["id"]: r.get("meta", {}).get("family", "all") for r in json.loads((world / "test.json").read_text())}
-    right = sampled_counts(world / "test.json", model, out, n, seed)
     by: dict[str, list[int]] = {}
-    for qid, k in right.items():
+    for qid, k in counts.items():
         by.setdefault("overall", []).append(k)
         by.setdefault(family[qid], []).append(k)
     result = {f: sum(ks) / (n * len(ks)) for f, ks in sorted(by.items(), key=lambda kv: (kv[0] != "overall", kv[0]))}
-    return result | {"n": len(right), f"pass@{n}": sum(k > 0 for k in right.values()) / len(right)}
+    return result | {"n": len(counts), f"pass@{n}": sum(k > 0 for k in counts.values()) / len(counts)}
 
 
 def sampled_groups(n: int, low: float = 0.2, high: float = 0.8) -> list[tuple[str, range]]:
@@ -360,6 +358,9 @@ def main(argv=None) -> None:
              "pairs": {}, "overrides": overrides, "timings_s": timings}
     if args.sampled:
         study["sampled"] = {m: {} for m in models}
+        test = json.loads((world / "test.json").read_text())
+        family = {r["id"]: r.get("meta", {}).get("family", "all") for r in test}
+        sft_counts: dict[str, dict[str, int]] = {}
     for seed in args.seeds:
         s, w = str(seed), work / f"seed{seed}"
         runs, pair_override = {}, []
@@ -390,8 +391,10 @@ def main(argv=None) -> None:
         if args.sampled:
             t = time.time()
             for name, path in {"sft": sft, **runs}.items():
-                study["sampled"][name][s] = sampled_accuracy(path, world, w / "sampled" / f"{name}.jsonl",
-                                                              args.sampled, seed)
+                counts = sampled_counts(world / "test.json", path, w / "sampled" / f"{name}.jsonl", args.sampled, seed)
+                study["sampled"][name][s] = sampled_accuracy(counts, family, args.sampled)
+                if name == "sft":
+                    sft_counts[s] = counts  # kept for by_sft_sampled once every model is evaluated
             timings[f"sampled {s}"] = round(time.time() - t)
         print(f"seed {seed}: " + ", ".join(f"{LABELS[m]} {study['accuracy'][m][s]['overall']:.1%}" for m in models[1:]),
               flush=True)
@@ -403,10 +406,7 @@ def main(argv=None) -> None:
     study["paired_vs_sft"] = against_sft(right)
     if args.sampled:  # by how often the SFT model's samples were right (its sampled replies of each seed)
         study["by_sft_sampled"] = {}
-        for seed in args.seeds:
-            s = str(seed)
-            counts = sampled_counts(world / "test.json", sft, work / f"seed{seed}" / "sampled" / "sft.jsonl",
-                                    args.sampled, seed)
+        for s, counts in sft_counts.items():
             study["by_sft_sampled"][s] = by_sft_sampled(counts, {m: r[s] for m, r in right.items()}, args.sampled)
             for group, row in study["by_sft_sampled"][s].items():
                 print(f"seed {s}, SFT right on {group:>6s} of its samples ({row['n']:4d} questions): " + ", ".join(
